@@ -1,0 +1,229 @@
+//! The call path of a compute method: hit, single-flight wait, or computation.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ComputeKey;
+use super::context::Context;
+use super::invalidation::{abandon, finish_computing, invalidate_all};
+use super::method::ComputeMethodDescriptor;
+use super::node::{COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, Node, NodeCore};
+use crate::{ComputeService, Hub};
+
+/// What a lookup found.
+enum Lookup<S, K, T> {
+    /// A consistent value; with its node when the caller must register a dependency on it.
+    Hit(T, Option<Arc<Node<S, K, T>>>),
+    /// Another caller is computing it.
+    Wait(Arc<Node<S, K, T>>),
+    /// This caller inserted the node and must compute it.
+    Lead(Arc<Node<S, K, T>>),
+}
+
+/// Calls the compute method `method` of `service` with `key`: returns the cached value, waits
+/// for the computation in flight, or runs `body` and caches what it returns.
+pub async fn compute<S, K, T, F, Fut>(
+    service: &S,
+    method: &'static ComputeMethodDescriptor,
+    key: K,
+    is_error: Option<fn(&T) -> bool>,
+    body: F,
+) -> T
+where
+    S: ComputeService,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+    F: FnOnce(K) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let hub = service.hub();
+    let mut body = Some(body);
+    loop {
+        let node = match lookup::<S, K, T>(hub, method, &key) {
+            Lookup::Hit(value, None) => return value,
+            Lookup::Hit(value, Some(node)) => {
+                register_dependency(node);
+                return value;
+            }
+            Lookup::Wait(node) => match node.wait_output().await {
+                Some(value) => {
+                    register_dependency(node);
+                    return value;
+                }
+                // Its leader was dropped or panicked: look again, maybe lead.
+                None => continue,
+            },
+            Lookup::Lead(node) => node,
+        };
+        let Some(body) = body.take() else {
+            unreachable!("a caller leads at most once: it returns after leading")
+        };
+        return lead(hub, node, key, is_error, body).await;
+    }
+}
+
+/// Looks `key` up, inserting a computing node on a miss. Synchronous, so that no map guard
+/// lives across an `.await`.
+#[inline]
+fn lookup<S, K, T>(hub: &Hub, method: &'static ComputeMethodDescriptor, key: &K) -> Lookup<S, K, T>
+where
+    S: 'static,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    let table = hub.registry().table::<S, K, T>(method);
+    loop {
+        let guard = table.map().guard();
+        if let Some(node) = table.map().get(key, &guard) {
+            let core = node.core();
+            match core.state() {
+                CONSISTENT => {
+                    if let Some(value) = node.output() {
+                        core.touch();
+                        let node = Context::is_active().then(|| Arc::clone(node));
+                        return Lookup::Hit(value.clone(), node);
+                    }
+                }
+                COMPUTING | COMPUTING_INVALIDATED => return Lookup::Wait(Arc::clone(node)),
+                _ => {}
+            }
+            // Invalidated but not yet removed: help remove it, then look again.
+            let node = Arc::clone(node);
+            drop(guard);
+            node.detach();
+            continue;
+        }
+        let node = Arc::new(Node::new(
+            NodeCore::new(method, hub.next_version()),
+            key.clone(),
+            table.weak(),
+        ));
+        if table.try_insert(&node, &guard) {
+            drop(guard);
+            hub.registry().evict_if_over_capacity();
+            return Lookup::Lead(node);
+        }
+    }
+}
+
+/// Registers `node` as a dependency of the running computation, if any.
+fn register_dependency<S, K, T>(node: Arc<Node<S, K, T>>)
+where
+    S: 'static,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    if let Some(context) = Context::current() {
+        context.register(node);
+    }
+}
+
+/// Abandons the computation if its leader is dropped (cancelled, or unwinding from a panic)
+/// before the value is stored, so no key stays "computing".
+struct LeaderGuard<'a>(Option<&'a dyn ErasedNode>);
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.take() {
+            tracing::debug!(
+                method = node.core().method().name(),
+                "computation abandoned"
+            );
+            abandon(node);
+        }
+    }
+}
+
+async fn lead<S, K, T, F, Fut>(
+    hub: &Hub,
+    node: Arc<Node<S, K, T>>,
+    key: K,
+    is_error: Option<fn(&T) -> bool>,
+    body: F,
+) -> T
+where
+    S: 'static,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+    F: FnOnce(K) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let mut guard = LeaderGuard(Some(node.as_ref()));
+    let method = node.core().method();
+    tracing::trace!(
+        method = method.name(),
+        version = node.core().version(),
+        "computing"
+    );
+    let context = Context::Computing(Arc::clone(&node) as Arc<dyn ErasedNode>);
+    let value = context.scope(body(key)).await;
+    guard.0 = None;
+    drop(guard);
+    node.set_output(value.clone());
+    let failed = is_error.is_some_and(|is_error| is_error(&value));
+    if finish_computing(node.as_ref()) {
+        let options = method.options();
+        let lifetime = if failed {
+            Some(options.error_lifetime)
+        } else {
+            options.auto_invalidate
+        };
+        if let Some(lifetime) = lifetime {
+            schedule_invalidation(hub, &node, lifetime);
+        }
+    }
+    register_dependency(node);
+    value
+}
+
+/// Invalidates `node` after `delay`, unless the hub is dropped first.
+fn schedule_invalidation<S, K, T>(hub: &Hub, node: &Arc<Node<S, K, T>>, delay: Duration)
+where
+    S: 'static,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    let node: Arc<dyn ErasedNode> = Arc::clone(node) as Arc<dyn ErasedNode>;
+    if delay.is_zero() {
+        invalidate_all(vec![node]);
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No timer without a runtime: an expiring value is not kept at all.
+        tracing::warn!(
+            method = node.core().method().name(),
+            "no tokio runtime to expire this value: it is invalidated at once"
+        );
+        invalidate_all(vec![node]);
+        return;
+    };
+    let node = Arc::downgrade(&node);
+    let shutdown = hub.shutdown_token();
+    runtime.spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {
+                if let Some(node) = node.upgrade() {
+                    invalidate_all(vec![node]);
+                }
+            }
+            () = shutdown.cancelled() => {}
+        }
+    });
+}
+
+/// Invalidates the value of `method` for `key` on the service's hub, and everything computed
+/// from it. Does nothing if it is not cached.
+pub fn invalidate<S, K, T>(service: &S, method: &'static ComputeMethodDescriptor, key: &K)
+where
+    S: ComputeService,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    let Some(table) = service.hub().registry().existing_table::<S, K, T>(method) else {
+        return;
+    };
+    if let Some(node) = table.get(key) {
+        invalidate_all(vec![node as Arc<dyn ErasedNode>]);
+    }
+}

@@ -1,0 +1,240 @@
+//! One cached result and its edges in the dependency graph.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use event_listener::Event;
+
+use super::method::ComputeMethodDescriptor;
+use super::table::MethodTable;
+
+/// The body is running; no value yet.
+pub(crate) const COMPUTING: u8 = 0;
+/// The body is running, and something it read was invalidated meanwhile: its value will be
+/// handed to the callers that waited for it, but never served from the cache.
+pub(crate) const COMPUTING_INVALIDATED: u8 = 1;
+/// The value is cached and current.
+pub(crate) const CONSISTENT: u8 = 2;
+/// The value is out of date (or the computation was abandoned, then there is no value).
+pub(crate) const INVALIDATED: u8 = 3;
+
+/// The parts of a cached result that do not depend on its key or value types.
+pub(crate) struct NodeCore {
+    state: AtomicU8,
+    /// Set by reads, cleared by the evictor's sweep: a second chance before eviction.
+    accessed: AtomicBool,
+    version: u64,
+    method: &'static ComputeMethodDescriptor,
+    /// Notified on every state change.
+    changed: Event,
+    edges: Mutex<Edges>,
+}
+
+#[derive(Default)]
+struct Edges {
+    /// What this value was computed from. Strong: a dependency lives while its dependents do.
+    dependencies: Vec<Arc<dyn ErasedNode>>,
+    /// What was computed from this value. Weak: a dependent may be dropped at any time.
+    dependents: Vec<Weak<dyn ErasedNode>>,
+}
+
+impl NodeCore {
+    pub(crate) fn new(method: &'static ComputeMethodDescriptor, version: u64) -> Self {
+        Self {
+            state: AtomicU8::new(COMPUTING),
+            accessed: AtomicBool::new(true),
+            version,
+            method,
+            changed: Event::new(),
+            edges: Mutex::new(Edges::default()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub(crate) fn method(&self) -> &'static ComputeMethodDescriptor {
+        self.method
+    }
+
+    /// Marks the value as read. Writes only when the flag is clear, so hot entries read by
+    /// several threads do not bounce a cache line between cores.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        if !self.accessed.load(Ordering::Relaxed) {
+            self.accessed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Clears the accessed flag, returning whether it was set.
+    pub(crate) fn take_accessed(&self) -> bool {
+        self.accessed.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn listen(&self) -> event_listener::EventListener {
+        self.changed.listen()
+    }
+
+    pub(crate) fn notify_all(&self) {
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Moves `from` to `to` if the state is `from`.
+    pub(crate) fn transition(&self, from: u8, to: u8) -> Result<(), u8> {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+    }
+
+    fn edges(&self) -> MutexGuard<'_, Edges> {
+        // A panic while the lock is held leaves the edges consistent (every operation on them is
+        // a single push or take), so a poisoned lock is still usable.
+        self.edges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that `self` (a computing node) was computed from `dependency`.
+    pub(crate) fn add_dependency(&self, dependency: Arc<dyn ErasedNode>) {
+        let mut edges = self.edges();
+        if !edges
+            .dependencies
+            .iter()
+            .any(|known| Arc::ptr_eq(known, &dependency))
+        {
+            edges.dependencies.push(dependency);
+        }
+    }
+
+    /// Records `dependent` as computed from `self`. Returns `false` if `self` is already
+    /// invalidated: then the dependent must be invalidated by the caller.
+    pub(crate) fn add_dependent(&self, dependent: Weak<dyn ErasedNode>) -> bool {
+        let mut edges = self.edges();
+        // Checked under the lock: invalidation sets the state first and drains the dependents
+        // under this lock, so a dependent is either drained or refused here, never lost.
+        if matches!(self.state(), INVALIDATED | COMPUTING_INVALIDATED) {
+            return false;
+        }
+        if edges.dependents.len() >= 8 && edges.dependents.len().is_power_of_two() {
+            edges
+                .dependents
+                .retain(|known| known.upgrade().is_some_and(|node| node.core().is_live()));
+        }
+        edges.dependents.push(dependent);
+        true
+    }
+
+    /// Drops the dependencies and returns the live dependents (called once, on invalidation).
+    pub(crate) fn take_edges(&self) -> Vec<Arc<dyn ErasedNode>> {
+        let edges = std::mem::take(&mut *self.edges());
+        drop(edges.dependencies);
+        edges
+            .dependents
+            .into_iter()
+            .filter_map(|dependent| dependent.upgrade())
+            .collect()
+    }
+
+    pub(crate) fn dependencies(&self) -> Vec<Arc<dyn ErasedNode>> {
+        self.edges().dependencies.clone()
+    }
+
+    pub(crate) fn dependents(&self) -> Vec<Arc<dyn ErasedNode>> {
+        self.edges()
+            .dependents
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    fn is_live(&self) -> bool {
+        self.state() != INVALIDATED
+    }
+}
+
+/// A cached result seen without its key and value types.
+pub(crate) trait ErasedNode: Send + Sync + 'static {
+    fn core(&self) -> &NodeCore;
+    /// Removes this node from its method table if it is still the entry for its key.
+    fn detach(&self);
+}
+
+/// A cached result of the compute method `S::method(K) -> T`.
+pub(crate) struct Node<S, K, T> {
+    core: NodeCore,
+    key: K,
+    table: Weak<MethodTable<S, K, T>>,
+    output: OnceLock<T>,
+}
+
+impl<S, K, T> Node<S, K, T>
+where
+    S: 'static,
+    K: super::ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    pub(crate) fn new(core: NodeCore, key: K, table: Weak<MethodTable<S, K, T>>) -> Self {
+        Self {
+            core,
+            key,
+            table,
+            output: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> &K {
+        &self.key
+    }
+
+    #[inline]
+    pub(crate) fn output(&self) -> Option<&T> {
+        self.output.get()
+    }
+
+    /// Stores the computed value; called once by the computation's leader.
+    pub(crate) fn set_output(&self, value: T) {
+        // Only the leader sets the output, once; a second set cannot happen.
+        let _ = self.output.set(value);
+    }
+
+    /// Waits until the computation ends. `None`: it was abandoned (its caller was dropped or
+    /// its body panicked) and the caller should try again.
+    pub(crate) async fn wait_output(&self) -> Option<T> {
+        loop {
+            if let Some(value) = self.output.get() {
+                return Some(value.clone());
+            }
+            if self.core.state() == INVALIDATED {
+                return None;
+            }
+            let listener = self.core.listen();
+            if self.output.get().is_some() || self.core.state() == INVALIDATED {
+                continue;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl<S, K, T> ErasedNode for Node<S, K, T>
+where
+    S: 'static,
+    K: super::ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    fn core(&self) -> &NodeCore {
+        &self.core
+    }
+
+    fn detach(&self) {
+        if let Some(table) = self.table.upgrade() {
+            table.remove_node(self);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! [`Registry`]: one hub's method tables, its entry count and its evictor.
+
+use std::any::{Any, TypeId};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::ComputeKey;
+use super::invalidation::invalidate_all;
+use super::method::ComputeMethodDescriptor;
+use super::node::ErasedNode;
+use super::table::{ErasedTable, MethodTable};
+
+const CHUNK: usize = 64;
+const CHUNKS: usize = 1024;
+
+type Slot = OnceLock<Arc<dyn ErasedTable>>;
+
+/// One hub's cache: a table per compute method, found by the method's slot index without a
+/// lock on the hit path.
+pub(crate) struct Registry {
+    /// `CHUNKS` chunks of `CHUNK` slots, each chunk allocated on first use.
+    chunks: Box<[OnceLock<Box<[Slot]>>]>,
+    /// Tables whose method slot holds another type (a method of a generic `impl`, or more
+    /// methods than slots): found by (slot, type).
+    overflow: papaya::HashMap<(usize, TypeId), Arc<dyn ErasedTable>>,
+    /// Every table, for eviction and `invalidate_everything`.
+    tables: Mutex<Vec<Arc<dyn ErasedTable>>>,
+    len: Arc<AtomicUsize>,
+    capacity: usize,
+    evicting: Mutex<()>,
+}
+
+impl Registry {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
+            overflow: papaya::HashMap::new(),
+            tables: Mutex::new(Vec::new()),
+            len: Arc::new(AtomicUsize::new(0)),
+            capacity,
+            evicting: Mutex::new(()),
+        }
+    }
+
+    /// The number of cached entries (consistent or computing).
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn slot(&self, index: usize) -> Option<&Slot> {
+        let chunk = self.chunks.get(index / CHUNK)?;
+        let chunk = chunk.get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
+        chunk.get(index % CHUNK)
+    }
+
+    /// The table of `method` for these types, created on first use.
+    #[inline]
+    pub(crate) fn table<S, K, T>(&self, method: &ComputeMethodDescriptor) -> TableRef<'_, S, K, T>
+    where
+        S: 'static,
+        K: ComputeKey,
+        T: Clone + Send + Sync + 'static,
+    {
+        let index = method.slot();
+        if let Some(slot) = self.slot(index) {
+            let table = slot.get_or_init(|| {
+                method.set_service::<S>();
+                self.new_table::<S, K, T>()
+            });
+            if let Some(table) = (table.as_ref() as &dyn Any).downcast_ref() {
+                return TableRef::Slot(table);
+            }
+        }
+        self.overflow_table(index, true)
+            .unwrap_or_else(|| unreachable!("overflow_table creates the table when asked"))
+    }
+
+    /// The table of `method` for these types if it exists.
+    pub(crate) fn existing_table<S, K, T>(
+        &self,
+        method: &ComputeMethodDescriptor,
+    ) -> Option<TableRef<'_, S, K, T>>
+    where
+        S: 'static,
+        K: ComputeKey,
+        T: Clone + Send + Sync + 'static,
+    {
+        let index = method.slot();
+        if let Some(slot) = self.slot(index) {
+            let table = slot.get()?;
+            if let Some(table) = (table.as_ref() as &dyn Any).downcast_ref() {
+                return Some(TableRef::Slot(table));
+            }
+        }
+        self.overflow_table(index, false)
+    }
+
+    #[cold]
+    fn overflow_table<S, K, T>(&self, index: usize, create: bool) -> Option<TableRef<'_, S, K, T>>
+    where
+        S: 'static,
+        K: ComputeKey,
+        T: Clone + Send + Sync + 'static,
+    {
+        let key = (index, TypeId::of::<MethodTable<S, K, T>>());
+        let overflow = self.overflow.pin();
+        let table = if create {
+            Arc::clone(overflow.get_or_insert_with(key, || self.new_table::<S, K, T>()))
+        } else {
+            Arc::clone(overflow.get(&key)?)
+        };
+        let table: Arc<dyn Any + Send + Sync> = table;
+        table.downcast().ok().map(TableRef::Overflow)
+    }
+
+    fn new_table<S, K, T>(&self) -> Arc<dyn ErasedTable>
+    where
+        S: 'static,
+        K: ComputeKey,
+        T: Clone + Send + Sync + 'static,
+    {
+        let table: Arc<dyn ErasedTable> = MethodTable::<S, K, T>::new(Arc::clone(&self.len));
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::clone(&table));
+        table
+    }
+
+    /// Evicts entries while the cache holds more than its capacity. Eviction is invalidation:
+    /// an evicted entry's dependents are invalidated with it.
+    pub(crate) fn evict_if_over_capacity(&self) {
+        if self.len() <= self.capacity {
+            return;
+        }
+        // One evictor at a time; the others go on, the running sweep covers them.
+        let Ok(_evicting) = self.evicting.try_lock() else {
+            return;
+        };
+        let target = self.capacity - self.capacity / 8;
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        // Two rounds: the first clears the accessed flags of recently read entries, the second
+        // then finds victims among them if the first did not find enough.
+        for _round in 0..2 {
+            let excess = self.len().saturating_sub(target);
+            if excess == 0 {
+                return;
+            }
+            let mut victims: Vec<Arc<dyn ErasedNode>> = Vec::with_capacity(excess);
+            for table in &tables {
+                table.sweep(&mut victims, excess);
+                if victims.len() >= excess {
+                    break;
+                }
+            }
+            tracing::trace!(count = victims.len(), "evicting cached values");
+            invalidate_all(victims);
+        }
+    }
+
+    /// Invalidates every cached value.
+    pub(crate) fn invalidate_everything(&self) {
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for table in tables {
+            invalidate_all(table.all());
+        }
+    }
+}
+
+/// A method table borrowed from its slot, or held for a table found in the overflow map.
+pub(crate) enum TableRef<'a, S, K, T> {
+    Slot(&'a MethodTable<S, K, T>),
+    Overflow(Arc<MethodTable<S, K, T>>),
+}
+
+impl<S, K, T> Deref for TableRef<'_, S, K, T> {
+    type Target = MethodTable<S, K, T>;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Slot(table) => table,
+            Self::Overflow(table) => table,
+        }
+    }
+}

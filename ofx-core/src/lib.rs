@@ -1,0 +1,87 @@
+//! # ofx-core
+//!
+//! The runtime of ofx, a framework for multi-host CQRS services whose caches behave as one:
+//! a value computed on any host is served from memory until something it was computed from
+//! changes, and then it is recomputed.
+//!
+//! This crate holds what needs no database: memoized **compute methods** with automatic
+//! dependency tracking, invalidation, and the [`Hub`] that is one host's runtime.
+//!
+//! ## Concepts
+//!
+//! | concept | what it is |
+//! |---|---|
+//! | [`Hub`] | one host's runtime: its [`HostId`] and its bounded cache. Two hubs are two hosts. |
+//! | compute method | an `async fn(&self, ..) -> T` marked [`#[compute_method]`](compute_method), memoized per hub, method and arguments. |
+//! | [`Computed`] | one cached result: computing, consistent or invalidated; its version, dependencies and dependents. |
+//! | dependency | a compute method called while another computes (in the same task) is a dependency of it: invalidating the dependency invalidates the dependent. |
+//! | [`invalidate!`] | names compute method calls to invalidate instead of compute: `invalidate! { self.get(id); }`. |
+//!
+//! ## Example
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use ofx_core::{compute_method, invalidate, ComputeService, Hub};
+//!
+//! struct Prices { hub: Hub, base: AtomicU64 }
+//!
+//! impl ComputeService for Prices {
+//!     fn hub(&self) -> &Hub { &self.hub }
+//! }
+//!
+//! impl Prices {
+//!     #[compute_method]
+//!     async fn base(&self) -> u64 { self.base.load(Ordering::SeqCst) }
+//!
+//!     #[compute_method]
+//!     async fn with_tax(&self, percent: u64) -> u64 {
+//!         self.base().await * (100 + percent) / 100   // `base()` becomes a dependency
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let prices = Prices { hub: Hub::new(), base: AtomicU64::new(100) };
+//! assert_eq!(prices.with_tax(20).await, 120);
+//!
+//! prices.base.store(200, Ordering::SeqCst);
+//! assert_eq!(prices.with_tax(20).await, 120);   // still cached
+//!
+//! invalidate! { prices.base(); }                // invalidates base() and with_tax(20)
+//! assert_eq!(prices.with_tax(20).await, 240);
+//! # }
+//! ```
+//!
+//! ## Where to find things
+//!
+//! - [`computed`]: the semantics of cached values, invalidation, eviction and capture.
+//! - [`compute_method`] and [`invalidate!`]: the macros and their options.
+//! - [`Hub`], [`HubBuilder`]: a host's runtime and its settings.
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `macros` | yes | re-exports [`compute_method`] and [`invalidate!`] from `ofx-macros` |
+//!
+//! ## Requirements
+//!
+//! Compute methods run on tokio: time-based invalidation (`auto_invalidate`, the lifetime of
+//! cached errors) uses tokio timers of the runtime the method was called on.
+
+pub mod computed;
+mod error;
+mod host_id;
+mod hub;
+mod service;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use computed::{ComputeScope, Computed, ComputedState, capture};
+pub use error::{Error, Result};
+pub use host_id::HostId;
+pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder};
+pub use service::ComputeService;
+
+#[cfg(feature = "macros")]
+pub use ofx_macros::{compute_method, invalidate};

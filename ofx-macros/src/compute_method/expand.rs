@@ -1,0 +1,101 @@
+//! The code a compute method becomes: the cached wrapper under the user's name, the user's body
+//! as a hidden method, the method's descriptor and its typed invalidation entry.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::parse::ComputeMethod;
+
+pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
+    let method = model.method;
+    let sig = &method.sig;
+    let name = &sig.ident;
+    let vis = &method.vis;
+    let attrs = &method.attrs;
+    let output = &model.output;
+    let inputs = &sig.inputs;
+    let block = &method.block;
+    let lint_attrs = attrs.iter().filter(|attr| {
+        attr.path().is_ident("allow")
+            || attr.path().is_ident("expect")
+            || attr.path().is_ident("warn")
+    });
+
+    let body_fn = format_ident!("__ofx_compute_body_{}", name);
+    let descriptor_fn = format_ident!("__ofx_compute_method_{}", name);
+    let invalidate_fn = format_ident!("__ofx_invalidate_{}", name);
+
+    let arg_names: Vec<_> = model.args.iter().map(|arg| &arg.name).collect();
+    let arg_types: Vec<_> = model.args.iter().map(|arg| arg.ty).collect();
+    let key_asserts = model.args.iter().map(|arg| {
+        let ty = arg.ty;
+        quote_spanned!(ty.span()=> ::ofx_core::__private::assert_compute_key::<#ty>();)
+    });
+    let output_assert =
+        quote_spanned!(output.span()=> ::ofx_core::__private::assert_compute_output::<#output>(););
+    let is_error = if model.returns_result {
+        quote!(::ofx_core::__private::result_is_err())
+    } else {
+        quote!(::core::option::Option::None)
+    };
+    let options = options(model);
+    let name_text = name.to_string();
+    let wrapper_args = model.args.iter().map(|arg| {
+        let (name, ty) = (&arg.name, arg.ty);
+        quote!(#name: #ty)
+    });
+
+    quote! {
+        #(#attrs)*
+        #vis async fn #name(&self, #(#wrapper_args),*) -> #output {
+            #(#key_asserts)*
+            #output_assert
+            ::ofx_core::__private::compute(
+                self,
+                Self::#descriptor_fn(),
+                (#(#arg_names,)*),
+                #is_error,
+                |(#(#arg_names,)*)| self.#body_fn(#(#arg_names),*),
+            )
+            .await
+        }
+
+        #[doc(hidden)]
+        #(#lint_attrs)*
+        async fn #body_fn(#inputs) -> #output #block
+
+        #[doc(hidden)]
+        #[inline]
+        fn #descriptor_fn() -> &'static ::ofx_core::__private::ComputeMethodDescriptor {
+            static DESCRIPTOR: ::ofx_core::__private::ComputeMethodDescriptor =
+                ::ofx_core::__private::ComputeMethodDescriptor::new(#name_text, #options);
+            &DESCRIPTOR
+        }
+
+        /// Invalidates the cached value of this compute method for these arguments; used by
+        /// `invalidate!`.
+        #[doc(hidden)]
+        #[allow(clippy::too_many_arguments)]
+        #vis fn #invalidate_fn(&self, #(#arg_names: #arg_types),*) {
+            ::ofx_core::__private::invalidate::<Self, (#(#arg_types,)*), #output>(
+                self,
+                Self::#descriptor_fn(),
+                &(#(#arg_names,)*),
+            );
+        }
+    }
+}
+
+fn options(model: &ComputeMethod<'_>) -> TokenStream {
+    let mut options = quote!(::ofx_core::__private::ComputeMethodOptions::DEFAULT);
+    if let Some(delay) = model.auto_invalidate {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        options = quote!(#options.with_auto_invalidate(::ofx_core::__private::Duration::from_millis(#millis)));
+    }
+    if let Some(lifetime) = model.error_lifetime {
+        let millis = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        options = quote!(#options.with_error_lifetime(::ofx_core::__private::Duration::from_millis(#millis)));
+    }
+    options
+}

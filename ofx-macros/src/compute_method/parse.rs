@@ -1,0 +1,76 @@
+//! The model of one compute method, read from its `syn` node.
+
+use std::time::Duration;
+
+use proc_macro2::TokenStream;
+use syn::{FnArg, Ident, ImplItemFn, Pat, ReturnType, Type};
+
+use super::OPTIONS;
+use crate::ctxt::Ctxt;
+use crate::options::Options;
+
+/// A compute method as the expander needs it.
+pub(super) struct ComputeMethod<'a> {
+    pub(super) method: &'a ImplItemFn,
+    pub(super) args: Vec<Arg<'a>>,
+    /// The declared return type; `()` when none.
+    pub(super) output: Type,
+    pub(super) returns_result: bool,
+    pub(super) auto_invalidate: Option<Duration>,
+    pub(super) error_lifetime: Option<Duration>,
+}
+
+/// One argument after `&self`.
+pub(super) struct Arg<'a> {
+    /// The name the wrapper binds it to.
+    pub(super) name: Ident,
+    pub(super) ty: &'a Type,
+}
+
+impl<'a> ComputeMethod<'a> {
+    pub(super) fn from_syn(cx: &Ctxt, args: TokenStream, method: &'a ImplItemFn) -> Self {
+        let options = Options::parse(cx, "compute_method", OPTIONS, args);
+        let output = match &method.sig.output {
+            ReturnType::Default => syn::parse_quote!(()),
+            ReturnType::Type(_, ty) => (**ty).clone(),
+        };
+        Self {
+            method,
+            args: method
+                .sig
+                .inputs
+                .iter()
+                .filter_map(|input| match input {
+                    FnArg::Typed(typed) => Some(typed),
+                    FnArg::Receiver(_) => None,
+                })
+                .enumerate()
+                .map(|(index, typed)| Arg {
+                    name: match &*typed.pat {
+                        Pat::Ident(pat) => Ident::new(&pat.ident.to_string(), pat.ident.span()),
+                        _ => quote::format_ident!("__ofx_arg{}", index),
+                    },
+                    ty: &typed.ty,
+                })
+                .collect(),
+            returns_result: is_result(&output),
+            output,
+            auto_invalidate: options.duration(cx, "auto_invalidate"),
+            error_lifetime: options.duration(cx, "error_lifetime"),
+        }
+    }
+}
+
+/// Whether the type is written as a `Result` (`Result<T, E>`, `io::Result<T>`, ...).
+fn is_result(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "Result"),
+        Type::Group(group) => is_result(&group.elem),
+        Type::Paren(paren) => is_result(&paren.elem),
+        _ => false,
+    }
+}
