@@ -7,6 +7,10 @@ pub use crate::computed::{
     ComputeKey, ComputeMethodDescriptor, ComputeMethodOptions, compute, invalidate,
 };
 
+/// Checks, at the span of a compute method's receiver, that its type is a `ComputeService`.
+#[inline(always)]
+pub const fn assert_compute_service<T: ComputeService + ?Sized>() {}
+
 /// Checks, at the span of a compute method's argument type, that it can be a cache key.
 #[inline(always)]
 pub const fn assert_compute_key<T: ComputeKey>() {}
@@ -25,8 +29,11 @@ pub trait ComputeOutput: Clone + Send + Sync + 'static {}
 
 impl<T: Clone + Send + Sync + 'static> ComputeOutput for T {}
 
+/// Tells whether a compute method's value is an error (kept only for the error lifetime).
+pub type IsError<T> = fn(&T) -> bool;
+
 /// `Some(Result::is_err)` for a method that returns a `Result`, for the error lifetime.
-pub const fn result_is_err<V, E>() -> Option<fn(&Result<V, E>) -> bool> {
+pub const fn result_is_err<V, E>() -> Option<IsError<Result<V, E>>> {
     Some(Result::is_err)
 }
 

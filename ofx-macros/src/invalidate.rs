@@ -21,8 +21,9 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         .into_iter()
         .map(|stmt| rewrite_stmt(&cx, stmt))
         .collect();
+    let fallbacks = fallbacks(&rewritten);
     match cx.check() {
-        Ok(()) => quote!({ #(#rewritten)* }),
+        Ok(()) => quote!({ #fallbacks #(#rewritten)* }),
         Err(error) => {
             let error = error.to_compile_error();
             quote!({ #error })
@@ -80,6 +81,8 @@ fn rewrite_expr(cx: &Ctxt, expr: Expr) -> Expr {
             *paren.expr = rewrite_expr(cx, *paren.expr);
             Expr::Paren(paren)
         }
+        // `.await` is reported by `NoAwait`: one mistake, one error.
+        Expr::Await(expr_await) => Expr::Await(expr_await),
         // Logging and other macros run as written; `()` does nothing.
         Expr::Macro(mac) => Expr::Macro(mac),
         Expr::Tuple(tuple) if tuple.elems.is_empty() => Expr::Tuple(tuple),
@@ -130,4 +133,61 @@ impl<'ast> Visit<'ast> for NoAwait<'_> {
             "`invalidate!` cannot start async work: invalidation runs synchronously",
         );
     }
+}
+
+/// For each method the block invalidates, a trait method of the same generated name on every
+/// `ComputeService`, found only when the type has no such inherent method (the method is not a
+/// compute method), and whose unmet bound says so in words.
+fn fallbacks(stmts: &[Stmt]) -> TokenStream {
+    struct Calls(Vec<(syn::Ident, usize)>);
+    impl<'ast> Visit<'ast> for Calls {
+        fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
+            let name = call.method.to_string();
+            if name.starts_with("__ofx_invalidate_")
+                && !self.0.iter().any(|(ident, _)| *ident == name)
+            {
+                self.0.push((call.method.clone(), call.args.len()));
+            }
+            syn::visit::visit_expr_method_call(self, call);
+        }
+    }
+    let mut calls = Calls(Vec::new());
+    for stmt in stmts {
+        calls.visit_stmt(stmt);
+    }
+    calls
+        .0
+        .iter()
+        .map(|(method, arity)| {
+            let method_text = method.to_string();
+            let original = method_text.trim_start_matches("__ofx_invalidate_");
+            let method = syn::Ident::new(&method_text, proc_macro2::Span::mixed_site());
+            let marker = format_ident!(
+                "__OfxIsComputeMethod_{}",
+                original,
+                span = proc_macro2::Span::mixed_site()
+            );
+            let fallback = format_ident!(
+                "__OfxNotComputeMethod_{}",
+                original,
+                span = proc_macro2::Span::mixed_site()
+            );
+            let message = format!("`{original}` is not a compute method of `{{Self}}`");
+            let label = "`invalidate!` takes calls of `#[compute_method]`s only";
+            let note = format!(
+                "mark `{original}` with `#[compute_method]`, or call it outside `invalidate!`"
+            );
+            let params: Vec<_> = (0..*arity).map(|i| format_ident!("__A{}", i)).collect();
+            quote! {
+                #[allow(non_camel_case_types, dead_code)]
+                #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+                trait #marker {}
+                #[allow(non_camel_case_types, dead_code)]
+                trait #fallback {
+                    fn #method<#(#params),*>(&self, #(_: #params),*) where Self: #marker {}
+                }
+                impl<__S: ::ofx_core::ComputeService + ?::core::marker::Sized> #fallback for __S {}
+            }
+        })
+        .collect()
 }

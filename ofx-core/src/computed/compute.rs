@@ -101,7 +101,8 @@ where
         ));
         if table.try_insert(&node, &guard) {
             drop(guard);
-            hub.registry().evict_if_over_capacity();
+            let weak = Arc::downgrade(&node);
+            hub.registry().inserted(weak);
             return Lookup::Lead(node);
         }
     }

@@ -21,7 +21,8 @@ pub(crate) const INVALIDATED: u8 = 3;
 /// The parts of a cached result that do not depend on its key or value types.
 pub(crate) struct NodeCore {
     state: AtomicU8,
-    /// Set by reads, cleared by the evictor's sweep: a second chance before eviction.
+    /// Set by reads after the first, cleared by the evictor's sweep: a value read again since
+    /// the last sweep gets a second chance; a value read once is evicted first.
     accessed: AtomicBool,
     version: u64,
     method: &'static ComputeMethodDescriptor,
@@ -42,7 +43,7 @@ impl NodeCore {
     pub(crate) fn new(method: &'static ComputeMethodDescriptor, version: u64) -> Self {
         Self {
             state: AtomicU8::new(COMPUTING),
-            accessed: AtomicBool::new(true),
+            accessed: AtomicBool::new(false),
             version,
             method,
             changed: Event::new(),

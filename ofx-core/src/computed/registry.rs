@@ -1,14 +1,15 @@
 //! [`Registry`]: one hub's method tables, its entry count and its evictor.
 
 use std::any::{Any, TypeId};
+use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use super::ComputeKey;
 use super::invalidation::invalidate_all;
 use super::method::ComputeMethodDescriptor;
-use super::node::ErasedNode;
+use super::node::{CONSISTENT, ErasedNode, INVALIDATED};
 use super::table::{ErasedTable, MethodTable};
 
 const CHUNK: usize = 64;
@@ -28,6 +29,9 @@ pub(crate) struct Registry {
     tables: Mutex<Vec<Arc<dyn ErasedTable>>>,
     len: Arc<AtomicUsize>,
     capacity: usize,
+    /// Every cached node in insertion order, for the evictor's clock (weak: the tables own
+    /// the nodes).
+    clock: Mutex<VecDeque<Weak<dyn ErasedNode>>>,
     evicting: Mutex<()>,
 }
 
@@ -39,6 +43,7 @@ impl Registry {
             tables: Mutex::new(Vec::new()),
             len: Arc::new(AtomicUsize::new(0)),
             capacity,
+            clock: Mutex::new(VecDeque::new()),
             evicting: Mutex::new(()),
         }
     }
@@ -127,14 +132,36 @@ impl Registry {
         let table: Arc<dyn ErasedTable> = MethodTable::<S, K, T>::new(Arc::clone(&self.len));
         self.tables
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .push(Arc::clone(&table));
         table
     }
 
+    /// Records a node just inserted into its table, then evicts if the cache is over its
+    /// capacity.
+    pub(crate) fn inserted(&self, node: Weak<dyn ErasedNode>) {
+        let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
+        clock.push_back(node);
+        // Invalidated nodes leave their weak reference behind: drop them before the queue
+        // outgrows the cache.
+        if clock.len() > 2 * self.capacity + 64 {
+            clock.retain(|node| {
+                node.upgrade()
+                    .is_some_and(|node| node.core().state() != INVALIDATED)
+            });
+        }
+        drop(clock);
+        self.evict_if_over_capacity();
+    }
+
     /// Evicts entries while the cache holds more than its capacity. Eviction is invalidation:
     /// an evicted entry's dependents are invalidated with it.
-    pub(crate) fn evict_if_over_capacity(&self) {
+    ///
+    /// The policy is a clock (FIFO with a second chance): nodes queue in insertion order; the
+    /// evictor takes them from the front; one read since it last passed is sent to the back with
+    /// its flag cleared, the others are evicted. Evicting down to 7/8 of the capacity at once
+    /// keeps the cost per insertion constant.
+    fn evict_if_over_capacity(&self) {
         if self.len() <= self.capacity {
             return;
         }
@@ -143,28 +170,30 @@ impl Registry {
             return;
         };
         let target = self.capacity - self.capacity / 8;
-        let tables = self
-            .tables
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        // Two rounds: the first clears the accessed flags of recently read entries, the second
-        // then finds victims among them if the first did not find enough.
-        for _round in 0..2 {
-            let excess = self.len().saturating_sub(target);
-            if excess == 0 {
-                return;
+        let excess = self.len().saturating_sub(target);
+        let mut victims: Vec<Arc<dyn ErasedNode>> = Vec::with_capacity(excess);
+        let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
+        // Two turns at most: the first may only clear flags, the second then evicts.
+        let mut left = 2 * clock.len();
+        while victims.len() < excess && left > 0 {
+            left -= 1;
+            let Some(weak) = clock.pop_front() else {
+                break;
+            };
+            let Some(node) = weak.upgrade() else {
+                continue;
+            };
+            let core = node.core();
+            match core.state() {
+                INVALIDATED => {}
+                CONSISTENT if !core.take_accessed() => victims.push(node),
+                // Read since the hand last passed, or still computing: a second chance.
+                _ => clock.push_back(weak),
             }
-            let mut victims: Vec<Arc<dyn ErasedNode>> = Vec::with_capacity(excess);
-            for table in &tables {
-                table.sweep(&mut victims, excess);
-                if victims.len() >= excess {
-                    break;
-                }
-            }
-            tracing::trace!(count = victims.len(), "evicting cached values");
-            invalidate_all(victims);
         }
+        drop(clock);
+        tracing::trace!(count = victims.len(), "evicting cached values");
+        invalidate_all(victims);
     }
 
     /// Invalidates every cached value.
@@ -172,7 +201,7 @@ impl Registry {
         let tables = self
             .tables
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone();
         for table in tables {
             invalidate_all(table.all());

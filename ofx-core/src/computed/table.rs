@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::ComputeKey;
-use super::node::{CONSISTENT, ErasedNode, Node};
+use super::node::{ErasedNode, Node};
 
 type Map<S, K, T> = papaya::HashMap<K, Arc<Node<S, K, T>>, foldhash::fast::RandomState>;
 
@@ -76,11 +76,8 @@ where
     }
 }
 
-/// A method table seen without its types: what eviction and `invalidate_everything` need.
+/// A method table seen without its types: what `invalidate_everything` needs.
 pub(crate) trait ErasedTable: Any + Send + Sync {
-    /// Gives every consistent entry a second chance: entries read since the last sweep are
-    /// kept (their flag cleared), the others are pushed to `victims`, until `budget` victims.
-    fn sweep(&self, victims: &mut Vec<Arc<dyn ErasedNode>>, budget: usize);
     /// Every node in the table.
     fn all(&self) -> Vec<Arc<dyn ErasedNode>>;
 }
@@ -91,19 +88,6 @@ where
     K: ComputeKey,
     T: Clone + Send + Sync + 'static,
 {
-    fn sweep(&self, victims: &mut Vec<Arc<dyn ErasedNode>>, budget: usize) {
-        let guard = self.map.guard();
-        for (_, node) in self.map.iter(&guard) {
-            if victims.len() >= budget {
-                return;
-            }
-            let core = node.core();
-            if core.state() == CONSISTENT && !core.take_accessed() {
-                victims.push(Arc::clone(node) as Arc<dyn ErasedNode>);
-            }
-        }
-    }
-
     fn all(&self) -> Vec<Arc<dyn ErasedNode>> {
         let guard = self.map.guard();
         self.map

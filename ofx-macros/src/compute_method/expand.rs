@@ -1,7 +1,7 @@
 //! The code a compute method becomes: the cached wrapper under the user's name, the user's body
 //! as a hidden method, the method's descriptor and its typed invalidation entry.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
@@ -28,12 +28,29 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
 
     let arg_names: Vec<_> = model.args.iter().map(|arg| &arg.name).collect();
     let arg_types: Vec<_> = model.args.iter().map(|arg| arg.ty).collect();
-    let key_asserts = model.args.iter().map(|arg| {
-        let ty = arg.ty;
-        quote_spanned!(ty.span()=> ::ofx_core::__private::assert_compute_key::<#ty>();)
-    });
+    let key_asserts: Vec<_> = model
+        .args
+        .iter()
+        .map(|arg| {
+            let ty = arg.ty;
+            quote_spanned!(ty.span()=> ::ofx_core::__private::assert_compute_key::<#ty>();)
+        })
+        .collect();
     let output_assert =
         quote_spanned!(output.span()=> ::ofx_core::__private::assert_compute_output::<#output>(););
+    // The receiver `&self`: where "`Users` does not implement `ComputeService`" is reported.
+    let receiver_span = sig
+        .inputs
+        .first()
+        .map_or_else(Span::call_site, Spanned::span);
+    let service_assert =
+        quote_spanned!(receiver_span=> ::ofx_core::__private::assert_compute_service::<Self>(););
+    let self_ty = quote_spanned!(receiver_span=> Self);
+    // One argument: the key type `(A,)` takes A's span, so a bound it misses is reported once.
+    let key_ty = match arg_types.as_slice() {
+        [ty] => quote_spanned!(ty.span()=> (#ty,)),
+        _ => quote!((#(#arg_types,)*)),
+    };
     let is_error = if model.returns_result {
         quote!(::ofx_core::__private::result_is_err())
     } else {
@@ -49,6 +66,7 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
     quote! {
         #(#attrs)*
         #vis async fn #name(&self, #(#wrapper_args),*) -> #output {
+            #service_assert
             #(#key_asserts)*
             #output_assert
             ::ofx_core::__private::compute(
@@ -78,7 +96,12 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
         #[doc(hidden)]
         #[allow(clippy::too_many_arguments)]
         #vis fn #invalidate_fn(&self, #(#arg_names: #arg_types),*) {
-            ::ofx_core::__private::invalidate::<Self, (#(#arg_types,)*), #output>(
+            // The same checks as the wrapper's, at the same spans: rustc prints identical
+            // errors once, and the call below then fails at those spans too (deduplicated).
+            #service_assert
+            #(#key_asserts)*
+            #output_assert
+            ::ofx_core::__private::invalidate::<#self_ty, #key_ty, #output>(
                 self,
                 Self::#descriptor_fn(),
                 &(#(#arg_names,)*),

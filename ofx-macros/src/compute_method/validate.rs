@@ -21,11 +21,11 @@ pub(super) fn check(cx: &Ctxt, method: &ImplItemFn) {
     if let Some(variadic) = &sig.variadic {
         cx.error_spanned_by(variadic, "`#[compute_method]` cannot be variadic");
     }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        cx.error_spanned_by(
-            &sig.generics,
-            "`#[compute_method]` cannot be generic: each compute method has one cache, keyed by its argument types",
-        );
+    let generic_message = "`#[compute_method]` cannot be generic: each compute method has one cache, keyed by its argument types";
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(&sig.generics, generic_message);
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        cx.error_spanned_by(where_clause, generic_message);
     }
     check_receiver(cx, method);
     for input in sig.inputs.iter().skip(1) {
@@ -34,13 +34,13 @@ pub(super) fn check(cx: &Ctxt, method: &ImplItemFn) {
             check_arg_type(cx, &arg.ty);
         }
     }
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if let Type::ImplTrait(_) = &**ty {
-            cx.error_spanned_by(
-                ty,
-                "`#[compute_method]` must name its return type: its values are cached",
-            );
-        }
+    if let ReturnType::Type(_, ty) = &sig.output
+        && let Type::ImplTrait(_) = &**ty
+    {
+        cx.error_spanned_by(
+            ty,
+            "`#[compute_method]` must name its return type: its values are cached",
+        );
     }
 }
 

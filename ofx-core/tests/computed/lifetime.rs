@@ -1,0 +1,61 @@
+//! Error lifetime and auto-invalidation, on tokio's paused clock.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ofx_core::{Hub, capture};
+
+use crate::common::Store;
+
+#[tokio::test(start_paused = true)]
+async fn an_error_is_cached_for_its_lifetime_then_recomputed() {
+    let store = Store::new(Hub::new());
+    store.failing.store(true, Ordering::SeqCst);
+    let (first, computed) = capture(store.fallible(1)).await.unwrap();
+    assert!(first.is_err());
+    assert!(store.fallible(1).await.is_err());
+    assert_eq!(Store::runs(&store.fallible_runs), 1, "the error is cached");
+
+    tokio::time::advance(Duration::from_millis(900)).await;
+    tokio::task::yield_now().await;
+    assert!(
+        computed.is_consistent(),
+        "still cached before its lifetime (1 s by default)"
+    );
+
+    store.failing.store(false, Ordering::SeqCst);
+    computed.when_invalidated().await;
+    assert_eq!(store.fallible(1).await, Ok(1));
+    assert_eq!(Store::runs(&store.fallible_runs), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_is_not_expired() {
+    let store = Store::new(Hub::new());
+    let (value, computed) = capture(store.fallible(2)).await.unwrap();
+    assert_eq!(value, Ok(2));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    tokio::task::yield_now().await;
+    assert!(computed.is_consistent());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_error_lifetime_option_is_obeyed() {
+    let store = Store::new(Hub::new());
+    let start = tokio::time::Instant::now();
+    let (_, computed) = capture(store.fallible_longer()).await.unwrap();
+    computed.when_invalidated().await;
+    assert!(start.elapsed() >= Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn auto_invalidate_expires_every_value() {
+    let store = Store::new(Hub::new());
+    let start = tokio::time::Instant::now();
+    let (first, computed) = capture(store.tick()).await.unwrap();
+    assert_eq!(store.tick().await, first);
+    computed.when_invalidated().await;
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    assert_eq!(store.tick().await, first + 1);
+}

@@ -1,0 +1,80 @@
+//! Single flight and the invalidation race.
+
+use ofx_core::{Hub, invalidate};
+use tokio::task::JoinSet;
+
+use crate::common::Store;
+
+#[tokio::test]
+async fn concurrent_callers_share_one_computation() {
+    let store = Store::new(Hub::new());
+    let mut callers = JoinSet::new();
+    for _ in 0..10 {
+        let store = store.clone();
+        callers.spawn(async move { store.gated(4).await });
+    }
+    // Let every caller start: the first leads and blocks on the gate, the others wait for it.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(Store::runs(&store.gated_runs), 1);
+    store.gate.add_permits(1);
+    let results: Vec<u64> = callers.join_all().await;
+    assert_eq!(results, vec![4; 10]);
+    assert_eq!(
+        Store::runs(&store.gated_runs),
+        1,
+        "the body ran once for ten callers"
+    );
+}
+
+#[tokio::test]
+async fn a_value_whose_dependency_changed_while_computing_is_born_invalidated() {
+    let store = Store::new(Hub::new());
+    let caller = tokio::spawn({
+        let store = store.clone();
+        async move { store.gated(1).await }
+    });
+    // Wait until `gated(1)` has read `value(1)` and blocks on the gate.
+    while Store::runs(&store.value_runs) == 0 {
+        tokio::task::yield_now().await;
+    }
+    store.set(1, 10);
+    invalidate! { store.value(1); }
+    store.gate.add_permits(1);
+
+    assert_eq!(
+        caller.await.unwrap(),
+        1,
+        "the caller gets the value it waited for"
+    );
+    // ...but it was not cached as consistent: the next call computes again and sees the change.
+    store.gate.add_permits(1);
+    assert_eq!(store.gated(1).await, 10);
+    assert_eq!(Store::runs(&store.gated_runs), 2);
+}
+
+#[tokio::test]
+async fn invalidating_a_computing_value_makes_new_callers_compute_again() {
+    let store = Store::new(Hub::new());
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.gated(2).await }
+    });
+    while Store::runs(&store.gated_runs) == 0 {
+        tokio::task::yield_now().await;
+    }
+    store.set(2, 20);
+    invalidate! { store.value(2); store.gated(2); }
+    // A caller after the invalidation must not be handed the computation started before it.
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move { store.gated(2).await }
+    });
+    while Store::runs(&store.gated_runs) < 2 {
+        tokio::task::yield_now().await;
+    }
+    store.gate.add_permits(2);
+    assert_eq!(first.await.unwrap(), 2);
+    assert_eq!(second.await.unwrap(), 20);
+}

@@ -1,0 +1,23 @@
+use ofx_core::{ComputeService, Hub, compute_method};
+
+struct Users {
+    hub: Hub,
+}
+
+impl ComputeService for Users {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Users {
+    #[compute_method]
+    async fn count(&self) -> u64
+    where
+        Self: Sized,
+    {
+        0
+    }
+}
+
+fn main() {}

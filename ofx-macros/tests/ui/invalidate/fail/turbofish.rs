@@ -1,0 +1,26 @@
+use ofx_core::{ComputeService, Hub, compute_method, invalidate};
+
+struct Users {
+    hub: Hub,
+}
+
+impl ComputeService for Users {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Users {
+    #[compute_method]
+    async fn get(&self, id: u64) -> u64 {
+        id
+    }
+
+    fn on_deleted(&self, id: u64) {
+        invalidate! {
+            self.get::<u64>(id);
+        }
+    }
+}
+
+fn main() {}
