@@ -32,9 +32,45 @@ impl<T: Clone + Send + Sync + 'static> ComputeOutput for T {}
 /// Tells whether a compute method's value is an error (kept only for the error lifetime).
 pub type IsError<T> = fn(&T) -> bool;
 
-/// `Some(Result::is_err)` for a method that returns a `Result`, for the error lifetime.
-pub const fn result_is_err<V, E>() -> Option<IsError<Result<V, E>>> {
-    Some(Result::is_err)
+/// Finds, by type, how to tell an error value of a compute method: `Some(Result::is_err)`
+/// for any `Result` (whatever alias names it), `None` for other types. Generated code calls
+/// `(&&ErrorProbe::<T>::NEW).is_error_fn()` with both probe traits in scope: method lookup
+/// picks [`ProbeResult`] when `T` is a `Result` and falls back to [`ProbeOther`].
+pub struct ErrorProbe<T>(core::marker::PhantomData<fn() -> T>);
+
+impl<T> ErrorProbe<T> {
+    /// The probe.
+    pub const NEW: Self = Self(core::marker::PhantomData);
+}
+
+impl<T> core::fmt::Debug for ErrorProbe<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ErrorProbe")
+    }
+}
+
+/// The probe for `Result`s.
+pub trait ProbeResult<T> {
+    /// `Some(Result::is_err)`.
+    fn is_error_fn(&self) -> Option<IsError<T>>;
+}
+
+impl<V, E> ProbeResult<Result<V, E>> for &ErrorProbe<Result<V, E>> {
+    fn is_error_fn(&self) -> Option<IsError<Result<V, E>>> {
+        Some(Result::is_err)
+    }
+}
+
+/// The probe for every other type.
+pub trait ProbeOther<T> {
+    /// `None`: no value of this type is an error.
+    fn is_error_fn(&self) -> Option<IsError<T>>;
+}
+
+impl<T> ProbeOther<T> for ErrorProbe<T> {
+    fn is_error_fn(&self) -> Option<IsError<T>> {
+        None
+    }
 }
 
 /// Parses durations written in `#[compute_method(...)]` options; used by tests of the macro.

@@ -35,7 +35,7 @@ pub fn compute_method(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Invalidates the compute method calls it names, instead of computing them.
 ///
-/// ```ignore
+/// ```text
 /// invalidate! {
 ///     self.count(cmd.owner);
 ///     if let Some(id) = maybe_id { self.get(id); }

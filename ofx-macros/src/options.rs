@@ -88,6 +88,20 @@ impl Options {
     }
 }
 
+impl Options {
+    /// Like [`Options::duration`], and zero is an error.
+    pub(crate) fn nonzero_duration(&self, cx: &Ctxt, name: &str) -> Option<Duration> {
+        let duration = self.duration(cx, name)?;
+        if duration.is_zero() {
+            if let Some((_, value)) = self.values.get(name) {
+                cx.error_spanned_by(value, format!("`{name}` must be longer than zero"));
+            }
+            return None;
+        }
+        Some(duration)
+    }
+}
+
 fn report_duration(cx: &Ctxt, name: &str, text: &LitStr) {
     cx.error_spanned_by(
         text,

@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use ofx_core::{ComputeService, Hub, compute_method};
 use tokio::sync::Semaphore;
 
+/// A `Result` under another name: its errors still expire.
+pub(crate) type Fallible<T> = Result<T, String>;
+
 /// A service whose values come from atomics the test changes, and which counts body runs.
 pub(crate) struct Store {
     pub(crate) hub: Hub,
@@ -104,6 +107,12 @@ impl Store {
     pub(crate) async fn fallible_longer(&self) -> Result<u64, String> {
         self.fallible_runs.fetch_add(1, Ordering::SeqCst);
         Err("still failing".to_owned())
+    }
+
+    #[compute_method]
+    pub(crate) async fn aliased(&self) -> Fallible<u64> {
+        self.fallible_runs.fetch_add(1, Ordering::SeqCst);
+        Err("aliased failure".to_owned())
     }
 
     #[compute_method(auto_invalidate = "2s")]

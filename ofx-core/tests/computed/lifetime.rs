@@ -59,3 +59,13 @@ async fn auto_invalidate_expires_every_value() {
     assert!(start.elapsed() >= Duration::from_secs(2));
     assert_eq!(store.tick().await, first + 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_error_under_a_result_alias_expires_too() {
+    let store = Store::new(Hub::new());
+    let start = tokio::time::Instant::now();
+    let (value, computed) = capture(store.aliased()).await.unwrap();
+    assert!(value.is_err());
+    computed.when_invalidated().await;
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}

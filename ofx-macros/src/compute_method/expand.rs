@@ -51,11 +51,12 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
         [ty] => quote_spanned!(ty.span()=> (#ty,)),
         _ => quote!((#(#arg_types,)*)),
     };
-    let is_error = if model.returns_result {
-        quote!(::ofx_core::__private::result_is_err())
-    } else {
-        quote!(::core::option::Option::None)
-    };
+    // Chosen by type, so `Result` aliases under any name count: see `__private::ErrorProbe`.
+    let is_error = quote! {{
+        #[allow(unused_imports)]
+        use ::ofx_core::__private::{ProbeOther as _, ProbeResult as _};
+        (&&::ofx_core::__private::ErrorProbe::<#output>::NEW).is_error_fn()
+    }};
     let options = options(model);
     let name_text = name.to_string();
     let wrapper_args = model.args.iter().map(|arg| {

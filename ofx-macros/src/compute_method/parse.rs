@@ -15,7 +15,6 @@ pub(super) struct ComputeMethod<'a> {
     pub(super) args: Vec<Arg<'a>>,
     /// The declared return type; `()` when none.
     pub(super) output: Type,
-    pub(super) returns_result: bool,
     pub(super) auto_invalidate: Option<Duration>,
     pub(super) error_lifetime: Option<Duration>,
 }
@@ -53,24 +52,9 @@ impl<'a> ComputeMethod<'a> {
                     ty: &typed.ty,
                 })
                 .collect(),
-            returns_result: is_result(&output),
             output,
-            auto_invalidate: options.duration(cx, "auto_invalidate"),
+            auto_invalidate: options.nonzero_duration(cx, "auto_invalidate"),
             error_lifetime: options.duration(cx, "error_lifetime"),
         }
-    }
-}
-
-/// Whether the type is written as a `Result` (`Result<T, E>`, `io::Result<T>`, ...).
-fn is_result(ty: &Type) -> bool {
-    match ty {
-        Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|segment| segment.ident == "Result"),
-        Type::Group(group) => is_result(&group.elem),
-        Type::Paren(paren) => is_result(&paren.elem),
-        _ => false,
     }
 }

@@ -48,8 +48,14 @@ fn check_receiver(cx: &Ctxt, method: &ImplItemFn) {
     let sig = &method.sig;
     match sig.inputs.first() {
         Some(FnArg::Receiver(receiver)) => {
-            let by_shared_ref = receiver.reference.is_some() && receiver.mutability.is_none();
-            if !by_shared_ref || receiver.colon_token.is_some() {
+            // `&self`, or the same written out: `self: &Self`.
+            let by_shared_ref = matches!(
+                &*receiver.ty,
+                Type::Reference(reference)
+                    if reference.mutability.is_none()
+                        && matches!(&*reference.elem, Type::Path(path) if path.path.is_ident("Self"))
+            );
+            if !by_shared_ref {
                 cx.error_spanned_by(
                     receiver,
                     "`#[compute_method]` takes `&self`: a cached value is shared, so its method cannot take `self` by value or `&mut self`",
