@@ -3,6 +3,74 @@
 //! Not public API: no semver guarantee. Use the macros instead.
 
 pub use crate::ComputeService;
+pub use crate::command::registry::{
+    BoxedOutput, CommandFuture, CommandRegistration, ErasedCommand, HandlerRegistration,
+};
+pub use inventory;
+
+use crate::{Command, Error};
+
+/// The service or command behind a type-erased reference, of the type the registry routed by.
+#[inline]
+pub fn downcast<T: 'static>(value: &ErasedCommand) -> &T {
+    match value.downcast_ref() {
+        Some(value) => value,
+        None => unreachable!("the registry routes by type"),
+    }
+}
+
+/// Boxes a handler's future: its output boxed, its error wrapped in [`Error::Handler`].
+pub fn handler_future<'a, O, E, F>(future: F) -> CommandFuture<'a>
+where
+    F: core::future::Future<Output = Result<O, E>> + Send + 'a,
+    O: Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Box::pin(async move {
+        match future.await {
+            Ok(output) => Ok(Box::new(output) as BoxedOutput),
+            Err(error) => Err(Error::handler(error)),
+        }
+    })
+}
+
+/// Decodes a command of type `C` from the log.
+///
+/// # Errors
+/// When the JSON is not a `C`.
+pub fn decode_command<C: Command>(
+    json: serde_json::Value,
+) -> Result<Box<ErasedCommand>, serde_json::Error> {
+    Ok(Box::new(serde_json::from_value::<C>(json)?))
+}
+
+/// Encodes a command of type `C` for the log.
+///
+/// # Errors
+/// When `C`'s `Serialize` fails.
+pub fn encode_command<C: Command>(
+    command: &ErasedCommand,
+) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::to_value(downcast::<C>(command))
+}
+
+/// Checks, at the span of a handler's first argument, that it is a command.
+#[inline(always)]
+pub const fn assert_command<C: Command>() {}
+
+/// Checks, at the span of a handler's return type, that it returns the command's output.
+#[inline(always)]
+pub const fn assert_handler_result<C: Command, R: HandlerResult<C::Output>>() {}
+
+/// What a command handler returns: `Result<O, E>` with `O` its command's output.
+#[diagnostic::on_unimplemented(
+    message = "a handler of this command must return `Result<{O}, E>`, not `{Self}`",
+    label = "the command's `output` is `{O}`",
+    note = "the error type `E` must convert into `Box<dyn std::error::Error + Send + Sync>`"
+)]
+pub trait HandlerResult<O> {}
+
+impl<O, E: Into<Box<dyn std::error::Error + Send + Sync>>> HandlerResult<O> for Result<O, E> {}
 pub use crate::computed::{
     ComputeKey, ComputeMethodDescriptor, ComputeMethodOptions, compute, invalidate,
 };

@@ -1,13 +1,127 @@
 //! The errors of ofx-core.
 
+use std::sync::Arc;
+
+/// The error a command handler returned, boxed.
+pub type HandlerError = Arc<dyn std::error::Error + Send + Sync>;
+
 /// An error of the ofx runtime.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// [`capture`](crate::capture) was given a future that called no compute method, so there
     /// is no computed value to return. Call a `#[compute_method]` inside the future.
     #[error("the captured future called no compute method")]
     NothingCaptured,
+
+    /// Two command types use one name. Names identify commands in the operation log, so each
+    /// must be unique: rename one in its `#[command(name = "...")]`.
+    #[error("the command name `{name}` is used by two types: `{first}` and `{second}`")]
+    DuplicateCommandName {
+        /// The name.
+        name: &'static str,
+        /// One type using it.
+        first: &'static str,
+        /// The other type using it.
+        second: &'static str,
+    },
+
+    /// Two services handle one command. Keep one `#[command_handler]` per command type.
+    #[error("the command `{command}` has two handlers: in `{first}` and in `{second}`")]
+    DuplicateHandler {
+        /// The command's name.
+        command: &'static str,
+        /// One service handling it.
+        first: &'static str,
+        /// The other service handling it.
+        second: &'static str,
+    },
+
+    /// No `#[command_handler]` handles this command type. Write one in a `#[service]` impl.
+    #[error("no handler for the command `{command}`")]
+    NoHandler {
+        /// The command's name.
+        command: &'static str,
+    },
+
+    /// The hub has no live instance of the service that handles the command. Attach one with
+    /// [`Hub::add_service`](crate::Hub::add_service), and keep it alive.
+    #[error("the command `{command}` is handled by `{service}`, which is not attached to this hub")]
+    ServiceNotAttached {
+        /// The command's name.
+        command: &'static str,
+        /// The service type.
+        service: &'static str,
+    },
+
+    /// A backend command was called for a client. Backend commands are called by the service
+    /// itself only.
+    #[error("the command `{command}` is a backend command: clients may not call it")]
+    BackendCommand {
+        /// The command's name.
+        command: &'static str,
+    },
+
+    /// A replayed operation names a command this program does not know (it was logged by a
+    /// newer or different program). The operation is skipped.
+    #[error("unknown command `{name}` in operation {operation}")]
+    UnknownCommand {
+        /// The unknown name.
+        name: String,
+        /// The operation's uuid.
+        operation: uuid::Uuid,
+    },
+
+    /// A command could not be encoded or decoded as JSON.
+    #[error("command `{command}` could not be (de)serialized: {source}")]
+    CommandJson {
+        /// The command's name.
+        command: String,
+        /// What serde said.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+
+    /// An operation item could not be encoded or decoded as JSON.
+    #[error("operation item `{key}` could not be (de)serialized: {source}")]
+    Item {
+        /// The item's key.
+        key: &'static str,
+        /// What serde said.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+
+    /// The handler returned an error; it is here, boxed: downcast it with
+    /// [`Error::handler_error`].
+    #[error("the command handler failed: {0}")]
+    Handler(#[source] HandlerError),
+
+    /// The handler panicked: no operation was recorded and nothing was invalidated.
+    #[error("the handler of `{command}` panicked")]
+    HandlerPanicked {
+        /// The command's name.
+        command: &'static str,
+    },
+
+    /// A filter refused the command.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl Error {
+    /// Wraps a handler's error.
+    pub fn handler<E: Into<Box<dyn std::error::Error + Send + Sync>>>(error: E) -> Self {
+        Self::Handler(Arc::from(error.into()))
+    }
+
+    /// The handler's error, if this is one of type `E`.
+    pub fn handler_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Handler(error) => error.downcast_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// `Result` with ofx-core's [`Error`].

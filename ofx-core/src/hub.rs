@@ -4,15 +4,25 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::any::{Any, TypeId};
+use std::sync::Weak;
+
 use tokio_util::sync::CancellationToken;
 
-use crate::HostId;
+use crate::command::registry::{ErasedCommand, HandlerRegistration};
+use crate::commander::filters::{
+    InMemoryOperationScope, InvalidateOnCompletion, NestedOperationLogger,
+};
+use crate::commander::{CommandFilter, Commander, pipeline};
 use crate::computed::Registry;
+use crate::operation::{CompletionListener, OperationCompletionNotifier};
+use crate::{ComputeService, Error, HostId};
 
 /// How many computed values a hub caches unless told otherwise.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// One host's runtime: its [`HostId`] and its cache of computed values.
+/// One host's runtime: its [`HostId`], its cache of computed values, its services and the
+/// [`Commander`] that runs commands on them.
 ///
 /// A `Hub` is a cheap handle (an `Arc`): services keep a clone. Two hubs in one process are two
 /// hosts, with separate caches. Background work started by a hub stops when its last handle is
@@ -21,10 +31,11 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// ```
 /// use ofx_core::Hub;
 ///
-/// let hub = Hub::builder().capacity(10_000).build();
-/// let other = Hub::new();
+/// let hub = Hub::builder().capacity(10_000).build()?;
+/// let other = Hub::new()?;
 /// assert_ne!(hub.host_id(), other.host_id());
 /// assert_eq!(hub.capacity(), 10_000);
+/// # Ok::<(), ofx_core::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct Hub {
@@ -36,6 +47,10 @@ struct HubInner {
     registry: Registry,
     versions: AtomicU64,
     shutdown: CancellationToken,
+    /// The services attached with `add_service`, by type; weak, as services hold their hub.
+    services: papaya::HashMap<TypeId, Weak<ErasedCommand>>,
+    filters: Vec<Arc<dyn CommandFilter>>,
+    notifier: OperationCompletionNotifier,
 }
 
 impl Drop for HubInner {
@@ -46,7 +61,10 @@ impl Drop for HubInner {
 
 impl Hub {
     /// A hub with the default settings.
-    pub fn new() -> Self {
+    ///
+    /// # Errors
+    /// As [`HubBuilder::build`].
+    pub fn new() -> Result<Self, Error> {
         Self::builder().build()
     }
 
@@ -90,15 +108,50 @@ impl Hub {
         self.inner.versions.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// The commander that runs commands on this hub.
+    pub fn commander(&self) -> Commander {
+        Commander::new(self.clone())
+    }
+
+    /// Attaches a service: commands it handles are routed to it, on this hub. The hub keeps a
+    /// weak reference (the service holds the hub): keep the `Arc` alive. Attaching another
+    /// instance of the same type replaces the first.
+    pub fn add_service<S: ComputeService>(&self, service: &Arc<S>) {
+        let service: Arc<ErasedCommand> = Arc::clone(service) as Arc<dyn Any + Send + Sync>;
+        self.inner
+            .services
+            .pin()
+            .insert(TypeId::of::<S>(), Arc::downgrade(&service));
+    }
+
+    /// The service instance that handles `registration`'s command.
+    pub(crate) fn service(
+        &self,
+        registration: &HandlerRegistration,
+    ) -> Result<Arc<ErasedCommand>, Error> {
+        self.inner
+            .services
+            .pin()
+            .get(&(registration.service_type)())
+            .and_then(Weak::upgrade)
+            .ok_or(Error::ServiceNotAttached {
+                command: registration.command_name,
+                service: (registration.service_type_name)(),
+            })
+    }
+
+    pub(crate) fn filters(&self) -> &[Arc<dyn CommandFilter>] {
+        &self.inner.filters
+    }
+
+    /// The hub's completion notifier.
+    pub fn notifier(&self) -> &OperationCompletionNotifier {
+        &self.inner.notifier
+    }
+
     /// Whether two handles are the same hub.
     pub fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
-    }
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -113,10 +166,23 @@ impl fmt::Debug for Hub {
 }
 
 /// Builds a [`Hub`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubBuilder {
     capacity: usize,
     host_id: Option<HostId>,
+    filters: Vec<Arc<dyn CommandFilter>>,
+    listeners: Vec<Arc<dyn CompletionListener>>,
+}
+
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("capacity", &self.capacity)
+            .field("host_id", &self.host_id)
+            .field("filters", &self.filters.len())
+            .field("listeners", &self.listeners.len())
+            .finish()
+    }
 }
 
 impl Default for HubBuilder {
@@ -124,6 +190,8 @@ impl Default for HubBuilder {
         Self {
             capacity: DEFAULT_CAPACITY,
             host_id: None,
+            filters: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 }
@@ -142,15 +210,41 @@ impl HubBuilder {
         self
     }
 
+    /// Adds a command filter; see [`pipeline`] for where its priority puts it.
+    pub fn filter(mut self, filter: impl CommandFilter) -> Self {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// Adds a listener told of every completed operation (after its invalidation).
+    pub fn completion_listener(mut self, listener: impl CompletionListener) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
     /// Builds the hub.
-    pub fn build(self) -> Hub {
-        Hub {
+    ///
+    /// # Errors
+    /// [`Error::DuplicateCommandName`] or [`Error::DuplicateHandler`] when the program's
+    /// commands are ambiguous: two types with one name, or two handlers for one command.
+    pub fn build(self) -> Result<Hub, Error> {
+        crate::command::registry::registry()?;
+        let mut filters: Vec<Arc<dyn CommandFilter>> = vec![
+            Arc::new(NestedOperationLogger),
+            Arc::new(InMemoryOperationScope),
+            Arc::new(InvalidateOnCompletion),
+        ];
+        filters.extend(self.filters);
+        Ok(Hub {
             inner: Arc::new(HubInner {
                 host_id: self.host_id.unwrap_or_default(),
                 registry: Registry::new(self.capacity),
                 versions: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
+                services: papaya::HashMap::new(),
+                filters: pipeline::sorted(filters),
+                notifier: OperationCompletionNotifier::new(self.listeners),
             }),
-        }
+        })
     }
 }

@@ -40,7 +40,7 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let prices = Prices { hub: Hub::new(), base: AtomicU64::new(100) };
+//! let prices = Prices { hub: Hub::new().unwrap(), base: AtomicU64::new(100) };
 //! assert_eq!(prices.with_tax(20).await, 120);
 //!
 //! prices.base.store(200, Ordering::SeqCst);
@@ -68,20 +68,27 @@
 //! Compute methods run on tokio: time-based invalidation (`auto_invalidate`, the lifetime of
 //! cached errors) uses tokio timers of the runtime the method was called on.
 
+pub mod command;
+pub mod commander;
 pub mod computed;
 mod error;
 mod host_id;
 mod hub;
+pub mod operation;
 mod service;
 
 #[doc(hidden)]
 pub mod __private;
 
+pub use command::registry::CommandFuture;
+pub use command::{CallKind, Command, CommandContext, ContextItems, OperationItem, OperationItems};
+pub use commander::{CommandCall, CommandFilter, Commander, Next};
 pub use computed::{ComputeScope, Computed, ComputedState, capture};
-pub use error::{Error, Result};
+pub use error::{Error, HandlerError, Result};
 pub use host_id::HostId;
 pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder};
+pub use operation::{NestedOperation, Operation, OperationCompletionNotifier};
 pub use service::ComputeService;
 
 #[cfg(feature = "macros")]
-pub use ofx_macros::{compute_method, invalidate};
+pub use ofx_macros::{Command, command_handler, compute_method, invalidate, service};

@@ -3,11 +3,13 @@
 //! An implementation detail of `ofx_core`, which re-exports them with their documentation:
 //! depend on `ofx_core` and use `ofx_core::compute_method` and `ofx_core::invalidate!`.
 
+mod command_derive;
 mod compute_method;
 mod ctxt;
 mod debug;
 mod invalidate;
 mod options;
+mod service;
 
 use proc_macro::TokenStream;
 
@@ -49,4 +51,26 @@ pub fn compute_method(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro]
 pub fn invalidate(input: TokenStream) -> TokenStream {
     invalidate::expand(input.into()).into()
+}
+
+/// Implements `ofx_core::Command`: `#[command(output = Type, name = "stable.name")]`, plus
+/// `backend` for commands clients may not call.
+#[proc_macro_derive(Command, attributes(command))]
+pub fn derive_command(input: TokenStream) -> TokenStream {
+    command_derive::expand(input.into()).into()
+}
+
+/// Makes an `impl` block a service whose `#[command_handler]`s are registered: each handler's
+/// leading `invalidate! { ... }` becomes its invalidation branch (run after the commit, on
+/// every host), the rest its main branch (run once, where the command was called).
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
+    service::expand(args.into(), item.into()).into()
+}
+
+/// Marks a command handler in a `#[service]` impl: `async fn(&self, command: C, ctx:
+/// &CommandContext) -> Result<C::Output, E>`.
+#[proc_macro_attribute]
+pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    service::lone_handler(args.into(), item.into()).into()
 }

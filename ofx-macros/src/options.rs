@@ -1,99 +1,137 @@
 //! One parser for the options of every ofx attribute, each macro with its allow-list.
+//!
+//! Options are `name` (a flag) or `name = value`, separated by commas; a value runs to the
+//! next top-level comma, so types such as `Vec<Todo>` need no quoting.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proc_macro2::{Span, TokenStream};
-use syn::parse::Parser;
-use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, Lit, LitStr, MetaNameValue, Token};
+use proc_macro2::{Ident, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::parse::{ParseStream, Parser};
+use syn::{LitStr, Token, Type};
 
 use crate::ctxt::Ctxt;
 
-/// The options given to one attribute: name → value, each given once.
+/// The options given to one attribute: name → value (none for a flag), each given once.
 pub(crate) struct Options {
-    values: BTreeMap<String, (Span, Expr)>,
+    values: BTreeMap<String, (Ident, Option<TokenStream>)>,
 }
 
 impl Options {
-    /// Parses `name = value, ...` and reports unknown and repeated names at their span.
+    /// Parses the options and reports unknown and repeated names at their span.
     pub(crate) fn parse(cx: &Ctxt, macro_name: &str, allowed: &[&str], args: TokenStream) -> Self {
         let mut values = BTreeMap::new();
-        let parsed = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(args) {
+        let parsed = match parse_list.parse2(args) {
             Ok(parsed) => parsed,
             Err(error) => {
                 cx.syn_error(syn::Error::new(
                     error.span(),
-                    format!(
-                        "expected options as `name = value`: `#[{macro_name}({})]`",
-                        example(allowed)
-                    ),
+                    format!("expected options of `#[{macro_name}]`: {}", list(allowed)),
                 ));
                 return Self { values };
             }
         };
-        for option in parsed {
-            let Some(name) = option.path.get_ident().map(ToString::to_string) else {
-                cx.error_spanned_by(&option.path, format!("unknown option of `#[{macro_name}]`"));
-                continue;
-            };
-            if !allowed.contains(&name.as_str()) {
+        for (name, value) in parsed {
+            let text = name.to_string();
+            if !allowed.contains(&text.as_str()) {
                 cx.error_spanned_by(
-                    &option.path,
+                    &name,
                     format!(
-                        "unknown option `{name}` of `#[{macro_name}]`; it accepts {}",
+                        "unknown option `{text}` of `#[{macro_name}]`; it accepts {}",
                         list(allowed)
                     ),
                 );
                 continue;
             }
-            if values.contains_key(&name) {
-                cx.error_spanned_by(&option.path, format!("option `{name}` is given twice"));
+            if values.contains_key(&text) {
+                cx.error_spanned_by(&name, format!("option `{text}` is given twice"));
                 continue;
             }
-            let span = option
-                .path
-                .get_ident()
-                .map_or_else(Span::call_site, proc_macro2::Ident::span);
-            values.insert(name, (span, option.value));
+            values.insert(text, (name, value));
         }
         Self { values }
     }
 
-    /// The duration given for `name`, if any, reporting a malformed value.
-    pub(crate) fn duration(&self, cx: &Ctxt, name: &str) -> Option<Duration> {
-        let (_, value) = self.values.get(name)?;
-        let text = match value {
-            Expr::Lit(ExprLit {
-                lit: Lit::Str(text),
-                ..
-            }) => text,
-            other => {
-                cx.error_spanned_by(
-                    other,
-                    format!(
-                        "`{name}` takes a duration such as \"500ms\", \"5s\", \"2m\" or \"1h\""
-                    ),
-                );
-                return None;
+    /// Whether the flag `name` is given; a value given to it is an error.
+    pub(crate) fn flag(&self, cx: &Ctxt, name: &str) -> bool {
+        match self.values.get(name) {
+            None => false,
+            Some((_, None)) => true,
+            Some((_, Some(value))) => {
+                cx.error_spanned_by(value, format!("`{name}` is a flag: write `{name}` alone"));
+                true
             }
-        };
-        match parse_duration(&text.value()) {
-            Some(duration) => Some(duration),
-            None => {
-                report_duration(cx, name, text);
+        }
+    }
+
+    fn value(&self, cx: &Ctxt, name: &str, example: &str) -> Option<&TokenStream> {
+        match self.values.get(name)? {
+            (_, Some(value)) => Some(value),
+            (ident, None) => {
+                cx.error_spanned_by(
+                    ident,
+                    format!("`{name}` needs a value: `{name} = {example}`"),
+                );
                 None
             }
         }
     }
-}
 
-impl Options {
+    /// The string literal given for `name`.
+    pub(crate) fn string(&self, cx: &Ctxt, name: &str) -> Option<LitStr> {
+        let value = self.value(cx, name, "\"...\"")?;
+        match syn::parse2::<LitStr>(value.clone()) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                cx.error_spanned_by(
+                    value,
+                    format!("`{name}` takes a string: `{name} = \"...\"`"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The type given for `name`.
+    pub(crate) fn ty(&self, cx: &Ctxt, name: &str) -> Option<Type> {
+        let value = self.value(cx, name, "Type")?;
+        match syn::parse2::<Type>(value.clone()) {
+            Ok(ty) => Some(ty),
+            Err(_) => {
+                cx.error_spanned_by(value, format!("`{name}` takes a type: `{name} = Type`"));
+                None
+            }
+        }
+    }
+
+    /// The span of option `name`'s name, if given.
+    pub(crate) fn name_of(&self, name: &str) -> Option<&Ident> {
+        self.values.get(name).map(|(ident, _)| ident)
+    }
+
+    /// The duration given for `name`, if any, reporting a malformed value.
+    pub(crate) fn duration(&self, cx: &Ctxt, name: &str) -> Option<Duration> {
+        let value = self.value(cx, name, "\"1s\"")?;
+        let hint = format!(
+            "`{name}` takes a whole number and a unit: \"500ms\", \"5s\", \"2m\" or \"1h\""
+        );
+        let Ok(text) = syn::parse2::<LitStr>(value.clone()) else {
+            cx.error_spanned_by(value, hint);
+            return None;
+        };
+        let duration = parse_duration(&text.value());
+        if duration.is_none() {
+            cx.error_spanned_by(&text, hint);
+        }
+        duration
+    }
+
     /// Like [`Options::duration`], and zero is an error.
     pub(crate) fn nonzero_duration(&self, cx: &Ctxt, name: &str) -> Option<Duration> {
         let duration = self.duration(cx, name)?;
         if duration.is_zero() {
-            if let Some((_, value)) = self.values.get(name) {
+            if let Some((_, Some(value))) = self.values.get(name) {
                 cx.error_spanned_by(value, format!("`{name}` must be longer than zero"));
             }
             return None;
@@ -102,11 +140,31 @@ impl Options {
     }
 }
 
-fn report_duration(cx: &Ctxt, name: &str, text: &LitStr) {
-    cx.error_spanned_by(
-        text,
-        format!("`{name}` takes a whole number and a unit: \"500ms\", \"5s\", \"2m\" or \"1h\""),
-    );
+/// `name`, `name = tokens`, ... with an optional trailing comma.
+fn parse_list(input: ParseStream<'_>) -> syn::Result<Vec<(Ident, Option<TokenStream>)>> {
+    let mut options = Vec::new();
+    while !input.is_empty() {
+        let name: Ident = input.call(syn::ext::IdentExt::parse_any)?;
+        let value = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            let mut value = TokenStream::new();
+            while !input.is_empty() && !input.peek(Token![,]) {
+                let token: TokenTree = input.parse()?;
+                token.to_tokens(&mut value);
+            }
+            if value.is_empty() {
+                return Err(input.error("expected a value after `=`"));
+            }
+            Some(value)
+        } else {
+            None
+        };
+        options.push((name, value));
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+    }
+    Ok(options)
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`.
@@ -130,12 +188,6 @@ fn list(allowed: &[&str]) -> String {
         .map(|name| format!("`{name}`"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn example(allowed: &[&str]) -> String {
-    allowed
-        .first()
-        .map_or_else(String::new, |name| format!("{name} = \"1s\""))
 }
 
 #[cfg(test)]

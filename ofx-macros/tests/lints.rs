@@ -79,7 +79,7 @@ impl Todos {
 #[tokio::test(flavor = "current_thread")]
 async fn generated_code_runs() {
     let todos = Todos {
-        hub: Hub::new(),
+        hub: Hub::new().expect("a hub"),
         base: AtomicU64::new(1),
         reads: AtomicU64::new(0),
     };

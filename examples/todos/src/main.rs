@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .init();
 
-    let todos = Todos::new(Hub::new());
+    let todos = Todos::new(Hub::new()?);
     todos.add("alice", "write the docs");
     todos.add("alice", "ship it");
 

@@ -9,7 +9,7 @@ use todos::Todos;
 
 #[tokio::test]
 async fn completing_a_todo_recomputes_only_what_depends_on_it() {
-    let todos = Todos::new(Hub::new());
+    let todos = Todos::new(Hub::new().unwrap());
     todos.add("alice", "a");
     todos.add("alice", "b");
     todos.add("bob", "c");

@@ -76,7 +76,7 @@ impl Context {
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let clock = Clock { hub: Hub::new() };
+/// let clock = Clock { hub: Hub::new().unwrap() };
 /// let (value, computed) = capture(clock.now()).await.unwrap();
 /// assert_eq!(value, 42);
 /// assert!(computed.is_consistent());

@@ -8,7 +8,7 @@ use crate::common::Store;
 
 #[tokio::test]
 async fn dropping_the_leader_hands_the_computation_to_a_waiter() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     // Boxed, so that `drop(leader)` drops the future itself.
     let mut leader = Box::pin(store.gated(3));
     let waiter = store.gated(3);
@@ -32,7 +32,7 @@ async fn dropping_the_leader_hands_the_computation_to_a_waiter() {
 
 #[tokio::test]
 async fn a_dropped_sole_caller_leaves_no_computing_entry() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     {
         let caller = store.gated(5);
         tokio::pin!(caller);
@@ -50,7 +50,7 @@ async fn a_dropped_sole_caller_leaves_no_computing_entry() {
 
 #[tokio::test]
 async fn a_panicking_body_does_not_poison_the_key() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     store.panicking.store(true, Ordering::SeqCst);
     let panicked = tokio::spawn({
         let store = store.clone();

@@ -8,7 +8,7 @@ use crate::common::Store;
 
 #[tokio::test]
 async fn a_second_call_is_served_from_the_cache() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     assert_eq!(store.value(3).await, 3);
     store.set(3, 30);
     assert_eq!(store.value(3).await, 3, "the cached value is served");
@@ -19,7 +19,7 @@ async fn a_second_call_is_served_from_the_cache() {
 
 #[tokio::test]
 async fn calls_made_while_computing_become_dependencies_across_awaits() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     let (sum, computed) = capture(store.sum(0, 1)).await.unwrap();
     assert_eq!(sum, 1);
     let dependencies = computed.dependencies();
@@ -42,7 +42,7 @@ async fn calls_made_while_computing_become_dependencies_across_awaits() {
 
 #[tokio::test]
 async fn invalidating_a_dependency_invalidates_its_dependents_transitively() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     assert_eq!(store.total().await, 3);
     let (_, total) = capture(store.total()).await.unwrap();
     let (_, sum) = capture(store.sum(0, 1)).await.unwrap();
@@ -66,7 +66,7 @@ async fn invalidating_a_dependency_invalidates_its_dependents_transitively() {
 
 #[tokio::test]
 async fn invalidation_is_idempotent_and_names_exact_arguments() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     let (_, zero) = capture(store.value(0)).await.unwrap();
     let (_, one) = capture(store.value(1)).await.unwrap();
     invalidate! {
@@ -85,7 +85,7 @@ async fn invalidation_is_idempotent_and_names_exact_arguments() {
 
 #[tokio::test]
 async fn invalidate_accepts_control_flow() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     for key in 0..4 {
         store.value(key).await;
     }
@@ -100,7 +100,7 @@ async fn invalidate_accepts_control_flow() {
 
 #[tokio::test]
 async fn when_invalidated_wakes_the_waiter() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     let (_, computed) = capture(store.value(7)).await.unwrap();
     let waiter = tokio::spawn({
         let computed = computed.clone();
@@ -115,7 +115,7 @@ async fn when_invalidated_wakes_the_waiter() {
 
 #[tokio::test]
 async fn a_spawned_task_is_not_captured_unless_given_the_scope() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     let (_, computed) = capture(async {
         let uncaptured = tokio::spawn({
             let store = store.clone();
@@ -147,7 +147,7 @@ async fn capture_without_a_compute_call_is_an_error() {
 
 #[tokio::test]
 async fn invalidate_everything_clears_the_hub() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     store.total().await;
     assert_eq!(store.hub.cached_len(), 5);
     store.hub.invalidate_everything();

@@ -7,7 +7,7 @@ use crate::common::Store;
 
 #[tokio::test]
 async fn concurrent_callers_share_one_computation() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     let mut callers = JoinSet::new();
     for _ in 0..10 {
         let store = store.clone();
@@ -30,7 +30,7 @@ async fn concurrent_callers_share_one_computation() {
 
 #[tokio::test]
 async fn a_value_whose_dependency_changed_while_computing_is_born_invalidated() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     let caller = tokio::spawn({
         let store = store.clone();
         async move { store.gated(1).await }
@@ -56,7 +56,7 @@ async fn a_value_whose_dependency_changed_while_computing_is_born_invalidated() 
 
 #[tokio::test]
 async fn invalidating_a_computing_value_makes_new_callers_compute_again() {
-    let store = Store::new(Hub::new());
+    let store = Store::new(Hub::new().unwrap());
     let first = tokio::spawn({
         let store = store.clone();
         async move { store.gated(2).await }

@@ -79,7 +79,7 @@ impl Todos {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let todos = Todos {
-        hub: Hub::new(),
+        hub: Hub::new().unwrap(),
         base: AtomicU64::new(10),
     };
     assert_eq!(todos.count(1, "ab".to_owned(), true).await, 14);

@@ -20,5 +20,5 @@ impl Users {
 }
 
 fn main() {
-    let _ = Users { hub: Hub::new() }.count();
+    let _ = Users { hub: Hub::new().unwrap() }.count();
 }

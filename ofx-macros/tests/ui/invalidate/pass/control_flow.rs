@@ -88,9 +88,9 @@ impl Todos {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let todos = Todos {
-        hub: Hub::new(),
+        hub: Hub::new().unwrap(),
         users: Users {
-            hub: Hub::new(),
+            hub: Hub::new().unwrap(),
             version: AtomicU64::new(1),
         },
     };

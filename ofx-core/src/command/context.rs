@@ -1,0 +1,130 @@
+//! [`CommandContext`]: what a command handler knows about the call it serves.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::OperationItems;
+use crate::Hub;
+use crate::operation::OperationRecorder;
+
+/// How a handler is being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallKind {
+    /// The outermost command of an operation: its main branch runs.
+    Outermost,
+    /// A command called from inside another handler: its main branch runs, inside the outer
+    /// command's operation, and it is recorded as a nested operation.
+    Nested,
+    /// A completed operation's command being replayed: only its invalidation branch runs.
+    Invalidation,
+}
+
+/// Values of any type for one call, kept on this host only (never serialized): a place for
+/// filters to hand things to handlers, such as the authenticated user.
+#[derive(Clone, Default)]
+pub struct ContextItems {
+    values: Arc<Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>>,
+}
+
+impl ContextItems {
+    /// Stores `value`, replacing the value of the same type.
+    pub fn set<T: Any + Send + Sync>(&self, value: T) {
+        self.values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    /// A clone of the value of type `T`, if set.
+    pub fn get<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
+        self.values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&TypeId::of::<T>())
+            .and_then(|value| value.downcast_ref::<T>())
+            .cloned()
+    }
+}
+
+impl std::fmt::Debug for ContextItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self
+            .values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        f.debug_struct("ContextItems")
+            .field("count", &count)
+            .finish()
+    }
+}
+
+/// The context of one command call: its hub, its operation and operation items, its context
+/// items, and whether it is an outermost, nested or invalidation call.
+#[derive(Clone)]
+pub struct CommandContext {
+    pub(crate) hub: Hub,
+    pub(crate) operation: Arc<OperationRecorder>,
+    pub(crate) items: OperationItems,
+    pub(crate) context_items: ContextItems,
+    pub(crate) kind: CallKind,
+    pub(crate) from_client: bool,
+    pub(crate) command_name: &'static str,
+}
+
+impl CommandContext {
+    /// The hub running the command.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// This command's operation items: set them in the main branch, read them in the
+    /// invalidation branch (on every host). A nested command has its own.
+    pub fn items(&self) -> &OperationItems {
+        &self.items
+    }
+
+    /// Values for this call on this host only.
+    pub fn context_items(&self) -> &ContextItems {
+        &self.context_items
+    }
+
+    /// How the handler is being called.
+    pub fn kind(&self) -> CallKind {
+        self.kind
+    }
+
+    /// Whether this is an invalidation replay.
+    pub fn is_invalidating(&self) -> bool {
+        self.kind == CallKind::Invalidation
+    }
+
+    /// Whether the command came from a client (see
+    /// [`Commander::call_from_client`](crate::Commander::call_from_client)).
+    pub fn is_from_client(&self) -> bool {
+        self.from_client
+    }
+
+    /// The uuid of the operation this call belongs to.
+    pub fn operation_id(&self) -> uuid::Uuid {
+        self.operation.uuid
+    }
+
+    /// The name of the command being run.
+    pub fn command_name(&self) -> &'static str {
+        self.command_name
+    }
+}
+
+impl std::fmt::Debug for CommandContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandContext")
+            .field("command", &self.command_name)
+            .field("kind", &self.kind)
+            .field("operation", &self.operation.uuid)
+            .field("items", &self.items)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,86 @@
+//! The filter pipeline: [`CommandFilter`], [`Next`] and the order they run in.
+//!
+//! # Order
+//!
+//! Filters run by **priority, highest first**; each decides whether and when to call the rest
+//! of the pipeline ([`Next::run`]), and the handler runs last. The built-in filters:
+//!
+//! | priority | filter | what it does |
+//! |---|---|---|
+//! | [`NESTED_OPERATION_LOGGER`](super::filters::NESTED_OPERATION_LOGGER) (1 000 000) | [`NestedOperationLogger`](super::filters::NestedOperationLogger) | records a nested command, with its own items, in the outer operation |
+//! | [`IN_MEMORY_OPERATION_SCOPE`](super::filters::IN_MEMORY_OPERATION_SCOPE) (100 000) | [`InMemoryOperationScope`](super::filters::InMemoryOperationScope) | completes the outermost command's operation: notifies completion, which runs the invalidation pass |
+//! | [`INVALIDATE_ON_COMPLETION`](super::filters::INVALIDATE_ON_COMPLETION) (10 000) | [`InvalidateOnCompletion`](super::filters::InvalidateOnCompletion) | in the invalidation pass, runs the handler's invalidation branch instead of its main branch |
+//!
+//! A filter of priority 50 000 (between the scope and the invalidation filter) sees the main
+//! branch's calls inside the operation, and the invalidation pass's calls too
+//! ([`CommandContext::is_invalidating`](crate::CommandContext::is_invalidating)); one above
+//! 1 000 000 sees every call first.
+
+use std::sync::Arc;
+
+use super::CommandCall;
+use crate::command::registry::CommandFuture;
+
+/// A step of the command pipeline (logging, validation, authorization, scopes...).
+///
+/// ```
+/// use ofx_core::{CommandCall, CommandFilter, CommandFuture, Next};
+///
+/// /// Refuses commands while the service is read-only.
+/// #[derive(Debug)]
+/// struct ReadOnly;
+///
+/// impl CommandFilter for ReadOnly {
+///     fn priority(&self) -> i32 { 50_000 }
+///
+///     fn run<'a>(&'a self, call: &'a CommandCall, next: Next<'a>) -> CommandFuture<'a> {
+///         if call.context().is_invalidating() {
+///             return next.run(call); // invalidation passes are never refused
+///         }
+///         Box::pin(async move {
+///             Err(ofx_core::Error::Rejected(format!("read-only: {}", call.command_name())))
+///         })
+///     }
+/// }
+/// ```
+pub trait CommandFilter: Send + Sync + 'static {
+    /// Where the filter runs: higher first.
+    fn priority(&self) -> i32;
+
+    /// Handles `call`, calling `next.run(call)` to go on.
+    fn run<'a>(&'a self, call: &'a CommandCall, next: Next<'a>) -> CommandFuture<'a>;
+}
+
+/// The rest of the pipeline after a filter.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    filters: &'a [Arc<dyn CommandFilter>],
+}
+
+impl<'a> Next<'a> {
+    pub(crate) fn new(filters: &'a [Arc<dyn CommandFilter>]) -> Self {
+        Self { filters }
+    }
+
+    /// Runs the next filter, or the handler's main branch after the last one.
+    pub fn run(self, call: &'a CommandCall) -> CommandFuture<'a> {
+        match self.filters.split_first() {
+            Some((filter, rest)) => filter.run(call, Next { filters: rest }),
+            None => super::handler::run_main_branch(call),
+        }
+    }
+}
+
+impl std::fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Next")
+            .field("filters", &self.filters.len())
+            .finish()
+    }
+}
+
+/// Sorts filters by priority, highest first (stable: equal priorities keep their order).
+pub(crate) fn sorted(mut filters: Vec<Arc<dyn CommandFilter>>) -> Vec<Arc<dyn CommandFilter>> {
+    filters.sort_by_key(|filter| std::cmp::Reverse(filter.priority()));
+    filters
+}
