@@ -1,12 +1,12 @@
-//! The ofx demo: cached compute methods, a dependent value, an invalidation and the
-//! recomputation, shown in the log.
+//! The ofx demo: cached compute methods, a dependent value, commands whose invalidation branches
+//! make exactly the stale values recompute, shown in the log.
 //!
 //! Run with `cargo run -p todos`.
 
 use std::sync::atomic::Ordering;
 
 use ofx_core::{Hub, capture};
-use todos::Todos;
+use todos::{AddTodo, CompleteTodo, RemoveTodo, RenameTodo, Todos};
 use tracing::info;
 
 #[tokio::main]
@@ -18,12 +18,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .init();
 
-    let todos = Todos::new(Hub::new()?);
-    todos.add("alice", "write the docs");
-    todos.add("alice", "ship it");
+    let hub = Hub::new()?;
+    let todos = Todos::new(&hub);
+    let commander = hub.commander();
+    let alice = || "alice".to_owned();
+    commander
+        .call(AddTodo {
+            owner: alice(),
+            title: "write the docs".into(),
+        })
+        .await?;
+    commander
+        .call(AddTodo {
+            owner: alice(),
+            title: "ship it".into(),
+        })
+        .await?;
 
     info!("1. first call: open_count computes, and computes list and get as its dependencies");
-    let (open, computed) = capture(todos.open_count("alice".to_owned())).await?;
+    let (open, computed) = capture(todos.open_count(alice())).await?;
     info!(
         open,
         reads = todos.reads.load(Ordering::SeqCst),
@@ -35,23 +48,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     info!("2. second call: served from the cache, nothing is computed");
-    let open = todos.open_count("alice".to_owned()).await;
+    let open = todos.open_count(alice()).await;
     info!(
         open,
         reads = todos.reads.load(Ordering::SeqCst),
         "open_count(alice)"
     );
 
-    info!("3. complete todo 1: invalidates get(1), and through it open_count(alice)");
-    todos.complete(1);
+    info!(
+        "3. CompleteTodo(1): its invalidation branch invalidates get(1), and through it open_count(alice)"
+    );
+    commander.call(CompleteTodo { id: 1 }).await?;
     info!(state = ?computed.state(), "the old open_count(alice)");
 
     info!("4. next call: open_count and get(1) are recomputed; list and get(2) are still cached");
-    let open = todos.open_count("alice".to_owned()).await;
+    let open = todos.open_count(alice()).await;
     info!(
         open,
         reads = todos.reads.load(Ordering::SeqCst),
         "open_count(alice)"
     );
+
+    info!(
+        "5. RenameTodo(2) invalidates get(2) only; RemoveTodo(2) passes the owner to its invalidation branch"
+    );
+    commander
+        .call(RenameTodo {
+            id: 2,
+            title: "ship it today".into(),
+        })
+        .await?;
+    commander.call(RemoveTodo { id: 2 }).await?;
+    let open = todos.open_count(alice()).await;
+    info!(
+        open,
+        reads = todos.reads.load(Ordering::SeqCst),
+        "open_count(alice)"
+    );
+
+    info!("6. every command logged activity through a nested command, invalidated with it");
+    for line in todos.activity(alice()).await {
+        info!(%line, "activity(alice)");
+    }
     Ok(())
 }
