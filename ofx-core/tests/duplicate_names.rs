@@ -17,7 +17,7 @@ pub struct Second;
 
 #[test]
 fn a_hub_refuses_two_commands_with_one_name() {
-    let error = Hub::new().err().expect("the hub must refuse to start");
+    let error = Hub::new().expect_err("the hub must refuse to start");
     let Error::DuplicateCommandName {
         name,
         first,
