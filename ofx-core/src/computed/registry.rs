@@ -144,7 +144,7 @@ impl Registry {
         clock.push_back(node);
         // Invalidated nodes leave their weak reference behind: drop them before the queue
         // outgrows the cache.
-        if clock.len() > 2 * self.capacity + 64 {
+        if clock.len() > self.capacity.saturating_mul(2).saturating_add(64) {
             clock.retain(|node| {
                 node.upgrade()
                     .is_some_and(|node| node.core().state() != INVALIDATED)
