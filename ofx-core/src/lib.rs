@@ -5,7 +5,9 @@
 //! changes, and then it is recomputed.
 //!
 //! This crate holds what needs no database: memoized **compute methods** with automatic
-//! dependency tracking, invalidation, and the [`Hub`] that is one host's runtime.
+//! dependency tracking and invalidation, **commands** run through a filter pipeline whose
+//! handlers are split into a main branch and an invalidation branch, **operations** that record
+//! them for replay on other hosts, and the [`Hub`] that is one host's runtime.
 //!
 //! ## Concepts
 //!
@@ -16,6 +18,11 @@
 //! | [`Computed`] | one cached result: computing, consistent or invalidated; its version, dependencies and dependents. |
 //! | dependency | a compute method called while another computes (in the same task) is a dependency of it: invalidating the dependency invalidates the dependent. |
 //! | [`invalidate!`] | names compute method calls to invalidate instead of compute: `invalidate! { self.get(id); }`. |
+//! | [`Command`] | a serializable request that changes state, with a stable name (`#[derive(Command)]`). |
+//! | command handler | `#[command_handler] async fn(&self, command: C, ctx: &CommandContext) -> Result<C::Output, E>` in a [`#[service]`](service) impl. Its leading `invalidate! { .. }` is the **invalidation branch** (run after success on every host); the rest is the **main branch** (run once). |
+//! | [`Commander`] | runs a command through the [filter pipeline](commander::pipeline) to its handler; a command called inside a handler is **nested**. |
+//! | [`Operation`] | the record of one executed command: uuid, host, command, [operation items](OperationItems), nested commands. |
+//! | [`OperationCompletionNotifier`] | learns that operations completed (here or, replayed, elsewhere), once per uuid, and runs their invalidation. |
 //!
 //! ## Example
 //!
@@ -39,8 +46,8 @@
 //!     }
 //! }
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let prices = Prices { hub: Hub::new().unwrap(), base: AtomicU64::new(100) };
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), ofx_core::Error> {
+//! let prices = Prices { hub: Hub::new()?, base: AtomicU64::new(100) };
 //! assert_eq!(prices.with_tax(20).await, 120);
 //!
 //! prices.base.store(200, Ordering::SeqCst);
@@ -48,20 +55,60 @@
 //!
 //! invalidate! { prices.base(); }                // invalidates base() and with_tax(20)
 //! assert_eq!(prices.with_tax(20).await, 240);
-//! # }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Commands
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use std::sync::Arc;
+//! use ofx_core::{command_handler, compute_method, invalidate, service};
+//! use ofx_core::{Command, CommandContext, ComputeService, Hub};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+//! #[command(output = u64, name = "prices.set_base")]
+//! struct SetBase { base: u64 }
+//!
+//! struct Prices { hub: Hub, base: AtomicU64 }
+//! impl ComputeService for Prices { fn hub(&self) -> &Hub { &self.hub } }
+//!
+//! #[service]
+//! impl Prices {
+//!     #[compute_method]
+//!     async fn base(&self) -> u64 { self.base.load(Ordering::SeqCst) }
+//!
+//!     #[command_handler]
+//!     async fn set_base(&self, command: SetBase, _ctx: &CommandContext) -> Result<u64, ofx_core::Error> {
+//!         invalidate! { self.base(); }           // the invalidation branch
+//!         Ok(self.base.swap(command.base, Ordering::SeqCst))  // the main branch
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), ofx_core::Error> {
+//! let hub = Hub::new()?;
+//! let prices = Arc::new(Prices { hub: hub.clone(), base: AtomicU64::new(100) });
+//! hub.add_service(&prices);                      // one line per service
+//! assert_eq!(prices.base().await, 100);
+//! assert_eq!(hub.commander().call(SetBase { base: 150 }).await?, 100);
+//! assert_eq!(prices.base().await, 150);          // invalidated before `call` returned
+//! # Ok(()) }
 //! ```
 //!
 //! ## Where to find things
 //!
 //! - [`computed`]: the semantics of cached values, invalidation, eviction and capture.
 //! - [`compute_method`] and [`invalidate!`]: the macros and their options.
+//! - [`command`], [`commander`], [`operation`]: commands, the pipeline (its order is documented
+//!   in [`commander::pipeline`]), operations and their completion.
 //! - [`Hub`], [`HubBuilder`]: a host's runtime and its settings.
 //!
 //! ## Features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `macros` | yes | re-exports [`compute_method`] and [`invalidate!`] from `ofx-macros` |
+//! | `macros` | yes | re-exports [`compute_method`], [`invalidate!`], [`service`], [`command_handler`] and `#[derive(Command)]` from `ofx-macros` |
 //!
 //! ## Requirements
 //!
