@@ -20,14 +20,19 @@ pub fn downcast<T: 'static>(value: &ErasedCommand) -> &T {
 }
 
 /// Boxes a handler's future: its output boxed, its error wrapped in [`Error::Handler`].
-pub fn handler_future<'a, O, E, F>(future: F) -> CommandFuture<'a>
+///
+/// Generated code calls it at the span of the handler's return type `R`, with `O` its
+/// command's output named at the command's span: a wrong return type is reported at the
+/// former, a command type that is not a command at the latter, each once.
+pub fn handler_future<'a, O, R, F>(future: F) -> CommandFuture<'a>
 where
-    F: core::future::Future<Output = Result<O, E>> + Send + 'a,
     O: Send + 'static,
-    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R: HandlerResult<O>,
+    R::Error: HandlerError,
+    F: core::future::Future<Output = R> + Send + 'a,
 {
     Box::pin(async move {
-        match future.await {
+        match future.await.into_result() {
             Ok(output) => Ok(Box::new(output) as BoxedOutput),
             Err(error) => Err(Error::handler(error)),
         }
@@ -54,23 +59,39 @@ pub fn encode_command<C: Command>(
     serde_json::to_value(downcast::<C>(command))
 }
 
-/// Checks, at the span of a handler's first argument, that it is a command.
-#[inline(always)]
-pub const fn assert_command<C: Command>() {}
-
-/// Checks, at the span of a handler's return type, that it returns the command's output.
-#[inline(always)]
-pub const fn assert_handler_result<C: Command, R: HandlerResult<C::Output>>() {}
-
 /// What a command handler returns: `Result<O, E>` with `O` its command's output.
 #[diagnostic::on_unimplemented(
     message = "a handler of this command must return `Result<{O}, E>`, not `{Self}`",
     label = "the command's `output` is `{O}`",
     note = "the error type `E` must convert into `Box<dyn std::error::Error + Send + Sync>`"
 )]
-pub trait HandlerResult<O> {}
+pub trait HandlerResult<O> {
+    /// The error type.
+    type Error;
+    /// The value as a `Result`.
+    ///
+    /// # Errors
+    /// When the handler failed.
+    fn into_result(self) -> Result<O, Self::Error>;
+}
 
-impl<O, E: Into<Box<dyn std::error::Error + Send + Sync>>> HandlerResult<O> for Result<O, E> {}
+impl<O, E> HandlerResult<O> for Result<O, E> {
+    type Error = E;
+    #[inline(always)]
+    fn into_result(self) -> Self {
+        self
+    }
+}
+
+/// The error of a command handler: it is boxed into [`Error::Handler`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error of a command handler",
+    label = "the error of this `Result` must convert into `Box<dyn std::error::Error + Send + Sync>`",
+    note = "implement `std::error::Error` for `{Self}` (for example with `#[derive(thiserror::Error)]`), or return `ofx_core::Error`"
+)]
+pub trait HandlerError: Into<Box<dyn std::error::Error + Send + Sync>> {}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> HandlerError for E {}
 pub use crate::computed::{
     ComputeKey, ComputeMethodDescriptor, ComputeMethodOptions, compute, invalidate,
 };

@@ -43,27 +43,32 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         ),
         None => (None, None, false),
     };
-    if output.is_none()
-        && options
-            .as_ref()
-            .is_none_or(|options| options.name_of("output").is_none())
-    {
-        cx.error_spanned_by(
-            ident,
-            format!("`#[derive(Command)]` needs what a successful call returns: add `#[command(output = Type, name = \"{suggestion}\")]`"),
-        );
-    }
-    if name.is_none()
-        && options
-            .as_ref()
-            .is_none_or(|options| options.name_of("name").is_none())
-    {
-        cx.error_spanned_by(
+    match &options {
+        // One mistake, one error: the whole attribute is missing.
+        None => cx.error_spanned_by(
             ident,
             format!(
-                "`#[derive(Command)]` needs a stable name, the command's identity in the operation log: add `name = \"{suggestion}\"` to `#[command(...)]`"
+                "`#[derive(Command)]` needs `#[command(output = Type, name = \"{suggestion}\")]`: `output` is what a successful call returns, `name` the command's stable identity in the operation log"
             ),
-        );
+        ),
+        // A list that did not parse is reported already: nothing can be said to be missing.
+        Some(options) if options.is_malformed() => {}
+        Some(options) => {
+            if output.is_none() && options.name_of("output").is_none() {
+                cx.error_spanned_by(
+                    ident,
+                    "`#[derive(Command)]` needs what a successful call returns: add `output = Type` to `#[command(...)]`",
+                );
+            }
+            if name.is_none() && options.name_of("name").is_none() {
+                cx.error_spanned_by(
+                    ident,
+                    format!(
+                        "`#[derive(Command)]` needs a stable name, the command's identity in the operation log: add `name = \"{suggestion}\"` to `#[command(...)]`"
+                    ),
+                );
+            }
+        }
     }
     if let Some(name) = &name
         && name.value().trim().is_empty()
@@ -103,12 +108,20 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
     expansion
 }
 
-/// `AddTodo` → `add_todo`, for the suggested name.
+/// `AddTodo` → `add_todo`, `ImportHTTPFeed` → `import_http_feed`, for the suggested name.
 fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
     let mut snake = String::with_capacity(name.len() + 4);
-    for (index, c) in name.chars().enumerate() {
+    for (index, &c) in chars.iter().enumerate() {
         if c.is_uppercase() {
-            if index > 0 {
+            let previous = index.checked_sub(1).map(|index| chars[index]);
+            let next = chars.get(index + 1);
+            // A word starts after a lowercase letter or a digit, and at the last capital of an
+            // acronym followed by a lowercase letter (`HTTPFeed` → `http_feed`).
+            let starts_word = previous.is_some_and(|p| p.is_lowercase() || p.is_ascii_digit())
+                || (previous.is_some_and(char::is_uppercase)
+                    && next.is_some_and(|n| n.is_lowercase()));
+            if starts_word {
                 snake.push('_');
             }
             snake.extend(c.to_lowercase());
@@ -117,4 +130,19 @@ fn snake_case(name: &str) -> String {
         }
     }
     snake
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snake_case;
+
+    #[test]
+    fn suggested_names_are_snake_case() {
+        assert_eq!(snake_case("AddTodo"), "add_todo");
+        assert_eq!(snake_case("ImportHTTPFeed"), "import_http_feed");
+        assert_eq!(snake_case("HTTP"), "http");
+        assert_eq!(snake_case("V2Command"), "v2_command");
+        assert_eq!(snake_case("Add_Todo"), "add_todo");
+        assert_eq!(snake_case("Reset"), "reset");
+    }
 }

@@ -1,12 +1,13 @@
 //! One parser for the options of every ofx attribute, each macro with its allow-list.
 //!
 //! Options are `name` (a flag) or `name = value`, separated by commas; a value runs to the
-//! next top-level comma, so types such as `Vec<Todo>` need no quoting.
+//! next comma outside brackets (angle brackets included), so types such as `Vec<Todo>` and
+//! `HashMap<K, V>` need no quoting.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proc_macro2::{Ident, TokenStream, TokenTree};
+use proc_macro2::{Ident, Spacing, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::parse::{ParseStream, Parser};
 use syn::{LitStr, Token, Type};
@@ -16,6 +17,8 @@ use crate::ctxt::Ctxt;
 /// The options given to one attribute: name → value (none for a flag), each given once.
 pub(crate) struct Options {
     values: BTreeMap<String, (Ident, Option<TokenStream>)>,
+    /// The list did not parse (already reported): no option can be said to be missing.
+    malformed: bool,
 }
 
 impl Options {
@@ -27,9 +30,15 @@ impl Options {
             Err(error) => {
                 cx.syn_error(syn::Error::new(
                     error.span(),
-                    format!("expected options of `#[{macro_name}]`: {}", list(allowed)),
+                    format!(
+                        "{error}: `#[{macro_name}]` takes `name = value` options and flags, separated by commas: {}",
+                        list(allowed)
+                    ),
                 ));
-                return Self { values };
+                return Self {
+                    values,
+                    malformed: true,
+                };
             }
         };
         for (name, value) in parsed {
@@ -50,7 +59,15 @@ impl Options {
             }
             values.insert(text, (name, value));
         }
-        Self { values }
+        Self {
+            values,
+            malformed: false,
+        }
+    }
+
+    /// Whether the list did not parse, an error already reported.
+    pub(crate) fn is_malformed(&self) -> bool {
+        self.malformed
     }
 
     /// Whether the flag `name` is given; a value given to it is an error.
@@ -148,16 +165,35 @@ fn parse_list(input: ParseStream<'_>) -> syn::Result<Vec<(Ident, Option<TokenStr
         let value = if input.peek(Token![=]) {
             input.parse::<Token![=]>()?;
             let mut value = TokenStream::new();
-            while !input.is_empty() && !input.peek(Token![,]) {
+            // `<` and `>` are not groups: count them, so the comma of `HashMap<K, V>` stays in
+            // the value. The `>` of `->` (in `fn(A) -> B`) closes nothing.
+            let mut depth = 0_usize;
+            let mut after_joint_dash = false;
+            loop {
+                if input.is_empty() || (depth == 0 && input.peek(Token![,])) {
+                    break;
+                }
                 let token: TokenTree = input.parse()?;
+                let mut joint_dash = false;
+                if let TokenTree::Punct(punct) = &token {
+                    match punct.as_char() {
+                        '<' => depth += 1,
+                        '>' if !after_joint_dash => depth = depth.saturating_sub(1),
+                        '-' => joint_dash = punct.spacing() == Spacing::Joint,
+                        _ => {}
+                    }
+                }
+                after_joint_dash = joint_dash;
                 token.to_tokens(&mut value);
             }
             if value.is_empty() {
                 return Err(input.error("expected a value after `=`"));
             }
             Some(value)
-        } else {
+        } else if input.is_empty() || input.peek(Token![,]) {
             None
+        } else {
+            return Err(input.error(format!("expected `=` or `,` after `{name}`")));
         };
         options.push((name, value));
         if !input.is_empty() {
@@ -192,8 +228,39 @@ fn list(allowed: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_list};
     use std::time::Duration;
+    use syn::parse::Parser;
+
+    #[test]
+    fn a_value_runs_to_the_next_comma_outside_angle_brackets() {
+        let tokens: proc_macro2::TokenStream = syn::parse_quote!(
+            output = HashMap<u64, Vec<(String, bool)>>,
+            name = "a.b",
+            parser = fn(Vec<u8>) -> Result<u64, String>,
+            backend
+        );
+        let options = parse_list.parse2(tokens).expect("parses");
+        let values: Vec<_> = options
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_ref().map(ToString::to_string)))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                (
+                    "output".to_owned(),
+                    Some("HashMap < u64 , Vec < (String , bool) >>".to_owned())
+                ),
+                ("name".to_owned(), Some("\"a.b\"".to_owned())),
+                (
+                    "parser".to_owned(),
+                    Some("fn (Vec < u8 >) -> Result < u64 , String >".to_owned())
+                ),
+                ("backend".to_owned(), None),
+            ]
+        );
+    }
 
     #[test]
     fn durations_parse_with_their_unit() {

@@ -17,3 +17,17 @@ fn invalidate() {
     cases.compile_fail("tests/ui/invalidate/fail/*.rs");
     cases.pass("tests/ui/invalidate/pass/*.rs");
 }
+
+#[test]
+fn command_derive() {
+    let cases = trybuild::TestCases::new();
+    cases.compile_fail("tests/ui/command_derive/fail/*.rs");
+    cases.pass("tests/ui/command_derive/pass/*.rs");
+}
+
+#[test]
+fn command_handler() {
+    let cases = trybuild::TestCases::new();
+    cases.compile_fail("tests/ui/command_handler/fail/*.rs");
+    cases.pass("tests/ui/command_handler/pass/*.rs");
+}

@@ -15,13 +15,6 @@ pub(super) fn methods(handler: &Handler) -> Vec<ImplItem> {
     let invalidation_fn = format_ident!("__ofx_invalidation_{}", name);
     let command = &handler.command;
     let context = &handler.context;
-    let command_ty = &handler.command.ty;
-    let output = &handler.output;
-    let command_assert =
-        quote_spanned!(command_ty.span()=> ::ofx_core::__private::assert_command::<#command_ty>(););
-    let output_assert = quote_spanned!(output.span()=>
-        ::ofx_core::__private::assert_handler_result::<#command_ty, #output>();
-    );
     // The user's own path to `invalidate!`, so that their import of it counts as used.
     let (path, body) = handler.invalidation.clone().unwrap_or_else(|| {
         (
@@ -34,12 +27,14 @@ pub(super) fn methods(handler: &Handler) -> Vec<ImplItem> {
         #[doc(hidden)]
         #[allow(unused_variables, clippy::needless_pass_by_value, clippy::unused_self)]
         fn #invalidation_fn(&self, #command, #context) {
-            #command_assert
-            #output_assert
             #path! { #body }
         }
     };
-    vec![ImplItem::Fn(main.clone()), invalidation]
+    // `async` is required of a handler, so a body that does not await is no lint's business.
+    let mut main = main.clone();
+    main.attrs
+        .push(syn::parse_quote!(#[allow(clippy::unused_async)]));
+    vec![ImplItem::Fn(main), invalidation]
 }
 
 /// The registration of one handler, after the `impl`.
@@ -47,6 +42,13 @@ pub(super) fn registration(service: &Type, handler: &Handler) -> TokenStream {
     let name = &handler.main.sig.ident;
     let invalidation_fn = format_ident!("__ofx_invalidation_{}", name);
     let command = &handler.command.ty;
+    let output = &handler.output;
+    // The return type is checked at its span, the command type at its own (as are its other
+    // uses below): each mistake is reported once, where it was made.
+    let command_output = quote_spanned!(command.span()=> <#command as ::ofx_core::Command>::Output);
+    let future = quote_spanned!(output.span()=>
+        ::ofx_core::__private::handler_future::<#command_output, #output, _>(service.#name(command, ctx))
+    );
     quote! {
         const _: () = {
             fn __ofx_run<'a>(
@@ -56,7 +58,7 @@ pub(super) fn registration(service: &Type, handler: &Handler) -> TokenStream {
             ) -> ::ofx_core::__private::CommandFuture<'a> {
                 let service = ::ofx_core::__private::downcast::<#service>(service);
                 let command = ::core::clone::Clone::clone(::ofx_core::__private::downcast::<#command>(command));
-                ::ofx_core::__private::handler_future(service.#name(command, ctx))
+                #future
             }
 
             fn __ofx_invalidate(

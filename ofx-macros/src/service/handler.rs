@@ -30,20 +30,26 @@ pub(super) struct Handler {
     pub(super) invalidation: Option<(syn::Path, TokenStream)>,
 }
 
-impl Handler {
-    pub(super) fn parse(cx: &Ctxt, mut method: ImplItemFn) -> Option<Self> {
-        for attr in &mut method.attrs {
-            if !is_handler_attr(attr) {
-                continue;
-            }
-            if let syn::Meta::List(list) = &attr.meta {
-                cx.error_spanned_by(list, "`#[command_handler]` takes no options");
-            }
-            // Kept, marked as handled: the attribute then expands to the method unchanged, and
-            // the user's import of it counts as used.
+/// Marks the method's `#[command_handler]` as handled by `#[service]`: the attribute then
+/// expands to the method unchanged, and the user's import of it counts as used (also when the
+/// handler is invalid, so that its error comes alone).
+pub(super) fn mark_handled(method: &mut ImplItemFn) {
+    for attr in &mut method.attrs {
+        if is_handler_attr(attr) {
             let path = attr.path().clone();
             *attr = syn::parse_quote!(#[#path(__registered_by_service)]);
         }
+    }
+}
+
+impl Handler {
+    pub(super) fn parse(cx: &Ctxt, mut method: ImplItemFn) -> Option<Self> {
+        for attr in method.attrs.iter().filter(|attr| is_handler_attr(attr)) {
+            if let syn::Meta::List(list) = &attr.meta {
+                cx.error_spanned_by(list, "`#[command_handler]` takes no options");
+            }
+        }
+        mark_handled(&mut method);
         let sig = &method.sig;
         if sig.asyncness.is_none() {
             cx.error_spanned_by(sig.fn_token, "`#[command_handler]` requires an `async fn`");
@@ -64,6 +70,16 @@ impl Handler {
             _ => cx.error_spanned_by(&sig.ident, "`#[command_handler]` needs a `&self` receiver"),
         }
         let command = match inputs.next() {
+            // A lone reference is the context: the command before it is what is missing.
+            Some(FnArg::Typed(arg))
+                if matches!(&*arg.ty, Type::Reference(_)) && inputs.len() == 0 =>
+            {
+                cx.error_spanned_by(
+                    arg,
+                    "`#[command_handler]` needs a command argument before the context, taken by value: `async fn handle(&self, command: MyCommand, ctx: &CommandContext)`",
+                );
+                None
+            }
             Some(FnArg::Typed(command)) => Some(command.clone()),
             _ => {
                 cx.error_spanned_by(
@@ -73,21 +89,23 @@ impl Handler {
                 None
             }
         };
-        let context = match inputs.next() {
-            Some(FnArg::Typed(context)) if matches!(&*context.ty, Type::Reference(reference) if reference.mutability.is_none()) => {
+        let context = match (&command, inputs.next()) {
+            (_, Some(FnArg::Typed(context))) if matches!(&*context.ty, Type::Reference(reference) if reference.mutability.is_none()) => {
                 Some(context.clone())
             }
-            Some(other) => {
+            (_, Some(other)) => {
                 cx.error_spanned_by(
                     other,
                     "the second argument of a `#[command_handler]` is `ctx: &CommandContext`",
                 );
                 None
             }
-            None => {
+            // Without a command, its error says what the signature should be.
+            (None, None) => None,
+            (Some(command), None) => {
                 cx.error_spanned_by(
-                    &sig.inputs,
-                    "`#[command_handler]` needs a context argument after the command: `ctx: &CommandContext`",
+                    command,
+                    "`#[command_handler]` needs a context argument after the command: add `ctx: &CommandContext`",
                 );
                 None
             }

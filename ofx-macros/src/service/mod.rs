@@ -40,19 +40,28 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             "`#[service]` cannot be on a generic `impl`: its command handlers are registered for one service type",
         );
     }
+    // On a trait or generic `impl`, handlers are left as written: methods generated beside them
+    // would only add errors (a trait `impl` cannot have them).
+    let expand_handlers = item.trait_.is_none() && item.generics.params.is_empty();
     let mut handlers = Vec::new();
     let mut items = Vec::with_capacity(item.items.len());
     for impl_item in std::mem::take(&mut item.items) {
         match impl_item {
             ImplItem::Fn(method) if handler::is_handler(&method) => {
-                if let Some(parsed) = handler::Handler::parse(&cx, method.clone()) {
+                let parsed = if expand_handlers {
+                    handler::Handler::parse(&cx, method.clone())
+                } else {
+                    None
+                };
+                if let Some(parsed) = parsed {
                     items.extend(expand::methods(&parsed));
                     handlers.push(parsed);
                 } else {
-                    // Invalid: kept as written (without its attribute), so one mistake gives
-                    // one error and calls to the method still resolve.
+                    // Invalid: kept as written, its attribute marked as handled, so one mistake
+                    // gives one error, calls to the method still resolve, and the import of
+                    // `command_handler` counts as used.
                     let mut method = method;
-                    method.attrs.retain(|attr| !handler::is_handler_attr(attr));
+                    handler::mark_handled(&mut method);
                     items.push(ImplItem::Fn(method));
                 }
             }

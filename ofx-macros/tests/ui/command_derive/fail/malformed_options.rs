@@ -1,0 +1,10 @@
+use ofx_core::Command;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Serialize, Deserialize, Command)]
+#[command(output u64, name = "todo.add")]
+struct AddTodo {
+    title: String,
+}
+
+fn main() {}

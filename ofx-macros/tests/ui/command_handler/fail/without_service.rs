@@ -1,0 +1,31 @@
+use ofx_core::{Command, CommandContext, ComputeService, Hub, command_handler, service};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = u64, name = "todo.add")]
+struct AddTodo {
+    title: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("refused")]
+struct Refused;
+
+struct Todos {
+    hub: Hub,
+}
+
+impl ComputeService for Todos {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Todos {
+    #[command_handler]
+    async fn add(&self, command: AddTodo, _ctx: &CommandContext) -> Result<u64, Refused> {
+        Ok(command.title.len() as u64)
+    }
+}
+
+fn main() {}
