@@ -1,6 +1,11 @@
 //! Benchmarks of compute methods: the cached hit (against a `RwLock<HashMap>`, `quick_cache`,
-//! `moka` and a bare `papaya` map, on one and two threads), invalidation (one leaf, a root with
-//! 10,000 dependents, a chain of 1,000, trees of branching 2, 3 and 4) and the miss path.
+//! `moka` and a bare `papaya` map, on one and two threads; the two-thread group also has a
+//! never-written `HashMap` read without a lock, the most this machine gives two threads),
+//! invalidation (one leaf, a root with 10,000 dependents, a chain of 1,000, trees of branching
+//! 2, 3 and 4) and the miss path (without eviction, with one dependency, and at a full hub).
+//!
+//! Two-thread figures: `hit_threads/NAME/1` and `hit_threads/NAME/2` report elements per second
+//! (one read per thread per iteration); their ratio is the scaling.
 //!
 //! Hit-path loops run many calls inside one `block_on` per measurement (`iter_custom`), so the
 //! cost of entering the runtime is not measured; every baseline runs in the same loop shape.
@@ -24,9 +29,8 @@ type Value = Arc<[u8; 64]>;
 /// How many keys the hit benchmarks spread over.
 const KEYS: usize = 10_000;
 
-/// A capacity no benchmark reaches. Not `usize::MAX`: the registry sizes its eviction queue as
-/// `2 * capacity + 64`, which overflows for it (and then compacts the queue on every insertion).
-const UNBOUNDED: usize = 1 << 40;
+/// A capacity no benchmark reaches: the hub never evicts.
+const UNBOUNDED: usize = usize::MAX;
 
 /// Invalidations per untimed setup in the leaf benchmark (below the hub's capacity).
 const LEAF_CHUNK: u64 = 10_000;
@@ -84,6 +88,12 @@ impl Flat {
     async fn get(&self, id: u64) -> Value {
         let _ = id;
         Arc::new([0; 64])
+    }
+
+    /// A hit whose value is copied (no reference count to write).
+    #[compute_method]
+    async fn small(&self, id: u64) -> u64 {
+        id
     }
 
     /// The empty body of the miss benchmarks.
@@ -173,13 +183,49 @@ impl Graph {
 
 /// Something the hit loop reads from: the compute method or a baseline.
 trait Target: Send + Sync {
-    async fn read(&self, key: u64) -> Option<Value>;
+    /// What a read returns: a [`Value`] (an `Arc`, whose clone writes its count) or a `u64`.
+    type Out;
+    async fn read(&self, key: u64) -> Option<Self::Out>;
 }
 
 impl Target for Flat {
+    type Out = Value;
     #[inline]
     async fn read(&self, key: u64) -> Option<Value> {
         Some(self.get(key).await)
+    }
+}
+
+/// The compute method `Flat::small`, whose `u64` value is copied, not reference-counted.
+struct OfxU64(Flat);
+
+impl Target for OfxU64 {
+    type Out = u64;
+    #[inline]
+    async fn read(&self, key: u64) -> Option<u64> {
+        Some(self.0.small(key).await)
+    }
+}
+
+/// A `HashMap` read without any lock (it is never written): the most two threads can get out
+/// of this machine for a read plus an `Arc` clone.
+struct Unlocked(HashMap<u64, Value>);
+
+impl Unlocked {
+    fn new() -> Self {
+        Self(
+            (0..KEYS as u64)
+                .map(|key| (key, Arc::new([0; 64])))
+                .collect(),
+        )
+    }
+}
+
+impl Target for Unlocked {
+    type Out = Value;
+    #[inline]
+    async fn read(&self, key: u64) -> Option<Value> {
+        self.0.get(&key).cloned()
     }
 }
 
@@ -196,6 +242,7 @@ impl<H: BuildHasher + Default + Sync + Send> RwLockMap<H> {
 }
 
 impl<H: BuildHasher + Sync + Send> Target for RwLockMap<H> {
+    type Out = Value;
     #[inline]
     async fn read(&self, key: u64) -> Option<Value> {
         self.0.read().expect("not poisoned").get(&key).cloned()
@@ -215,6 +262,7 @@ impl QuickCache {
 }
 
 impl Target for QuickCache {
+    type Out = Value;
     #[inline]
     async fn read(&self, key: u64) -> Option<Value> {
         self.0.get(&key)
@@ -235,6 +283,7 @@ impl Moka {
 }
 
 impl Target for Moka {
+    type Out = Value;
     #[inline]
     async fn read(&self, key: u64) -> Option<Value> {
         self.0.get(&key)
@@ -257,6 +306,7 @@ impl Papaya {
 }
 
 impl Target for Papaya {
+    type Out = Value;
     #[inline]
     async fn read(&self, key: u64) -> Option<Value> {
         self.0.pin().get(&(key,)).cloned()
@@ -287,14 +337,18 @@ fn check_all_hit<T: Target>(rt: &Runtime, target: &T) {
     });
 }
 
+/// A service with `get` and `small` cached for every key.
 fn warm_flat(rt: &Runtime) -> Flat {
     let svc = Flat::new(1_000_000);
     rt.block_on(async {
         for key in 0..KEYS as u64 {
             svc.get(key).await;
         }
+        for key in 0..KEYS as u64 {
+            svc.small(key).await;
+        }
     });
-    assert_eq!(svc.hub.cached_len(), KEYS);
+    assert_eq!(svc.hub.cached_len(), 2 * KEYS);
     svc
 }
 
@@ -319,7 +373,9 @@ fn hit(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
 
-    bench_hit_one(&mut group, "ofx", &rt, &warm_flat(&rt), &keys);
+    let ofx = warm_flat(&rt);
+    bench_hit_one(&mut group, "ofx", &rt, &ofx, &keys);
+    bench_hit_one(&mut group, "ofx_u64", &rt, &OfxU64(ofx), &keys);
     bench_hit_one(
         &mut group,
         "rwlock_hashmap_std",
@@ -392,12 +448,19 @@ fn hit_threads(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
 
-    let ofx = Arc::new(warm_flat(&rt));
+    bench_threads_one(&mut group, "ofx", &Arc::new(warm_flat(&rt)), &keys);
+    let ofx_u64 = Arc::new(OfxU64(warm_flat(&rt)));
     drop(rt);
-    bench_threads_one(&mut group, "ofx", &ofx, &keys);
+    bench_threads_one(&mut group, "ofx_u64", &ofx_u64, &keys);
     let std_map = Arc::new(RwLockMap::<std::hash::RandomState>::new());
     bench_threads_one(&mut group, "rwlock_hashmap_std", &std_map, &keys);
     bench_threads_one(&mut group, "papaya", &Arc::new(Papaya::new()), &keys);
+    bench_threads_one(
+        &mut group,
+        "hashmap_unlocked",
+        &Arc::new(Unlocked::new()),
+        &keys,
+    );
     group.finish();
 }
 

@@ -69,8 +69,8 @@ fn ofx_per_entry(count: u64, with_dependency: bool) -> f64 {
         .build()
         .expect("a current-thread runtime");
     let svc = Svc {
-        // Never evicts. Not `usize::MAX`: `2 * capacity + 64` in the registry overflows for it.
-        hub: Hub::builder().capacity(1 << 40).build().expect("a hub"),
+        // Never evicts.
+        hub: Hub::builder().capacity(usize::MAX).build().expect("a hub"),
     };
     // Create the tables (and the root) before counting.
     rt.block_on(async {

@@ -37,6 +37,22 @@ impl ContextItems {
             .insert(TypeId::of::<T>(), Box::new(value));
     }
 
+    /// `self`, with the values of `other` added (a nested call's items on its parent's).
+    pub(crate) fn merged(self, other: Self) -> Self {
+        if Arc::ptr_eq(&self.values, &other.values) {
+            return self;
+        }
+        let added =
+            std::mem::take(&mut *other.values.lock().unwrap_or_else(PoisonError::into_inner));
+        if !added.is_empty() {
+            self.values
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(added);
+        }
+        self
+    }
+
     /// A clone of the value of type `T`, if set.
     pub fn get<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
         self.values

@@ -50,6 +50,26 @@ impl CommandCall {
     pub fn context(&self) -> &CommandContext {
         &self.context
     }
+
+    /// The operation of this outermost call, once its handler succeeded: what an operation
+    /// scope stores before committing. Built once; the in-memory scope reuses it.
+    ///
+    /// # Errors
+    /// [`Error::CommandJson`] if the command cannot be serialized.
+    pub fn finish_operation(&self) -> Result<Operation, Error> {
+        let registration = self.registration;
+        let command =
+            (registration.encode)(&*self.command).map_err(|source| Error::CommandJson {
+                command: registration.command_name.to_owned(),
+                source: source.into(),
+            })?;
+        Ok(self.context.operation.finish(
+            registration.command_name,
+            command,
+            Arc::clone(&self.command),
+            self.context.items.clone(),
+        ))
+    }
 }
 
 impl std::fmt::Debug for CommandCall {
@@ -116,11 +136,13 @@ impl Commander {
             .ok()
             .filter(|parent| parent.hub.ptr_eq(&self.hub) && parent.kind != CallKind::Invalidation);
         let context = match parent {
+            // A nested command shares its parent's context items (and so its operation scope,
+            // such as a database transaction); items given to `call_with` are added to them.
             Some(parent) => CommandContext {
                 hub: self.hub.clone(),
                 operation: parent.operation,
                 items: OperationItems::new(),
-                context_items,
+                context_items: parent.context_items.merged(context_items),
                 kind: CallKind::Nested,
                 from_client: parent.from_client,
                 command_name: C::NAME,

@@ -91,6 +91,9 @@ pub(crate) struct OperationRecorder {
     pub(crate) host_id: HostId,
     pub(crate) logged_at: SystemTime,
     nested: Mutex<Vec<RecordedNested>>,
+    /// The finished operation, once built (a database scope builds it before its commit, the
+    /// in-memory scope reuses it).
+    finished: Mutex<Option<Operation>>,
 }
 
 pub(crate) struct RecordedNested {
@@ -106,6 +109,7 @@ impl OperationRecorder {
             host_id,
             logged_at: SystemTime::now(),
             nested: Mutex::new(Vec::new()),
+            finished: Mutex::new(None),
         }
     }
 
@@ -116,6 +120,7 @@ impl OperationRecorder {
             host_id: HostId::from_string(operation.host_id.as_str()),
             logged_at: operation.logged_at,
             nested: Mutex::new(Vec::new()),
+            finished: Mutex::new(None),
         }
     }
 
@@ -126,7 +131,7 @@ impl OperationRecorder {
             .push(nested);
     }
 
-    /// The finished operation of the outermost command.
+    /// The finished operation of the outermost command (built once; later calls return it).
     pub(crate) fn finish(
         &self,
         command_name: &str,
@@ -134,13 +139,17 @@ impl OperationRecorder {
         command: Arc<ErasedCommand>,
         items: OperationItems,
     ) -> Operation {
+        let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(operation) = &*finished {
+            return operation.clone();
+        }
         let nested =
             std::mem::take(&mut *self.nested.lock().unwrap_or_else(PoisonError::into_inner));
         let (records, typed): (Vec<_>, Vec<_>) = nested
             .into_iter()
             .map(|nested| (nested.record, (nested.command, nested.items)))
             .unzip();
-        Operation {
+        let operation = Operation {
             uuid: self.uuid,
             host_id: self.host_id.to_string(),
             logged_at: self.logged_at,
@@ -152,6 +161,8 @@ impl OperationRecorder {
                 outer: (command, items),
                 nested: typed,
             })),
-        }
+        };
+        *finished = Some(operation.clone());
+        operation
     }
 }

@@ -1,7 +1,5 @@
 //! [`InMemoryOperationScope`]: completes the operation of an outermost command.
 
-use std::sync::Arc;
-
 use crate::command::CallKind;
 use crate::command::registry::CommandFuture;
 use crate::commander::{CommandCall, CommandFilter, Next};
@@ -29,19 +27,7 @@ impl CommandFilter for InMemoryOperationScope {
         }
         Box::pin(async move {
             let output = next.run(call).await?;
-            let registration = call.registration;
-            let command = (registration.encode)(&*call.command).map_err(|source| {
-                crate::Error::CommandJson {
-                    command: registration.command_name.to_owned(),
-                    source: source.into(),
-                }
-            })?;
-            let operation = call.context.operation.finish(
-                registration.command_name,
-                command,
-                Arc::clone(&call.command),
-                call.context.items.clone(),
-            );
+            let operation = call.finish_operation()?;
             let hub = &call.context.hub;
             hub.notifier().notify(hub, &operation, true).await?;
             Ok(output)
