@@ -1,0 +1,89 @@
+//! [`Backend`]: what the operation log needs from a database, one implementation per backend.
+
+use std::future::Future;
+
+use std::ops::DerefMut;
+
+use diesel_async::AsyncConnection;
+
+use crate::Result;
+use crate::row::{NewOperationRow, OperationRow};
+
+/// A database the operation log runs on: [`Sqlite`](crate::Sqlite) or `Postgres`. Sealed.
+///
+/// Contracts, for every method: it runs on the connection given, inside whatever transaction
+/// that connection has open (the scope's, for `insert_operation`), and binds every value (no
+/// value is ever formatted into SQL). Cancelling a returned future leaves the connection
+/// unusable for the transaction in progress, which the caller then discards.
+pub trait Backend: sealed::Sealed + Send + Sync + 'static {
+    /// The connection type.
+    type Connection: AsyncConnection + Send + 'static;
+    /// A pool of connections.
+    type Pool: Clone + Send + Sync + 'static;
+    /// A connection taken from the pool (returned to it when dropped).
+    type Pooled: DerefMut<Target = Self::Connection> + Send + 'static;
+
+    /// The backend's name, for logs.
+    const NAME: &'static str;
+
+    /// Opens a connection with the backend's session settings.
+    fn connect(
+        url: &str,
+    ) -> impl Future<Output = diesel::ConnectionResult<Self::Connection>> + Send;
+
+    /// A pool of at most `size` connections to `url`, each opened with [`connect`](Self::connect).
+    fn pool(url: &str, size: usize) -> Result<Self::Pool>;
+
+    /// A connection from the pool.
+    fn get(pool: &Self::Pool) -> impl Future<Output = Result<Self::Pooled>> + Send;
+
+    /// Closes a pooled connection instead of returning it to the pool (one whose transaction
+    /// was abandoned).
+    fn discard(connection: Self::Pooled);
+
+    /// Applies the embedded migrations that have not run yet. Idempotent.
+    fn migrate(url: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Inserts one operation row.
+    fn insert_operation(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Rows with an index above `after`, in index order, at most `limit`.
+    fn read_after(
+        connection: &mut Self::Connection,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
+
+    /// Whether an operation with this uuid is in the log (commit verification).
+    fn contains(
+        connection: &mut Self::Connection,
+        uuid: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The lowest index in the log, if any row is there.
+    fn min_index(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// The highest index of a row logged before `logged_before` (µs since the epoch): where a
+    /// fresh reader starts.
+    fn max_index_before(
+        connection: &mut Self::Connection,
+        logged_before: i64,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Deletes at most `limit` rows logged before `cutoff` (µs since the epoch); returns how
+    /// many it deleted.
+    fn trim(
+        connection: &mut Self::Connection,
+        cutoff: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<usize>> + Send;
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}

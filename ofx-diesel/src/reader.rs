@@ -1,0 +1,222 @@
+//! The log reader: replays on this hub the operations other hosts committed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use ofx_core::Hub;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::backend::Backend;
+use crate::db_hub::DbHub;
+use crate::row::micros;
+
+/// The first and the largest pause between attempts after the database failed.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// What a log reader did, for tests and monitoring.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    /// The index of the last row read (-1 before the first read).
+    pub cursor: AtomicI64,
+    /// Operations replayed.
+    pub replayed: AtomicU64,
+    /// Rows skipped because this hub completed them already.
+    pub known: AtomicU64,
+    /// Rows that could not be replayed (logged with their uuid, then skipped).
+    pub bad_rows: AtomicU64,
+    /// Times the database failed and the reader backed off.
+    pub failures: AtomicU64,
+    /// Times the reader found rows trimmed before it read them, and invalidated everything.
+    pub coverage_losses: AtomicU64,
+}
+
+/// A running log reader. Dropping it stops the reader; so does dropping its hub.
+#[derive(Debug)]
+pub struct LogReader {
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    stats: Arc<ReaderStats>,
+}
+
+impl LogReader {
+    /// Makes the reader read now instead of at its next poll (what a watcher calls).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// What the reader did so far.
+    pub fn stats(&self) -> &ReaderStats {
+        &self.stats
+    }
+
+    /// A handle to wake the reader from elsewhere.
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+}
+
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl<B: Backend> DbHub<B> {
+    /// Starts the reader that replays, on `hub`, the operations other hosts commit to this
+    /// database. It starts at the rows logged [`start_offset`](crate::DbSettings) before now,
+    /// polls every [`poll_period`](crate::DbSettings) (jittered) or when woken, and survives
+    /// database failures by retrying with capped, jittered backoff.
+    ///
+    /// A row is skipped when this hub completed its operation already (by uuid, never by host
+    /// id); a row that cannot be decoded or replayed is logged with its uuid, counted and
+    /// skipped. A reader whose cursor falls below the trimmed part of the log invalidates every
+    /// value cached on the hub, since it cannot know what it missed.
+    pub fn start_log_reader(&self, hub: &Hub) -> LogReader {
+        self.start_log_reader_at(hub, None)
+    }
+
+    /// Like [`start_log_reader`](Self::start_log_reader), starting after the row of index
+    /// `after` (`Some(0)`: the whole log).
+    pub fn start_log_reader_at(&self, hub: &Hub, after: Option<i64>) -> LogReader {
+        let wake = Arc::new(Notify::new());
+        let stop = hub.shutdown_token();
+        let stats = Arc::new(ReaderStats::default());
+        stats.cursor.store(-1, Ordering::Relaxed);
+        let task = Reader {
+            db: self.clone(),
+            hub: hub.clone(),
+            wake: Arc::clone(&wake),
+            stop: stop.clone(),
+            stats: Arc::clone(&stats),
+            cursor: after,
+        };
+        tokio::spawn(task.run());
+        LogReader { wake, stop, stats }
+    }
+}
+
+struct Reader<B: Backend> {
+    db: DbHub<B>,
+    hub: Hub,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    stats: Arc<ReaderStats>,
+    cursor: Option<i64>,
+}
+
+impl<B: Backend> Reader<B> {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF.0;
+        loop {
+            let pause = match self.read().await {
+                Ok(true) => Duration::ZERO, // a full batch: more may be waiting
+                Ok(false) => {
+                    backoff = BACKOFF.0;
+                    jitter(self.db.settings().poll_period, 0.1)
+                }
+                Err(error) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, backend = B::NAME, "log reader failed; retrying");
+                    let pause = jitter(backoff, 0.25);
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    pause
+                }
+            };
+            if pause.is_zero() {
+                if self.stop.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// Reads one batch; returns whether it was full.
+    async fn read(&mut self) -> Result<bool> {
+        let mut connection = self.db.connection().await?;
+        let settings = self.db.settings().clone();
+        let cursor = match self.cursor {
+            Some(cursor) => cursor,
+            None => {
+                let start = micros(
+                    SystemTime::now()
+                        .checked_sub(settings.start_offset)
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                );
+                let cursor = B::max_index_before(&mut connection, start)
+                    .await?
+                    .unwrap_or(0);
+                self.cursor = Some(cursor);
+                cursor
+            }
+        };
+        let cursor = self.check_coverage(&mut connection, cursor).await?;
+        let rows = B::read_after(&mut connection, cursor, settings.read_batch).await?;
+        drop(connection);
+        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= settings.read_batch;
+        let commander = self.hub.commander();
+        for row in rows {
+            self.cursor = Some(row.idx);
+            self.stats.cursor.store(row.idx, Ordering::Relaxed);
+            let operation = match row.to_operation() {
+                Ok(operation) => operation,
+                Err(error) => {
+                    self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(uuid = %row.uuid, index = row.idx, %error, "skipping an unreadable operation");
+                    continue;
+                }
+            };
+            if self.hub.notifier().is_known(operation.uuid) {
+                self.stats.known.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match commander.replay(&operation).await {
+                Ok(_) => {
+                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(uuid = %operation.uuid, index = row.idx, %error, "skipping an operation that cannot be replayed");
+                }
+            }
+        }
+        if let Some(cursor) = self.cursor {
+            self.stats.cursor.store(cursor, Ordering::Relaxed);
+        }
+        Ok(full)
+    }
+
+    /// A cursor below the oldest row left means rows were trimmed before this reader saw them.
+    async fn check_coverage(&mut self, connection: &mut B::Pooled, cursor: i64) -> Result<i64> {
+        let Some(oldest) = B::min_index(connection).await? else {
+            return Ok(cursor);
+        };
+        if cursor >= oldest - 1 {
+            return Ok(cursor);
+        }
+        self.stats.coverage_losses.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            cursor,
+            oldest,
+            "the operation log was trimmed past this reader: invalidating every cached value"
+        );
+        self.hub.invalidate_everything();
+        let cursor = oldest - 1;
+        self.cursor = Some(cursor);
+        Ok(cursor)
+    }
+}
+
+/// `period` ± `spread` (a fraction), at random.
+pub(crate) fn jitter(period: Duration, spread: f64) -> Duration {
+    let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
+    period.mul_f64(factor.max(0.0))
+}

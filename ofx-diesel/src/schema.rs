@@ -1,0 +1,25 @@
+//! The operation log's table.
+
+diesel::table! {
+    /// One row per committed operation.
+    ofx_operations (idx) {
+        /// The readers' cursor: grows with every insert, never reused.
+        idx -> BigInt,
+        /// The operation's uuid (unique).
+        uuid -> Text,
+        /// The host that executed it.
+        host_id -> Text,
+        /// When it started, in microseconds since the Unix epoch.
+        logged_at -> BigInt,
+        /// When it was committed, in microseconds since the Unix epoch.
+        committed_at -> BigInt,
+        /// The command's name.
+        command_name -> Text,
+        /// The command, as JSON.
+        command_json -> Text,
+        /// Its operation items, as a JSON object.
+        items_json -> Text,
+        /// Its nested operations, as a JSON array.
+        nested_json -> Text,
+    }
+}

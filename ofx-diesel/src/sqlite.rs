@@ -1,0 +1,161 @@
+//! The SQLite backend: bundled SQLite through diesel-async's sync-connection wrapper, in WAL
+//! mode. The embedded default.
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::backend::{Backend, sealed};
+use crate::row::{NewOperationRow, OperationRow};
+use crate::schema::ofx_operations::dsl;
+use crate::{Error, Result};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// SQLite, the embedded default: a file path (or `:memory:` for one connection) as the URL.
+///
+/// Connections use WAL, `synchronous = NORMAL` (durable against a process crash; use
+/// PostgreSQL for durability against power loss) and wait up to 5 s on a locked database.
+#[derive(Debug, Clone, Copy)]
+pub struct Sqlite;
+
+impl sealed::Sealed for Sqlite {}
+
+/// A SQLite connection usable from async code.
+pub type SqliteAsyncConnection = SyncConnectionWrapper<SqliteConnection>;
+
+const SESSION: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                       PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+impl Backend for Sqlite {
+    type Connection = SqliteAsyncConnection;
+    type Pool = Pool<SqliteAsyncConnection>;
+    type Pooled = Object<SqliteAsyncConnection>;
+
+    const NAME: &'static str = "sqlite";
+
+    async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
+        let mut connection = SqliteAsyncConnection::establish(url).await?;
+        connection
+            .batch_execute(SESSION)
+            .await
+            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+        Ok(connection)
+    }
+
+    fn pool(url: &str, size: usize) -> Result<Self::Pool> {
+        let mut config = ManagerConfig::default();
+        config.custom_setup = Box::new(|url| {
+            let url = url.to_owned();
+            Box::pin(async move { Self::connect(&url).await })
+        });
+        let manager =
+            AsyncDieselConnectionManager::<SqliteAsyncConnection>::new_with_config(url, config);
+        Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .map_err(|error| Error::Connect(error.to_string()))
+    }
+
+    async fn get(pool: &Self::Pool) -> Result<Self::Pooled> {
+        pool.get()
+            .await
+            .map_err(|error| Error::Connect(error.to_string()))
+    }
+
+    fn discard(connection: Self::Pooled) {
+        drop(Object::take(connection));
+    }
+
+    async fn migrate(url: &str) -> Result<()> {
+        let url = url.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = SqliteConnection::establish(&url)
+                .map_err(|error| Error::Connect(error.to_string()))?;
+            diesel::connection::SimpleConnection::batch_execute(&mut connection, SESSION)?;
+            connection
+                .run_pending_migrations(MIGRATIONS)
+                .map(|_| ())
+                .map_err(|error| Error::Migration(error.to_string()))
+        })
+        .await
+        .map_err(|error| Error::Migration(error.to_string()))?
+    }
+
+    async fn insert_operation(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> Result<()> {
+        diesel::insert_into(dsl::ofx_operations)
+            .values(&row)
+            .execute(connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn read_after(
+        connection: &mut Self::Connection,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OperationRow>> {
+        Ok(dsl::ofx_operations
+            .filter(dsl::idx.gt(after))
+            .order(dsl::idx.asc())
+            .limit(limit)
+            .select(OperationRow::as_select())
+            .load(connection)
+            .await?)
+    }
+
+    async fn contains(connection: &mut Self::Connection, uuid: &str) -> Result<bool> {
+        let found: Option<i64> = dsl::ofx_operations
+            .filter(dsl::uuid.eq(uuid))
+            .select(dsl::idx)
+            .first(connection)
+            .await
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    async fn min_index(connection: &mut Self::Connection) -> Result<Option<i64>> {
+        Ok(dsl::ofx_operations
+            .select(diesel::dsl::min(dsl::idx))
+            .first(connection)
+            .await?)
+    }
+
+    async fn max_index_before(
+        connection: &mut Self::Connection,
+        logged_before: i64,
+    ) -> Result<Option<i64>> {
+        Ok(dsl::ofx_operations
+            .filter(dsl::logged_at.lt(logged_before))
+            .select(diesel::dsl::max(dsl::idx))
+            .first(connection)
+            .await?)
+    }
+
+    async fn trim(connection: &mut Self::Connection, cutoff: i64, limit: i64) -> Result<usize> {
+        let batch: Vec<i64> = dsl::ofx_operations
+            .filter(dsl::logged_at.lt(cutoff))
+            .order(dsl::idx.asc())
+            .limit(limit)
+            .select(dsl::idx)
+            .load(connection)
+            .await?;
+        let Some(last) = batch.last() else {
+            return Ok(0);
+        };
+        Ok(diesel::delete(
+            dsl::ofx_operations
+                .filter(dsl::idx.le(last))
+                .filter(dsl::logged_at.lt(cutoff)),
+        )
+        .execute(connection)
+        .await?)
+    }
+}

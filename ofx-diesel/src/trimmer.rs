@@ -1,0 +1,84 @@
+//! The trimmer: deletes operations older than the log's max age, in bounded batches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::backend::Backend;
+use crate::db_hub::DbHub;
+use crate::reader::jitter;
+use crate::row::micros;
+
+/// A running trimmer. Dropping it stops the trimmer.
+#[derive(Debug)]
+pub struct Trimmer {
+    stop: CancellationToken,
+    trimmed: Arc<AtomicU64>,
+}
+
+impl Trimmer {
+    /// Rows deleted so far.
+    pub fn trimmed(&self) -> u64 {
+        self.trimmed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Trimmer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl<B: Backend> DbHub<B> {
+    /// Deletes the operations logged more than [`max_age`](crate::DbSettings) ago, in batches
+    /// of [`trim_batch`](crate::DbSettings); returns how many rows it deleted.
+    ///
+    /// # Errors
+    /// [`Error::Database`](crate::Error::Database) or [`Error::Connect`](crate::Error::Connect).
+    pub async fn trim(&self) -> Result<u64> {
+        let settings = self.settings();
+        let cutoff = micros(
+            SystemTime::now()
+                .checked_sub(settings.max_age)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let mut total = 0;
+        loop {
+            let mut connection = self.connection().await?;
+            let deleted = B::trim(&mut connection, cutoff, settings.trim_batch).await?;
+            total += deleted as u64;
+            if i64::try_from(deleted).unwrap_or(i64::MAX) < settings.trim_batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Starts trimming every [`trim_period`](crate::DbSettings) (jittered) until the returned
+    /// handle or `stop`'s token is dropped / cancelled. Failures are logged and retried at the
+    /// next period.
+    pub fn start_trimmer(&self, stop: CancellationToken) -> Trimmer {
+        let trimmed = Arc::new(AtomicU64::new(0));
+        let db = self.clone();
+        let task_stop = stop.clone();
+        let counter = Arc::clone(&trimmed);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = task_stop.cancelled() => return,
+                    () = tokio::time::sleep(jitter(db.settings().trim_period, 0.25)) => {}
+                }
+                match db.trim().await {
+                    Ok(count) => {
+                        counter.fetch_add(count, Ordering::Relaxed);
+                        tracing::debug!(count, "trimmed the operation log");
+                    }
+                    Err(error) => tracing::warn!(%error, "trimming the operation log failed"),
+                }
+            }
+        });
+        Trimmer { stop, trimmed }
+    }
+}

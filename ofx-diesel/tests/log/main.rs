@@ -1,0 +1,9 @@
+//! The operation log on SQLite: the outbox scope, the reader on a second hub, bad rows and the
+//! trimmer, against real database files.
+
+// Tests state their expectations with `unwrap`/`expect`: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod sqlite;
