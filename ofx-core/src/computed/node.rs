@@ -1,6 +1,6 @@
 //! One cached result and its edges in the dependency graph.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use event_listener::Event;
@@ -78,12 +78,23 @@ impl NodeCore {
         self.accessed.swap(false, Ordering::Relaxed)
     }
 
+    /// Registers a listener for the next state change. The caller must check the state again
+    /// after this, before awaiting.
     pub(crate) fn listen(&self) -> event_listener::EventListener {
-        self.changed.listen()
+        let listener = self.changed.listen();
+        // Pairs with the fence in `notify_all`: either the notifier sees this listener, or the
+        // caller's next state check sees the new state.
+        fence(Ordering::SeqCst);
+        listener
     }
 
+    /// Wakes every listener. Notifying an event nobody listened to would allocate its state,
+    /// which most nodes never need: skip it then.
     pub(crate) fn notify_all(&self) {
-        self.changed.notify(usize::MAX);
+        fence(Ordering::SeqCst);
+        if self.changed.total_listeners() > 0 {
+            self.changed.notify(usize::MAX);
+        }
     }
 
     /// Moves `from` to `to` if the state is `from`.

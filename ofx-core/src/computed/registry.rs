@@ -142,9 +142,9 @@ impl Registry {
     pub(crate) fn inserted(&self, node: Weak<dyn ErasedNode>) {
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
         clock.push_back(node);
-        // Invalidated nodes leave their weak reference behind: drop them before the queue
-        // outgrows the cache.
-        if clock.len() > self.capacity.saturating_mul(2).saturating_add(64) {
+        // Invalidated nodes leave their weak reference behind (which keeps their allocation):
+        // drop them once they outnumber the live entries.
+        if clock.len() > self.len().saturating_mul(2).saturating_add(64) {
             clock.retain(|node| {
                 node.upgrade()
                     .is_some_and(|node| node.core().state() != INVALIDATED)
