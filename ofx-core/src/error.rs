@@ -107,12 +107,31 @@ pub enum Error {
     /// A filter refused the command.
     #[error("{0}")]
     Rejected(String),
+
+    /// The operation scope failed: the operation could not be stored or committed (a database
+    /// scope's error is here, boxed: downcast it with [`Error::scope_error`]). Nothing was
+    /// invalidated.
+    #[error("the operation scope failed: {0}")]
+    Scope(#[source] HandlerError),
 }
 
 impl Error {
     /// Wraps a handler's error.
     pub fn handler<E: Into<Box<dyn std::error::Error + Send + Sync>>>(error: E) -> Self {
         Self::Handler(Arc::from(error.into()))
+    }
+
+    /// Wraps an operation scope's error.
+    pub fn scope<E: Into<Box<dyn std::error::Error + Send + Sync>>>(error: E) -> Self {
+        Self::Scope(Arc::from(error.into()))
+    }
+
+    /// The scope's error, if this is one of type `E`.
+    pub fn scope_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Scope(error) => error.downcast_ref(),
+            _ => None,
+        }
     }
 
     /// The handler's error, if this is one of type `E`.

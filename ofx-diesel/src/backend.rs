@@ -26,6 +26,10 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// The backend's name, for logs.
     const NAME: &'static str;
 
+    /// Whether rows may commit out of index order (concurrent writers with a sequence), so
+    /// that readers must track gaps.
+    const HAS_GAPS: bool;
+
     /// Opens a connection with the backend's session settings.
     fn connect(
         url: &str,
@@ -55,6 +59,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
         after: i64,
         limit: i64,
+    ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
+
+    /// The rows with these indexes (the gaps a reader is waiting for), in index order.
+    fn read_indexes(
+        connection: &mut Self::Connection,
+        indexes: &[i64],
     ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
 
     /// Whether an operation with this uuid is in the log (commit verification).

@@ -24,6 +24,10 @@ pub struct DbSettings {
     pub poll_period: Duration,
     /// Rows the reader reads per query (default 256).
     pub read_batch: i64,
+    /// How long a reader waits for a row that a gap says may still commit (a transaction that
+    /// took an index and has not committed yet); after it, the gap is given up (default 5 min).
+    /// Operations whose transactions last longer than this may be missed by other hosts.
+    pub gap_retention: Duration,
     /// A fresh reader starts at the rows logged this long before it started (default 3 s); older
     /// rows cannot concern a cache that is empty.
     pub start_offset: Duration,
@@ -45,6 +49,7 @@ impl Default for DbSettings {
             migrate: true,
             poll_period: Duration::from_secs(1),
             read_batch: 256,
+            gap_retention: Duration::from_secs(5 * 60),
             start_offset: Duration::from_secs(3),
             max_age: Duration::from_secs(30 * 60),
             trim_period: Duration::from_secs(5 * 60),

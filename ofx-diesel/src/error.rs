@@ -53,7 +53,7 @@ pub enum Error {
 
 impl From<Error> for ofx_core::Error {
     fn from(error: Error) -> Self {
-        ofx_core::Error::handler(error)
+        ofx_core::Error::scope(error)
     }
 }
 

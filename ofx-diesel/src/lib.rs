@@ -2,6 +2,8 @@
 mod backend;
 mod db_hub;
 mod error;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod reader;
 mod row;
 mod schema;
@@ -12,7 +14,9 @@ mod trimmer;
 pub use backend::Backend;
 pub use db_hub::{CommitFaultHook, DbHub, DbSettings};
 pub use error::{Error, Result};
-pub use reader::{LogReader, ReaderStats};
+#[cfg(feature = "postgres")]
+pub use postgres::Postgres;
+pub use reader::{LogReader, MAX_GAPS, ReaderStats};
 pub use row::{BadRow, NewOperationRow, OperationRow};
 pub use scope::{DATABASE_OPERATION_SCOPE, DbOperationScope, OperationConnection};
 #[cfg(feature = "sqlite")]

@@ -1,17 +1,23 @@
 //! The log reader: replays on this hub the operations other hosts committed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ofx_core::Hub;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::backend::Backend;
 use crate::db_hub::DbHub;
-use crate::row::micros;
+use crate::row::{OperationRow, micros};
+
+/// The most gaps a reader waits for at once; past it, new gaps are given up at once (logged).
+pub const MAX_GAPS: usize = 16_384;
+/// Gaps re-checked per query.
+const GAP_CHUNK: usize = 256;
 
 /// The first and the largest pause between attempts after the database failed.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
@@ -31,6 +37,10 @@ pub struct ReaderStats {
     pub failures: AtomicU64,
     /// Times the reader found rows trimmed before it read them, and invalidated everything.
     pub coverage_losses: AtomicU64,
+    /// Rows found in a gap: committed after rows with higher indexes were read.
+    pub late_rows: AtomicU64,
+    /// Gaps given up (rolled-back transactions, or older than the retention).
+    pub gaps_expired: AtomicU64,
 }
 
 /// A running log reader. Dropping it stops the reader; so does dropping its hub.
@@ -39,6 +49,7 @@ pub struct LogReader {
     wake: Arc<Notify>,
     stop: CancellationToken,
     stats: Arc<ReaderStats>,
+    cursor: watch::Receiver<i64>,
 }
 
 impl LogReader {
@@ -50,6 +61,13 @@ impl LogReader {
     /// What the reader did so far.
     pub fn stats(&self) -> &ReaderStats {
         &self.stats
+    }
+
+    /// Waits until the reader has read past the row of index `index`.
+    pub async fn wait_for(&self, index: i64) {
+        let mut cursor = self.cursor.clone();
+        // An error means the reader stopped: nothing more to wait for.
+        let _ = cursor.wait_for(|cursor| *cursor >= index).await;
     }
 
     /// A handle to wake the reader from elsewhere.
@@ -85,6 +103,7 @@ impl<B: Backend> DbHub<B> {
         let stop = hub.shutdown_token();
         let stats = Arc::new(ReaderStats::default());
         stats.cursor.store(-1, Ordering::Relaxed);
+        let (cursor_tx, cursor) = watch::channel(-1);
         let task = Reader {
             db: self.clone(),
             hub: hub.clone(),
@@ -92,9 +111,16 @@ impl<B: Backend> DbHub<B> {
             stop: stop.clone(),
             stats: Arc::clone(&stats),
             cursor: after,
+            cursor_tx,
+            gaps: BTreeMap::new(),
         };
         tokio::spawn(task.run());
-        LogReader { wake, stop, stats }
+        LogReader {
+            wake,
+            stop,
+            stats,
+            cursor,
+        }
     }
 }
 
@@ -105,6 +131,10 @@ struct Reader<B: Backend> {
     stop: CancellationToken,
     stats: Arc<ReaderStats>,
     cursor: Option<i64>,
+    cursor_tx: watch::Sender<i64>,
+    /// Indexes skipped over, not yet seen: rows of transactions still in flight, or of ones
+    /// that rolled back. With when each was first seen missing.
+    gaps: BTreeMap<i64, Instant>,
 }
 
 impl<B: Backend> Reader<B> {
@@ -139,7 +169,7 @@ impl<B: Backend> Reader<B> {
         }
     }
 
-    /// Reads one batch; returns whether it was full.
+    /// Reads one batch (and the gaps); returns whether the batch was full.
     async fn read(&mut self) -> Result<bool> {
         let mut connection = self.db.connection().await?;
         let settings = self.db.settings().clone();
@@ -159,43 +189,114 @@ impl<B: Backend> Reader<B> {
             }
         };
         let cursor = self.check_coverage(&mut connection, cursor).await?;
+        let late = self
+            .read_gaps(&mut connection, settings.gap_retention)
+            .await?;
         let rows = B::read_after(&mut connection, cursor, settings.read_batch).await?;
         drop(connection);
         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= settings.read_batch;
-        let commander = self.hub.commander();
+        for row in late {
+            self.stats.late_rows.fetch_add(1, Ordering::Relaxed);
+            self.process(&row).await;
+        }
+        let mut expected = cursor + 1;
         for row in rows {
+            if B::HAS_GAPS {
+                self.note_gaps(expected, row.idx);
+            }
+            expected = row.idx + 1;
             self.cursor = Some(row.idx);
-            self.stats.cursor.store(row.idx, Ordering::Relaxed);
-            let operation = match row.to_operation() {
-                Ok(operation) => operation,
-                Err(error) => {
-                    self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(uuid = %row.uuid, index = row.idx, %error, "skipping an unreadable operation");
-                    continue;
-                }
-            };
-            if self.hub.notifier().is_known(operation.uuid) {
-                self.stats.known.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match commander.replay(&operation).await {
-                Ok(_) => {
-                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(uuid = %operation.uuid, index = row.idx, %error, "skipping an operation that cannot be replayed");
-                }
-            }
+            self.process(&row).await;
         }
         if let Some(cursor) = self.cursor {
             self.stats.cursor.store(cursor, Ordering::Relaxed);
+            self.cursor_tx.send_replace(cursor);
         }
         Ok(full)
     }
 
+    /// Replays one row, or logs and counts why it cannot be.
+    async fn process(&self, row: &OperationRow) {
+        let operation = match row.to_operation() {
+            Ok(operation) => operation,
+            Err(error) => {
+                self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(uuid = %row.uuid, index = row.idx, %error, "skipping an unreadable operation");
+                return;
+            }
+        };
+        if self.hub.notifier().is_known(operation.uuid) {
+            self.stats.known.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.hub.commander().replay(&operation).await {
+            Ok(_) => {
+                self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(uuid = %operation.uuid, index = row.idx, %error, "skipping an operation that cannot be replayed");
+            }
+        }
+    }
+
+    /// Records the indexes between `from` and `to` (exclusive) as gaps.
+    fn note_gaps(&mut self, from: i64, to: i64) {
+        if from >= to {
+            return;
+        }
+        let room = MAX_GAPS.saturating_sub(self.gaps.len());
+        let missing = usize::try_from(to - from).unwrap_or(usize::MAX);
+        if missing > room {
+            self.stats
+                .gaps_expired
+                .fetch_add(missing as u64, Ordering::Relaxed);
+            tracing::warn!(
+                from,
+                to,
+                "too many gaps in the operation log: giving up on these"
+            );
+            return;
+        }
+        let now = Instant::now();
+        for index in from..to {
+            self.gaps.insert(index, now);
+        }
+    }
+
+    /// Expires old gaps, then reads the rows that filled the others.
+    async fn read_gaps(
+        &mut self,
+        connection: &mut B::Pooled,
+        retention: Duration,
+    ) -> Result<Vec<OperationRow>> {
+        if self.gaps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = self.gaps.len();
+        self.gaps.retain(|_, seen| seen.elapsed() < retention);
+        self.stats
+            .gaps_expired
+            .fetch_add((before - self.gaps.len()) as u64, Ordering::Relaxed);
+        let indexes: Vec<i64> = self.gaps.keys().copied().collect();
+        let mut found = Vec::new();
+        for chunk in indexes.chunks(GAP_CHUNK) {
+            found.extend(B::read_indexes(connection, chunk).await?);
+        }
+        for row in &found {
+            self.gaps.remove(&row.idx);
+        }
+        Ok(found)
+    }
+
     /// A cursor below the oldest row left means rows were trimmed before this reader saw them.
+    ///
+    /// Only where rows commit in index order: with gaps (PostgreSQL), rows below the oldest one
+    /// may still be in flight, so the missing indexes become gaps instead.
     async fn check_coverage(&mut self, connection: &mut B::Pooled, cursor: i64) -> Result<i64> {
+        if B::HAS_GAPS {
+            return Ok(cursor);
+        }
         let Some(oldest) = B::min_index(connection).await? else {
             return Ok(cursor);
         };

@@ -37,6 +37,8 @@ impl Backend for Sqlite {
     type Pooled = Object<SqliteAsyncConnection>;
 
     const NAME: &'static str = "sqlite";
+    // One writer at a time, and AUTOINCREMENT: rows commit in index order.
+    const HAS_GAPS: bool = false;
 
     async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
         let mut connection = SqliteAsyncConnection::establish(url).await?;
@@ -106,6 +108,18 @@ impl Backend for Sqlite {
             .filter(dsl::idx.gt(after))
             .order(dsl::idx.asc())
             .limit(limit)
+            .select(OperationRow::as_select())
+            .load(connection)
+            .await?)
+    }
+
+    async fn read_indexes(
+        connection: &mut Self::Connection,
+        indexes: &[i64],
+    ) -> Result<Vec<OperationRow>> {
+        Ok(dsl::ofx_operations
+            .filter(dsl::idx.eq_any(indexes))
+            .order(dsl::idx.asc())
             .select(OperationRow::as_select())
             .load(connection)
             .await?)

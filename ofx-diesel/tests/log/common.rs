@@ -19,13 +19,97 @@ diesel::table! {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Command)]
-#[command(output = i64, name = "accounts.deposit")]
-pub(crate) struct Deposit {
-    pub(crate) id: i64,
-    pub(crate) amount: i64,
-    /// Fail after writing, to prove the write is rolled back.
-    pub(crate) fail: bool,
+/// An accounts service on backend `$backend`, with its own deposit command (one handler per
+/// command type), so that the same tests run on every backend.
+macro_rules! accounts_service {
+    ($service:ident, $backend:ty, $deposit:ident, $name:literal) => {
+        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+        #[command(output = i64, name = $name)]
+        pub(crate) struct $deposit {
+            pub(crate) id: i64,
+            pub(crate) amount: i64,
+            /// Fail after writing, to prove the write is rolled back.
+            pub(crate) fail: bool,
+        }
+
+        impl Deposit for $deposit {
+            fn new(id: i64, amount: i64, fail: bool) -> Self {
+                Self { id, amount, fail }
+            }
+        }
+
+        pub(crate) type $service = Accounts<$backend>;
+
+        #[service]
+        impl $service {
+            #[compute_method]
+            pub(crate) async fn balance(&self, id: i64) -> Result<i64, String> {
+                let mut connection = self
+                    .db
+                    .connection()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let balance: Option<i64> = accounts::table
+                    .find(id)
+                    .select(accounts::balance)
+                    .first(&mut *connection)
+                    .await
+                    .optional()
+                    .map_err(|error| error.to_string())?;
+                Ok(balance.unwrap_or(0))
+            }
+
+            #[command_handler]
+            pub(crate) async fn deposit(
+                &self,
+                command: $deposit,
+                ctx: &CommandContext,
+            ) -> Result<i64, AccountError> {
+                invalidate! {
+                    self.balance(command.id);
+                }
+                let mut connection = self.db.operation_connection(ctx).await?;
+                diesel::insert_into(accounts::table)
+                    .values((
+                        accounts::id.eq(command.id),
+                        accounts::balance.eq(command.amount),
+                    ))
+                    .on_conflict(accounts::id)
+                    .do_update()
+                    .set(accounts::balance.eq(accounts::balance + command.amount))
+                    .execute(&mut *connection)
+                    .await?;
+                if command.fail {
+                    return Err(AccountError::Refused);
+                }
+                let balance = accounts::table
+                    .find(command.id)
+                    .select(accounts::balance)
+                    .first(&mut *connection)
+                    .await?;
+                Ok(balance)
+            }
+        }
+
+        impl HostService for $service {
+            type Deposit = $deposit;
+
+            async fn balance_of(&self, id: i64) -> Result<i64, String> {
+                self.balance(id).await
+            }
+        }
+    };
+}
+
+/// A deposit command of one backend.
+pub(crate) trait Deposit: Command<Output = i64> {
+    fn new(id: i64, amount: i64, fail: bool) -> Self;
+}
+
+/// What the generic tests need of an accounts service.
+pub(crate) trait HostService: ComputeService {
+    type Deposit: Deposit;
+    fn balance_of(&self, id: i64) -> impl std::future::Future<Output = Result<i64, String>> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,71 +133,33 @@ impl<B: Backend> ComputeService for Accounts<B> {
     }
 }
 
-/// The accounts service on SQLite (a `#[service]` impl is for one concrete type).
-pub(crate) type SqliteAccounts = Accounts<ofx_diesel::Sqlite>;
-
-#[service]
-impl SqliteAccounts {
-    #[compute_method]
-    pub(crate) async fn balance(&self, id: i64) -> Result<i64, String> {
-        let mut connection = self
-            .db
-            .connection()
-            .await
-            .map_err(|error| error.to_string())?;
-        let balance: Option<i64> = accounts::table
-            .find(id)
-            .select(accounts::balance)
-            .first(&mut connection)
-            .await
-            .optional()
-            .map_err(|error| error.to_string())?;
-        Ok(balance.unwrap_or(0))
-    }
-
-    #[command_handler]
-    pub(crate) async fn deposit(
-        &self,
-        command: Deposit,
-        ctx: &CommandContext,
-    ) -> Result<i64, AccountError> {
-        invalidate! {
-            self.balance(command.id);
-        }
-        let mut connection = self.db.operation_connection(ctx).await?;
-        diesel::insert_into(accounts::table)
-            .values((
-                accounts::id.eq(command.id),
-                accounts::balance.eq(command.amount),
-            ))
-            .on_conflict(accounts::id)
-            .do_update()
-            .set(accounts::balance.eq(accounts::balance + command.amount))
-            .execute(&mut *connection)
-            .await?;
-        if command.fail {
-            return Err(AccountError::Refused);
-        }
-        let balance = accounts::table
-            .find(command.id)
-            .select(accounts::balance)
-            .first(&mut *connection)
-            .await?;
-        Ok(balance)
-    }
-}
+#[cfg(feature = "sqlite")]
+accounts_service!(
+    SqliteAccounts,
+    ofx_diesel::Sqlite,
+    SqliteDeposit,
+    "sqlite_accounts.deposit"
+);
+#[cfg(feature = "postgres")]
+accounts_service!(
+    PgAccounts,
+    ofx_diesel::Postgres,
+    PgDeposit,
+    "pg_accounts.deposit"
+);
 
 /// One host: a hub with the database scope, the service, and (if started) a log reader.
-pub(crate) struct Host {
-    pub(crate) accounts: Arc<SqliteAccounts>,
+pub(crate) struct Host<B: Backend> {
+    pub(crate) accounts: Arc<Accounts<B>>,
     pub(crate) reader: Option<LogReader>,
 }
 
-impl Host {
-    pub(crate) async fn sqlite(path: &str, settings: DbSettings, read: bool) -> Self {
-        let db = DbHub::<ofx_diesel::Sqlite>::open(path, settings)
-            .await
-            .unwrap();
+impl<B: Backend> Host<B>
+where
+    Accounts<B>: HostService,
+{
+    pub(crate) async fn open(url: &str, settings: DbSettings, read: bool) -> Self {
+        let db = DbHub::<B>::open(url, settings).await.unwrap();
         let hub = Hub::builder().filter(db.operation_scope()).build().unwrap();
         let accounts = Arc::new(Accounts {
             hub: hub.clone(),
@@ -123,24 +169,64 @@ impl Host {
         let reader = read.then(|| db.start_log_reader(&hub));
         Self { accounts, reader }
     }
+
+    pub(crate) async fn deposit(
+        &self,
+        id: i64,
+        amount: i64,
+        fail: bool,
+    ) -> Result<i64, ofx_core::Error> {
+        let command = <Accounts<B> as HostService>::Deposit::new(id, amount, fail);
+        self.accounts.hub.commander().call(command).await
+    }
+
+    pub(crate) async fn balance(&self, id: i64) -> Result<i64, String> {
+        self.accounts.balance_of(id).await
+    }
+
+    pub(crate) fn stats(&self) -> &ofx_diesel::ReaderStats {
+        self.reader.as_ref().unwrap().stats()
+    }
 }
 
 /// A fresh SQLite file with the business table.
+#[cfg(feature = "sqlite")]
 pub(crate) async fn sqlite_file() -> String {
     let path = std::env::temp_dir().join(format!("ofx-test-{}.db", uuid::Uuid::new_v4().simple()));
     let path = path.to_string_lossy().into_owned();
     let db = DbHub::<ofx_diesel::Sqlite>::open(&path, fast())
         .await
         .unwrap();
-    db.connection()
+    db.exec(ACCOUNTS).await;
+    path
+}
+
+/// A fresh PostgreSQL database with the business table, on the server at 127.0.0.1:5432.
+#[cfg(feature = "postgres")]
+pub(crate) async fn postgres_database() -> String {
+    use diesel_async::AsyncConnection;
+    let server = std::env::var("OFX_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let mut admin = diesel_async::AsyncPgConnection::establish(&format!("{server}/postgres"))
         .await
-        .unwrap()
-        .batch_execute(
-            "CREATE TABLE accounts (id BIGINT PRIMARY KEY NOT NULL, balance BIGINT NOT NULL)",
-        )
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot reach PostgreSQL at {server} ({error}). Start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, \
+                 or set OFX_TEST_POSTGRES to another server"
+            )
+        });
+    let name = format!("ofx_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
-    path
+    let url = format!("{server}/{name}");
+    let db = DbHub::<ofx_diesel::Postgres>::open(&url, fast())
+        .await
+        .unwrap();
+    db.exec(ACCOUNTS).await;
+    url
 }
 
 /// Settings for tests: a short poll period (the reader is woken by nothing else here).
@@ -156,3 +242,78 @@ pub(crate) async fn invalidated(computed: &Computed) {
         .await
         .expect("the other host's reader invalidated the value within 10 s");
 }
+
+/// Raw SQL on a test database, to check and to corrupt what the framework wrote.
+pub(crate) trait RawSql {
+    /// `SELECT COUNT(*) FROM table`.
+    fn count(&self, table: &str) -> impl std::future::Future<Output = i64> + Send;
+    /// Runs statements.
+    fn exec(&self, sql: &str) -> impl std::future::Future<Output = ()> + Send;
+    /// Inserts an operation row as another host would, with bound values.
+    fn insert_row(
+        &self,
+        uuid: &str,
+        name: &str,
+        command: &str,
+        items: &str,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+macro_rules! raw_sql {
+    ($backend:ty, $placeholders:literal) => {
+        impl RawSql for DbHub<$backend> {
+            async fn count(&self, table: &str) -> i64 {
+                let mut connection = self.connection().await.unwrap();
+                let query = format!("SELECT COUNT(*) AS n FROM {table}");
+                diesel::sql_query(query).get_result::<Count>(&mut *connection).await.unwrap().n
+            }
+
+            async fn exec(&self, sql: &str) {
+                self.connection().await.unwrap().batch_execute(sql).await.unwrap();
+            }
+
+            async fn insert_row(&self, uuid: &str, name: &str, command: &str, items: &str) {
+                let now = i64::try_from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_micros(),
+                )
+                .unwrap();
+                let mut connection = self.connection().await.unwrap();
+                diesel::sql_query(concat!(
+                    "INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, ",
+                    "command_json, items_json, nested_json) VALUES ",
+                    $placeholders
+                ))
+                .bind::<diesel::sql_types::Text, _>(uuid)
+                .bind::<diesel::sql_types::BigInt, _>(now)
+                .bind::<diesel::sql_types::BigInt, _>(now)
+                .bind::<diesel::sql_types::Text, _>(name)
+                .bind::<diesel::sql_types::Text, _>(command)
+                .bind::<diesel::sql_types::Text, _>(items)
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+raw_sql!(ofx_diesel::Sqlite, "(?, 'elsewhere', ?, ?, ?, ?, ?, '[]')");
+#[cfg(feature = "postgres")]
+raw_sql!(
+    ofx_diesel::Postgres,
+    "($1, 'elsewhere', $2, $3, $4, $5, $6, '[]')"
+);
+
+/// The business table.
+pub(crate) const ACCOUNTS: &str =
+    "CREATE TABLE accounts (id BIGINT PRIMARY KEY NOT NULL, balance BIGINT NOT NULL)";

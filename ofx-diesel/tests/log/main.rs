@@ -5,5 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod scenarios;
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;

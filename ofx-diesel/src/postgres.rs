@@ -1,0 +1,161 @@
+//! The PostgreSQL backend: diesel-async's `AsyncPgConnection` with a deadpool pool.
+
+use diesel::prelude::*;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::backend::{Backend, sealed};
+use crate::row::{NewOperationRow, OperationRow};
+use crate::schema::ofx_operations::dsl;
+use crate::{Error, Result};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// PostgreSQL: a `postgres://` URL.
+///
+/// Concurrent transactions may commit operation rows out of index order; the log reader
+/// tracks the gaps this leaves (see [`DbSettings::gap_retention`](crate::DbSettings)).
+#[derive(Debug, Clone, Copy)]
+pub struct Postgres;
+
+impl sealed::Sealed for Postgres {}
+
+impl Backend for Postgres {
+    type Connection = AsyncPgConnection;
+    type Pool = Pool<AsyncPgConnection>;
+    type Pooled = Object<AsyncPgConnection>;
+
+    const NAME: &'static str = "postgres";
+    const HAS_GAPS: bool = true;
+
+    async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
+        AsyncPgConnection::establish(url).await
+    }
+
+    fn pool(url: &str, size: usize) -> Result<Self::Pool> {
+        let mut config = ManagerConfig::default();
+        config.custom_setup = Box::new(|url| {
+            let url = url.to_owned();
+            Box::pin(async move { Self::connect(&url).await })
+        });
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+        Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .map_err(|error| Error::Connect(error.to_string()))
+    }
+
+    async fn get(pool: &Self::Pool) -> Result<Self::Pooled> {
+        pool.get()
+            .await
+            .map_err(|error| Error::Connect(error.to_string()))
+    }
+
+    fn discard(connection: Self::Pooled) {
+        drop(Object::take(connection));
+    }
+
+    async fn migrate(url: &str) -> Result<()> {
+        let url = url.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut connection =
+                <AsyncConnectionWrapper<AsyncPgConnection> as diesel::Connection>::establish(&url)
+                    .map_err(|error| Error::Connect(error.to_string()))?;
+            connection
+                .run_pending_migrations(MIGRATIONS)
+                .map(|_| ())
+                .map_err(|error| Error::Migration(error.to_string()))
+        })
+        .await
+        .map_err(|error| Error::Migration(error.to_string()))?
+    }
+
+    async fn insert_operation(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> Result<()> {
+        diesel::insert_into(dsl::ofx_operations)
+            .values(&row)
+            .execute(connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn read_after(
+        connection: &mut Self::Connection,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OperationRow>> {
+        Ok(dsl::ofx_operations
+            .filter(dsl::idx.gt(after))
+            .order(dsl::idx.asc())
+            .limit(limit)
+            .select(OperationRow::as_select())
+            .load(connection)
+            .await?)
+    }
+
+    async fn read_indexes(
+        connection: &mut Self::Connection,
+        indexes: &[i64],
+    ) -> Result<Vec<OperationRow>> {
+        Ok(dsl::ofx_operations
+            .filter(dsl::idx.eq_any(indexes))
+            .order(dsl::idx.asc())
+            .select(OperationRow::as_select())
+            .load(connection)
+            .await?)
+    }
+
+    async fn contains(connection: &mut Self::Connection, uuid: &str) -> Result<bool> {
+        let found: Option<i64> = dsl::ofx_operations
+            .filter(dsl::uuid.eq(uuid))
+            .select(dsl::idx)
+            .first(connection)
+            .await
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    async fn min_index(connection: &mut Self::Connection) -> Result<Option<i64>> {
+        Ok(dsl::ofx_operations
+            .select(diesel::dsl::min(dsl::idx))
+            .first(connection)
+            .await?)
+    }
+
+    async fn max_index_before(
+        connection: &mut Self::Connection,
+        logged_before: i64,
+    ) -> Result<Option<i64>> {
+        Ok(dsl::ofx_operations
+            .filter(dsl::logged_at.lt(logged_before))
+            .select(diesel::dsl::max(dsl::idx))
+            .first(connection)
+            .await?)
+    }
+
+    async fn trim(connection: &mut Self::Connection, cutoff: i64, limit: i64) -> Result<usize> {
+        let batch: Vec<i64> = dsl::ofx_operations
+            .filter(dsl::logged_at.lt(cutoff))
+            .order(dsl::idx.asc())
+            .limit(limit)
+            .select(dsl::idx)
+            .load(connection)
+            .await?;
+        let Some(last) = batch.last() else {
+            return Ok(0);
+        };
+        Ok(diesel::delete(
+            dsl::ofx_operations
+                .filter(dsl::idx.le(last))
+                .filter(dsl::logged_at.lt(cutoff)),
+        )
+        .execute(connection)
+        .await?)
+    }
+}

@@ -1,0 +1,157 @@
+//! The log on PostgreSQL (each test on a database of its own), with the faults only a server
+//! has: broken connections at commit, terminated readers, transactions committing out of order.
+
+use std::sync::Arc;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use ofx_core::capture;
+use ofx_diesel::{DbHub, Error, Postgres};
+
+use crate::common::{Host, RawSql, fast, invalidated, postgres_database};
+use crate::scenarios;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_on_host_a_invalidates_host_b_through_the_log() {
+    scenarios::a_command_on_host_a_invalidates_host_b::<Postgres>(&postgres_database().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_fails_after_writing_leaves_nothing() {
+    scenarios::a_handler_that_fails_after_writing_leaves_nothing::<Postgres>(
+        &postgres_database().await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_logged_and_skipped() {
+    scenarios::bad_rows_are_logged_and_skipped::<Postgres>(
+        &postgres_database().await,
+        "pg_accounts.deposit",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trimmer_deletes_only_old_operations() {
+    scenarios::the_trimmer_deletes_only_old_operations::<Postgres>(&postgres_database().await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_connection_dies_is_verified_and_reported_failed() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    let (_, cached) = capture(a.balance(4)).await.unwrap();
+    let killer_url = url.clone();
+    a.accounts
+        .db
+        .set_commit_fault(Some(Arc::new(move |connection: &mut AsyncPgConnection| {
+            let url = killer_url.clone();
+            Box::pin(async move {
+                #[derive(diesel::QueryableByName)]
+                struct Pid {
+                    #[diesel(sql_type = diesel::sql_types::Integer)]
+                    pid: i32,
+                }
+                let pid = diesel_async::RunQueryDsl::get_result::<Pid>(
+                    diesel::sql_query("SELECT pg_backend_pid() AS pid"),
+                    connection,
+                )
+                .await
+                .unwrap()
+                .pid;
+                let mut other = AsyncPgConnection::establish(&url).await.unwrap();
+                other
+                    .batch_execute(&format!("SELECT pg_terminate_backend({pid})"))
+                    .await
+                    .unwrap();
+            })
+        })));
+    let error = a.deposit(4, 10, false).await.unwrap_err();
+    assert!(
+        matches!(
+            error.scope_error::<Error>(),
+            Some(Error::CommitFailed { .. })
+        ),
+        "the commit was verified and found not to have happened: {error:?}"
+    );
+    a.accounts.db.set_commit_fault(None);
+    assert_eq!(a.accounts.db.count("accounts").await, 0);
+    assert_eq!(a.accounts.db.count("ofx_operations").await, 0);
+    assert!(
+        cached.is_consistent(),
+        "a command that did not happen invalidates nothing"
+    );
+    // The pool replaced the dead connection.
+    a.deposit(4, 10, false).await.unwrap();
+    assert_eq!(a.accounts.db.count("accounts").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_commits_late_with_a_lower_index_is_not_skipped() {
+    let url = postgres_database().await;
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    let (_, first) = capture(b.balance(10)).await.unwrap();
+    let (_, second) = capture(b.balance(11)).await.unwrap();
+    let reader = b.reader.as_ref().unwrap();
+    reader.wait_for(0).await;
+
+    // Two transactions take indexes n and n + 1; n + 1 commits first and is read; n commits
+    // after. The reader must still replay n.
+    let mut early = AsyncPgConnection::establish(&url).await.unwrap();
+    let mut late = AsyncPgConnection::establish(&url).await.unwrap();
+    let insert = |id: i64| {
+        format!(
+            "INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json) \
+             VALUES ('{}', 'elsewhere', 0, 0, 'pg_accounts.deposit', '{{\"id\": {id}, \"amount\": 1, \"fail\": false}}', '{{}}', '[]')",
+            uuid::Uuid::now_v7()
+        )
+    };
+    late.batch_execute(&format!("BEGIN; {}", insert(10)))
+        .await
+        .unwrap();
+    early
+        .batch_execute(&format!("BEGIN; {}; COMMIT", insert(11)))
+        .await
+        .unwrap();
+    reader.wake();
+    invalidated(&second).await;
+    assert!(first.is_consistent(), "its row is not committed yet");
+
+    late.batch_execute("COMMIT").await.unwrap();
+    reader.wake();
+    invalidated(&first).await;
+    assert_eq!(
+        b.stats()
+            .late_rows
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_survives_its_connections_being_terminated() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    let (_, before) = capture(b.balance(20)).await.unwrap();
+    a.deposit(20, 1, false).await.unwrap();
+    invalidated(&before).await;
+
+    // Kill every connection to the database: the pools' and the reader's.
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = AsyncPgConnection::establish(&url).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await
+        .unwrap();
+
+    let (_, after) = capture(b.balance(20)).await.unwrap();
+    a.deposit(20, 1, false).await.unwrap();
+    invalidated(&after).await;
+    assert_eq!(b.balance(20).await, Ok(2));
+    let _ = DbHub::<Postgres>::url;
+}

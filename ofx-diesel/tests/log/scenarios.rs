@@ -1,0 +1,119 @@
+//! The behaviours every backend must show, as generic scenarios.
+
+use std::sync::atomic::Ordering;
+
+use ofx_core::capture;
+use ofx_diesel::{Backend, DbHub};
+
+use crate::common::{AccountError, Accounts, Host, HostService, RawSql, fast, invalidated};
+
+pub(crate) async fn a_command_on_host_a_invalidates_host_b<B: Backend>(url: &str)
+where
+    Accounts<B>: HostService,
+    DbHub<B>: RawSql,
+{
+    let a = Host::<B>::open(url, fast(), false).await;
+    let b = Host::<B>::open(url, fast(), true).await;
+    let (before, on_b) = capture(b.balance(1)).await.unwrap();
+    assert_eq!(before, Ok(0));
+
+    assert_eq!(a.deposit(1, 50, false).await.unwrap(), 50);
+    assert_eq!(a.balance(1).await, Ok(50), "read-your-writes on host A");
+    invalidated(&on_b).await;
+    assert_eq!(
+        b.balance(1).await,
+        Ok(50),
+        "host B recomputed from the database"
+    );
+    assert_eq!(
+        a.accounts.db.count("ofx_operations").await,
+        1,
+        "one operation row"
+    );
+}
+
+pub(crate) async fn a_handler_that_fails_after_writing_leaves_nothing<B: Backend>(url: &str)
+where
+    Accounts<B>: HostService,
+    DbHub<B>: RawSql,
+{
+    let a = Host::<B>::open(url, fast(), false).await;
+    let (_, cached) = capture(a.balance(2)).await.unwrap();
+    let error = a.deposit(2, 10, true).await.unwrap_err();
+    assert!(
+        matches!(
+            error.handler_error::<AccountError>(),
+            Some(AccountError::Refused)
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        a.accounts.db.count("accounts").await,
+        0,
+        "the business row was rolled back"
+    );
+    assert_eq!(
+        a.accounts.db.count("ofx_operations").await,
+        0,
+        "no operation row"
+    );
+    assert!(cached.is_consistent(), "nothing was invalidated");
+    // The connection went back to the pool usable.
+    a.deposit(2, 10, false).await.unwrap();
+    assert_eq!(a.accounts.db.count("accounts").await, 1);
+}
+
+pub(crate) async fn bad_rows_are_logged_and_skipped<B: Backend>(url: &str, name: &str)
+where
+    Accounts<B>: HostService,
+    DbHub<B>: RawSql,
+{
+    let a = Host::<B>::open(url, fast(), false).await;
+    let b = Host::<B>::open(url, fast(), true).await;
+    let (_, on_b) = capture(b.balance(3)).await.unwrap();
+    let db = &a.accounts.db;
+    let uuid = || uuid::Uuid::now_v7().to_string();
+    db.insert_row(&uuid(), "accounts.unheard_of", "{}", "{}")
+        .await;
+    db.insert_row(&uuid(), name, r#"{"id": "three"}"#, "{}")
+        .await;
+    db.insert_row(
+        &uuid(),
+        name,
+        r#"{"id": 3, "amount": 1, "fail": false}"#,
+        "not json",
+    )
+    .await;
+    db.insert_row(
+        "not-a-uuid",
+        name,
+        r#"{"id": 3, "amount": 1, "fail": false}"#,
+        "{}",
+    )
+    .await;
+    // A good operation after the bad ones still reaches host B.
+    a.deposit(3, 5, false).await.unwrap();
+    invalidated(&on_b).await;
+    assert_eq!(b.stats().bad_rows.load(Ordering::Relaxed), 4);
+    assert_eq!(b.balance(3).await, Ok(5));
+}
+
+pub(crate) async fn the_trimmer_deletes_only_old_operations<B: Backend>(url: &str)
+where
+    Accounts<B>: HostService,
+    DbHub<B>: RawSql,
+{
+    let a = Host::<B>::open(url, fast(), false).await;
+    for id in 0..5 {
+        a.deposit(id, 1, false).await.unwrap();
+    }
+    let db = &a.accounts.db;
+    db.exec("UPDATE ofx_operations SET logged_at = logged_at - 7200000000 WHERE idx IN (SELECT idx FROM ofx_operations ORDER BY idx LIMIT 3)")
+        .await;
+    let mut settings = fast();
+    settings.trim_batch = 2; // several batches
+    let trimmer = DbHub::<B>::open(url, settings).await.unwrap();
+    assert_eq!(trimmer.trim().await.unwrap(), 3);
+    assert_eq!(db.count("ofx_operations").await, 2);
+    assert_eq!(trimmer.trim().await.unwrap(), 0);
+}
