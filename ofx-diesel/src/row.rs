@@ -9,7 +9,7 @@ use crate::schema::ofx_operations;
 
 /// The largest command, items or nested JSON the log writes or reads (bytes); larger rows are
 /// refused when written and skipped when read.
-pub(crate) const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// A row as read.
 #[derive(Debug, Clone, Queryable, Selectable)]
