@@ -216,7 +216,12 @@ pub(crate) async fn postgres_database() -> String {
                  or set OFX_TEST_POSTGRES to another server"
             )
         });
-    let name = format!("ofx_test_{}", uuid::Uuid::new_v4().simple());
+    drop_leftovers(&mut admin).await;
+    let name = format!(
+        "ofx_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
@@ -227,6 +232,30 @@ pub(crate) async fn postgres_database() -> String {
         .unwrap();
     db.exec(ACCOUNTS).await;
     url
+}
+
+/// Drops the test databases of earlier test processes (this one's are in use).
+#[cfg(feature = "postgres")]
+async fn drop_leftovers(admin: &mut diesel_async::AsyncPgConnection) {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let mine = format!("ofx_test_{}_", std::process::id());
+    let names: Vec<Name> =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'ofx_test_%'")
+            .load(admin)
+            .await
+            .unwrap_or_default();
+    for Name { datname } in names {
+        if !datname.starts_with(&mine) {
+            // Fails harmlessly if another process still uses it.
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {datname}"))
+                .await;
+        }
+    }
 }
 
 /// Settings for tests: a short poll period (the reader is woken by nothing else here).
