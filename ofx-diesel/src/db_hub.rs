@@ -155,7 +155,9 @@ impl<B: Backend> DbHub<B> {
 
     /// The connection of the running command's operation, in its transaction (begun by the
     /// first call). Every command of the operation, nested ones included, shares it; the scope
-    /// commits it with the operation's row, or rolls it back.
+    /// commits it with the operation's row, or rolls it back. Drop the returned guard before
+    /// calling a nested command: while it is held, asking again fails with
+    /// [`Error::ConnectionInUse`].
     ///
     /// # Errors
     /// [`Error::NoScope`] outside a command run through [`operation_scope`](Self::operation_scope);

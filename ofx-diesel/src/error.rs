@@ -46,6 +46,12 @@ pub enum Error {
     )]
     NoScope,
 
+    /// The operation's connection is still held by an earlier `operation_connection` of the same
+    /// operation: drop that guard before calling a nested command (which shares the connection)
+    /// or asking again.
+    #[error("the operation's connection is in use: drop the previous `OperationConnection` first")]
+    ConnectionInUse,
+
     /// An operation's JSON could not be written.
     #[error("operation could not be serialized: {0}")]
     Json(#[from] serde_json::Error),

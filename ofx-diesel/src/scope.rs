@@ -54,7 +54,11 @@ pub(crate) struct ScopeState<B: Backend> {
 impl<B: Backend> ScopeState<B> {
     /// The scope's connection, its transaction begun on first use.
     pub(crate) async fn connection(&self) -> Result<OperationConnection<B>> {
-        let mut guard = Arc::clone(&self.connection).lock_owned().await;
+        // Held means held by this very operation (its commands run one after another): waiting
+        // would never end. Say so instead.
+        let mut guard = Arc::clone(&self.connection)
+            .try_lock_owned()
+            .map_err(|_| Error::ConnectionInUse)?;
         if guard.is_none() {
             let mut connection = B::get(&self.db.pool).await?;
             <B::Connection as AsyncConnection>::TransactionManager::begin_transaction(

@@ -1,23 +1,69 @@
-//! The todos service of the ofx demo: an in-memory store behind cached compute methods, changed
-//! by commands whose invalidation branches say what each change makes stale.
+//! The todos service of the ofx demo: todos in SQLite behind cached compute methods, changed by
+//! commands that write through the operation scope (the operation is logged in the same
+//! transaction) and whose invalidation branches say what each change makes stale.
 //!
 //! Run the demo with `cargo run -p todos`.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use diesel::prelude::*;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ofx_core::{
     Command, CommandContext, ComputeService, Hub, OperationItem, command_handler, compute_method,
     invalidate, service,
 };
+use ofx_diesel::{DbHub, Sqlite};
 use serde::{Deserialize, Serialize};
 
+diesel::table! {
+    /// The todos.
+    todos (id) {
+        /// Its id.
+        id -> BigInt,
+        /// Who owns it.
+        owner -> Text,
+        /// What to do.
+        title -> Text,
+        /// Whether it is done.
+        done -> Bool,
+    }
+}
+
+diesel::table! {
+    /// Each owner's activity log.
+    activity (id) {
+        /// Its order.
+        id -> BigInt,
+        /// Whose log.
+        owner -> Text,
+        /// What happened.
+        text -> Text,
+    }
+}
+
+/// The example's schema (idempotent).
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS todos (
+        id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+        owner TEXT NOT NULL,
+        title TEXT NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX IF NOT EXISTS todos_owner ON todos (owner);
+    CREATE TABLE IF NOT EXISTS activity (
+        id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+        owner TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+";
+
 /// A todo item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Queryable, Selectable)]
+#[diesel(table_name = todos)]
 pub struct Todo {
     /// Its id.
-    pub id: u64,
+    pub id: i64,
     /// Who owns it.
     pub owner: String,
     /// What to do.
@@ -31,13 +77,19 @@ pub struct Todo {
 pub enum TodoError {
     /// No todo has this id.
     #[error("no todo {0}")]
-    NotFound(u64),
+    NotFound(i64),
     /// A title must say something.
     #[error("a todo needs a title")]
     EmptyTitle,
     /// The runtime failed.
     #[error(transparent)]
     Ofx(#[from] ofx_core::Error),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] ofx_diesel::Error),
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
 }
 
 /// Adds a todo.
@@ -55,7 +107,7 @@ pub struct AddTodo {
 #[command(output = Todo, name = "todos.rename")]
 pub struct RenameTodo {
     /// Which todo.
-    pub id: u64,
+    pub id: i64,
     /// Its new title.
     pub title: String,
 }
@@ -65,7 +117,7 @@ pub struct RenameTodo {
 #[command(output = Todo, name = "todos.complete")]
 pub struct CompleteTodo {
     /// Which todo.
-    pub id: u64,
+    pub id: i64,
 }
 
 /// Removes a todo.
@@ -73,7 +125,7 @@ pub struct CompleteTodo {
 #[command(output = (), name = "todos.remove")]
 pub struct RemoveTodo {
     /// Which todo.
-    pub id: u64,
+    pub id: i64,
 }
 
 /// Appends a line to an owner's activity log; called (nested) by the other commands.
@@ -88,7 +140,7 @@ pub struct LogActivity {
 
 /// The id a command created or touched, for its invalidation branch.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct TodoId(pub u64);
+pub struct TodoId(pub i64);
 
 impl OperationItem for TodoId {
     const KEY: &'static str = "todos.id";
@@ -106,10 +158,8 @@ impl OperationItem for Owner {
 #[derive(Debug)]
 pub struct Todos {
     hub: Hub,
-    store: Mutex<BTreeMap<u64, Todo>>,
-    activity: Mutex<BTreeMap<String, Vec<String>>>,
-    next_id: AtomicU64,
-    /// How many times a compute method read the store, for the demo and tests.
+    db: DbHub<Sqlite>,
+    /// How many times a compute method read the database, for the demo and tests.
     pub reads: AtomicU64,
 }
 
@@ -119,69 +169,83 @@ impl ComputeService for Todos {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// A compute method's view of a database failure (cached for the error lifetime, then retried).
+fn failed(error: impl std::fmt::Display) -> String {
+    error.to_string()
 }
 
 #[service]
 impl Todos {
-    /// An empty service, attached to `hub`.
-    pub fn new(hub: &Hub) -> Arc<Self> {
+    /// The service on `db` (its schema created if needed), attached to `hub`.
+    ///
+    /// # Errors
+    /// When the schema cannot be created.
+    pub async fn open(hub: &Hub, db: DbHub<Sqlite>) -> Result<Arc<Self>, TodoError> {
+        db.connection().await?.batch_execute(SCHEMA).await?;
         let todos = Arc::new(Self {
             hub: hub.clone(),
-            store: Mutex::new(BTreeMap::new()),
-            activity: Mutex::new(BTreeMap::new()),
-            next_id: AtomicU64::new(1),
+            db,
             reads: AtomicU64::new(0),
         });
         hub.add_service(&todos);
-        todos
-    }
-
-    fn read_store(&self) -> MutexGuard<'_, BTreeMap<u64, Todo>> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        lock(&self.store)
+        Ok(todos)
     }
 
     /// One todo.
     #[compute_method]
-    pub async fn get(&self, id: u64) -> Option<Todo> {
+    pub async fn get(&self, id: i64) -> Result<Option<Todo>, String> {
         tracing::info!(id, "computing get");
-        self.read_store().get(&id).cloned()
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let mut connection = self.db.connection().await.map_err(failed)?;
+        todos::table
+            .find(id)
+            .select(Todo::as_select())
+            .first(&mut *connection)
+            .await
+            .optional()
+            .map_err(failed)
     }
 
     /// The ids of an owner's todos.
     #[compute_method]
-    pub async fn list(&self, owner: String) -> Vec<u64> {
+    pub async fn list(&self, owner: String) -> Result<Vec<i64>, String> {
         tracing::info!(%owner, "computing list");
-        self.read_store()
-            .values()
-            .filter(|todo| todo.owner == owner)
-            .map(|todo| todo.id)
-            .collect()
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let mut connection = self.db.connection().await.map_err(failed)?;
+        todos::table
+            .filter(todos::owner.eq(owner))
+            .order(todos::id)
+            .select(todos::id)
+            .load(&mut *connection)
+            .await
+            .map_err(failed)
     }
 
     /// How many of an owner's todos are not done: computed from `list` and `get`, so it depends
     /// on them.
     #[compute_method]
-    pub async fn open_count(&self, owner: String) -> usize {
+    pub async fn open_count(&self, owner: String) -> Result<usize, String> {
         tracing::info!(%owner, "computing open_count");
         let mut open = 0;
-        for id in self.list(owner).await {
-            if self.get(id).await.is_some_and(|todo| !todo.done) {
+        for id in self.list(owner).await? {
+            if self.get(id).await?.is_some_and(|todo| !todo.done) {
                 open += 1;
             }
         }
-        open
+        Ok(open)
     }
 
     /// An owner's activity log.
     #[compute_method]
-    pub async fn activity(&self, owner: String) -> Vec<String> {
-        lock(&self.activity)
-            .get(&owner)
-            .cloned()
-            .unwrap_or_default()
+    pub async fn activity(&self, owner: String) -> Result<Vec<String>, String> {
+        let mut connection = self.db.connection().await.map_err(failed)?;
+        activity::table
+            .filter(activity::owner.eq(owner))
+            .order(activity::id)
+            .select(activity::text)
+            .load(&mut *connection)
+            .await
+            .map_err(failed)
     }
 
     /// Adds a todo; logs it with a nested command.
@@ -196,16 +260,18 @@ impl Todos {
         if command.title.trim().is_empty() {
             return Err(TodoError::EmptyTitle);
         }
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let todo = Todo {
-            id,
-            owner: command.owner.clone(),
-            title: command.title.clone(),
-            done: false,
-        };
-        lock(&self.store).insert(id, todo.clone());
-        ctx.items().set(TodoId(id))?;
-        let text = format!("added {id}: {}", command.title);
+        let mut connection = self.db.operation_connection(ctx).await?;
+        let todo: Todo = diesel::insert_into(todos::table)
+            .values((
+                todos::owner.eq(&command.owner),
+                todos::title.eq(&command.title),
+            ))
+            .returning(Todo::as_returning())
+            .get_result(&mut *connection)
+            .await?;
+        drop(connection); // the nested command takes the scope's connection in turn
+        ctx.items().set(TodoId(todo.id))?;
+        let text = format!("added {}: {}", todo.id, command.title);
         ctx.hub()
             .commander()
             .call(LogActivity {
@@ -221,17 +287,19 @@ impl Todos {
     pub async fn rename(
         &self,
         command: RenameTodo,
-        _ctx: &CommandContext,
+        ctx: &CommandContext,
     ) -> Result<Todo, TodoError> {
         invalidate! {
             self.get(command.id);
         }
-        let mut store = lock(&self.store);
-        let todo = store
-            .get_mut(&command.id)
-            .ok_or(TodoError::NotFound(command.id))?;
-        todo.title = command.title;
-        Ok(todo.clone())
+        let mut connection = self.db.operation_connection(ctx).await?;
+        diesel::update(todos::table.find(command.id))
+            .set(todos::title.eq(&command.title))
+            .returning(Todo::as_returning())
+            .get_result(&mut *connection)
+            .await
+            .optional()?
+            .ok_or(TodoError::NotFound(command.id))
     }
 
     /// Marks a todo done (which changes `open_count`, through `get`).
@@ -239,17 +307,19 @@ impl Todos {
     pub async fn complete(
         &self,
         command: CompleteTodo,
-        _ctx: &CommandContext,
+        ctx: &CommandContext,
     ) -> Result<Todo, TodoError> {
         invalidate! {
             self.get(command.id);
         }
-        let mut store = lock(&self.store);
-        let todo = store
-            .get_mut(&command.id)
-            .ok_or(TodoError::NotFound(command.id))?;
-        todo.done = true;
-        Ok(todo.clone())
+        let mut connection = self.db.operation_connection(ctx).await?;
+        diesel::update(todos::table.find(command.id))
+            .set(todos::done.eq(true))
+            .returning(Todo::as_returning())
+            .get_result(&mut *connection)
+            .await
+            .optional()?
+            .ok_or(TodoError::NotFound(command.id))
     }
 
     /// Removes a todo; its owner goes to the invalidation branch as an item.
@@ -261,17 +331,19 @@ impl Todos {
                 self.list(owner);
             }
         }
-        let todo = lock(&self.store)
-            .remove(&command.id)
+        let mut connection = self.db.operation_connection(ctx).await?;
+        let owner: String = diesel::delete(todos::table.find(command.id))
+            .returning(todos::owner)
+            .get_result(&mut *connection)
+            .await
+            .optional()?
             .ok_or(TodoError::NotFound(command.id))?;
-        ctx.items().set(Owner(todo.owner.clone()))?;
+        drop(connection);
+        ctx.items().set(Owner(owner.clone()))?;
         let text = format!("removed {}", command.id);
         ctx.hub()
             .commander()
-            .call(LogActivity {
-                owner: todo.owner,
-                text,
-            })
+            .call(LogActivity { owner, text })
             .await?;
         Ok(())
     }
@@ -281,15 +353,19 @@ impl Todos {
     pub async fn log_activity(
         &self,
         command: LogActivity,
-        _ctx: &CommandContext,
+        ctx: &CommandContext,
     ) -> Result<(), TodoError> {
         invalidate! {
             self.activity(command.owner.clone());
         }
-        lock(&self.activity)
-            .entry(command.owner)
-            .or_default()
-            .push(command.text);
+        let mut connection = self.db.operation_connection(ctx).await?;
+        diesel::insert_into(activity::table)
+            .values((
+                activity::owner.eq(&command.owner),
+                activity::text.eq(&command.text),
+            ))
+            .execute(&mut *connection)
+            .await?;
         Ok(())
     }
 }

@@ -1,11 +1,13 @@
-//! The ofx demo: cached compute methods, a dependent value, commands whose invalidation branches
-//! make exactly the stale values recompute, shown in the log.
+//! The ofx demo: todos in SQLite (a file in the temp directory; no server), cached compute
+//! methods, a dependent value, and commands logged in the same transaction as their writes whose
+//! invalidation branches make exactly the stale values recompute, shown in the log.
 //!
 //! Run with `cargo run -p todos`.
 
 use std::sync::atomic::Ordering;
 
 use ofx_core::{Hub, capture};
+use ofx_diesel::{DbHub, DbSettings, Sqlite};
 use todos::{AddTodo, CompleteTodo, RemoveTodo, RenameTodo, Todos};
 use tracing::info;
 
@@ -18,8 +20,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .init();
 
-    let hub = Hub::new()?;
-    let todos = Todos::new(&hub);
+    let path = std::env::temp_dir().join(format!("ofx-todos-{}.db", uuid::Uuid::new_v4().simple()));
+    let path = path.to_string_lossy().into_owned();
+    info!(%path, "todos live in SQLite");
+    let db = DbHub::<Sqlite>::open(&path, DbSettings::default()).await?;
+    let hub = Hub::builder().filter(db.operation_scope()).build()?;
+    let todos = Todos::open(&hub, db.clone()).await?;
     let commander = hub.commander();
     let alice = || "alice".to_owned();
     commander
@@ -37,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     info!("1. first call: open_count computes, and computes list and get as its dependencies");
     let (open, computed) = capture(todos.open_count(alice())).await?;
+    let open = open?;
     info!(
         open,
         reads = todos.reads.load(Ordering::SeqCst),
@@ -48,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     info!("2. second call: served from the cache, nothing is computed");
-    let open = todos.open_count(alice()).await;
+    let open = todos.open_count(alice()).await?;
     info!(
         open,
         reads = todos.reads.load(Ordering::SeqCst),
@@ -62,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     info!(state = ?computed.state(), "the old open_count(alice)");
 
     info!("4. next call: open_count and get(1) are recomputed; list and get(2) are still cached");
-    let open = todos.open_count(alice()).await;
+    let open = todos.open_count(alice()).await?;
     info!(
         open,
         reads = todos.reads.load(Ordering::SeqCst),
@@ -79,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     commander.call(RemoveTodo { id: 2 }).await?;
-    let open = todos.open_count(alice()).await;
+    let open = todos.open_count(alice()).await?;
     info!(
         open,
         reads = todos.reads.load(Ordering::SeqCst),
@@ -87,8 +94,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     info!("6. every command logged activity through a nested command, invalidated with it");
-    for line in todos.activity(alice()).await {
+    for line in todos.activity(alice()).await? {
         info!(%line, "activity(alice)");
+    }
+    let mut connection = db.connection().await?;
+    let logged: i64 = diesel_async::RunQueryDsl::get_result(
+        diesel::dsl::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT COUNT(*) FROM ofx_operations)",
+        )),
+        &mut *connection,
+    )
+    .await?;
+    info!(
+        logged,
+        "operations in the log, each written in its command's transaction"
+    );
+    drop(connection);
+    drop(db);
+    for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
+        let _ = std::fs::remove_file(file);
     }
     Ok(())
 }
