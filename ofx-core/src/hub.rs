@@ -149,6 +149,13 @@ impl Hub {
         &self.inner.notifier
     }
 
+    /// A weak handle, for background tasks that must not keep the hub alive.
+    pub fn downgrade(&self) -> WeakHub {
+        WeakHub {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
     /// Whether two handles are the same hub.
     pub fn ptr_eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
@@ -162,6 +169,27 @@ impl fmt::Debug for Hub {
             .field("cached", &self.cached_len())
             .field("capacity", &self.capacity())
             .finish()
+    }
+}
+
+/// A weak handle to a [`Hub`]: does not keep it alive.
+#[derive(Clone, Debug)]
+pub struct WeakHub {
+    inner: Weak<HubInner>,
+}
+
+impl WeakHub {
+    /// The hub, if it is still alive.
+    pub fn upgrade(&self) -> Option<Hub> {
+        self.inner.upgrade().map(|inner| Hub { inner })
+    }
+}
+
+impl fmt::Debug for HubInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubInner")
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -133,7 +133,7 @@ pub use commander::{CommandCall, CommandFilter, Commander, Next};
 pub use computed::{ComputeScope, Computed, ComputedState, capture};
 pub use error::{Error, HandlerError, Result};
 pub use host_id::HostId;
-pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder};
+pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder, WeakHub};
 pub use operation::{NestedOperation, Operation, OperationCompletionNotifier};
 pub use service::ComputeService;
 

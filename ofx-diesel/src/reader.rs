@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use ofx_core::Hub;
+use ofx_core::{Hub, WeakHub};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -106,7 +106,7 @@ impl<B: Backend> DbHub<B> {
         let (cursor_tx, cursor) = watch::channel(-1);
         let task = Reader {
             db: self.clone(),
-            hub: hub.clone(),
+            hub: hub.downgrade(),
             wake: Arc::clone(&wake),
             stop: stop.clone(),
             stats: Arc::clone(&stats),
@@ -126,7 +126,8 @@ impl<B: Backend> DbHub<B> {
 
 struct Reader<B: Backend> {
     db: DbHub<B>,
-    hub: Hub,
+    /// Weak: the reader must not keep its hub alive (it stops when the hub is dropped).
+    hub: WeakHub,
     wake: Arc<Notify>,
     stop: CancellationToken,
     stats: Arc<ReaderStats>,
@@ -171,6 +172,10 @@ impl<B: Backend> Reader<B> {
 
     /// Reads one batch (and the gaps); returns whether the batch was full.
     async fn read(&mut self) -> Result<bool> {
+        let Some(hub) = self.hub.upgrade() else {
+            self.stop.cancel(); // the hub is gone
+            return Ok(false);
+        };
         let mut connection = self.db.connection().await?;
         let settings = self.db.settings().clone();
         let cursor = match self.cursor {
@@ -188,7 +193,7 @@ impl<B: Backend> Reader<B> {
                 cursor
             }
         };
-        let cursor = self.check_coverage(&mut connection, cursor).await?;
+        let cursor = self.check_coverage(&hub, &mut connection, cursor).await?;
         let late = self
             .read_gaps(&mut connection, settings.gap_retention)
             .await?;
@@ -197,7 +202,7 @@ impl<B: Backend> Reader<B> {
         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= settings.read_batch;
         for row in late {
             self.stats.late_rows.fetch_add(1, Ordering::Relaxed);
-            self.process(&row).await;
+            self.process(&hub, &row).await;
         }
         let mut expected = cursor + 1;
         for row in rows {
@@ -206,7 +211,7 @@ impl<B: Backend> Reader<B> {
             }
             expected = row.idx + 1;
             self.cursor = Some(row.idx);
-            self.process(&row).await;
+            self.process(&hub, &row).await;
         }
         if let Some(cursor) = self.cursor {
             self.stats.cursor.store(cursor, Ordering::Relaxed);
@@ -216,7 +221,7 @@ impl<B: Backend> Reader<B> {
     }
 
     /// Replays one row, or logs and counts why it cannot be.
-    async fn process(&self, row: &OperationRow) {
+    async fn process(&self, hub: &Hub, row: &OperationRow) {
         let operation = match row.to_operation() {
             Ok(operation) => operation,
             Err(error) => {
@@ -225,11 +230,11 @@ impl<B: Backend> Reader<B> {
                 return;
             }
         };
-        if self.hub.notifier().is_known(operation.uuid) {
+        if hub.notifier().is_known(operation.uuid) {
             self.stats.known.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match self.hub.commander().replay(&operation).await {
+        match hub.commander().replay(&operation).await {
             Ok(_) => {
                 self.stats.replayed.fetch_add(1, Ordering::Relaxed);
             }
@@ -293,7 +298,12 @@ impl<B: Backend> Reader<B> {
     ///
     /// Only where rows commit in index order: with gaps (PostgreSQL), rows below the oldest one
     /// may still be in flight, so the missing indexes become gaps instead.
-    async fn check_coverage(&mut self, connection: &mut B::Pooled, cursor: i64) -> Result<i64> {
+    async fn check_coverage(
+        &mut self,
+        hub: &Hub,
+        connection: &mut B::Pooled,
+        cursor: i64,
+    ) -> Result<i64> {
         if B::HAS_GAPS {
             return Ok(cursor);
         }
@@ -309,7 +319,7 @@ impl<B: Backend> Reader<B> {
             oldest,
             "the operation log was trimmed past this reader: invalidating every cached value"
         );
-        self.hub.invalidate_everything();
+        hub.invalidate_everything();
         let cursor = oldest - 1;
         self.cursor = Some(cursor);
         Ok(cursor)

@@ -9,5 +9,7 @@ mod scenarios;
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod private_server;
 #[cfg(feature = "sqlite")]
 mod sqlite;

@@ -155,3 +155,36 @@ async fn the_reader_survives_its_connections_being_terminated() {
     assert_eq!(b.balance(20).await, Ok(2));
     let _ = DbHub::<Postgres>::url;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_survives_a_server_restart_and_reads_what_was_committed_meanwhile() {
+    let server = crate::private_server::PrivateServer::start();
+    let mut admin = AsyncPgConnection::establish(&server.url("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE DATABASE restart")
+        .await
+        .unwrap();
+    drop(admin);
+    let url = server.url("restart");
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    a.accounts.db.exec(crate::common::ACCOUNTS).await;
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    b.reader.as_ref().unwrap().wait_for(0).await;
+    let (_, on_b) = capture(b.balance(30)).await.unwrap();
+
+    server.ctl_stop();
+    server.ctl_start();
+    // Host A's pool reconnects; host B's reader reconnects with backoff and finds the row.
+    a.deposit(30, 7, false).await.unwrap();
+    invalidated(&on_b).await;
+    assert!(
+        b.stats()
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the reader saw the outage"
+    );
+    assert_eq!(b.balance(30).await, Ok(7));
+}
