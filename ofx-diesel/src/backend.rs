@@ -73,6 +73,11 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         uuid: &str,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Every row with an index up to this one may have been trimmed.
+    fn trimmed_through(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
     /// The lowest index in the log, if any row is there.
     fn min_index(
         connection: &mut Self::Connection,
@@ -86,7 +91,9 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     /// Deletes at most `limit` rows logged before `cutoff` (µs since the epoch); returns how
-    /// many it deleted.
+    /// many it deleted. Records how far it deleted first (see
+    /// [`trimmed_through`](Self::trimmed_through)), so that a crash in between can only make
+    /// readers invalidate too much, never too little.
     fn trim(
         connection: &mut Self::Connection,
         cutoff: i64,

@@ -34,6 +34,13 @@
 //! a gap up after [`DbSettings::gap_retention`] (a rolled-back transaction leaves a gap that
 //! never fills). SQLite has one writer and `AUTOINCREMENT`: rows commit in index order.
 //!
+//! ## Coverage loss
+//!
+//! The trimmer records how far it deleted (`ofx_log_trims`) before deleting. A reader whose
+//! cursor is below that mark (its host was down longer than the log's max age) cannot know what
+//! it missed: it logs an error, invalidates every value cached on its hub, and goes on from the
+//! mark.
+//!
 //! ## Features
 //!
 //! | feature | default | what it adds |

@@ -186,9 +186,11 @@ impl<B: Backend> Reader<B> {
                         .checked_sub(settings.start_offset)
                         .unwrap_or(SystemTime::UNIX_EPOCH),
                 );
-                let cursor = B::max_index_before(&mut connection, start)
+                // Not below what was trimmed: a fresh reader has nothing cached to lose.
+                let recent = B::max_index_before(&mut connection, start)
                     .await?
                     .unwrap_or(0);
+                let cursor = recent.max(B::trimmed_through(&mut connection).await?);
                 self.cursor = Some(cursor);
                 cursor
             }
@@ -294,35 +296,28 @@ impl<B: Backend> Reader<B> {
         Ok(found)
     }
 
-    /// A cursor below the oldest row left means rows were trimmed before this reader saw them.
-    ///
-    /// Only where rows commit in index order: with gaps (PostgreSQL), rows below the oldest one
-    /// may still be in flight, so the missing indexes become gaps instead.
+    /// A cursor below what the trimmer deleted means rows may have been trimmed before this
+    /// reader saw them: it cannot know what it missed, so it invalidates everything.
     async fn check_coverage(
         &mut self,
         hub: &Hub,
         connection: &mut B::Pooled,
         cursor: i64,
     ) -> Result<i64> {
-        if B::HAS_GAPS {
-            return Ok(cursor);
-        }
-        let Some(oldest) = B::min_index(connection).await? else {
-            return Ok(cursor);
-        };
-        if cursor >= oldest - 1 {
+        let trimmed = B::trimmed_through(connection).await?;
+        if cursor >= trimmed {
             return Ok(cursor);
         }
         self.stats.coverage_losses.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             cursor,
-            oldest,
+            trimmed,
             "the operation log was trimmed past this reader: invalidating every cached value"
         );
         hub.invalidate_everything();
-        let cursor = oldest - 1;
-        self.cursor = Some(cursor);
-        Ok(cursor)
+        self.gaps.retain(|index, _| *index > trimmed);
+        self.cursor = Some(trimmed);
+        Ok(trimmed)
     }
 }
 

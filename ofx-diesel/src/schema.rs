@@ -23,3 +23,13 @@ diesel::table! {
         nested_json -> Text,
     }
 }
+
+diesel::table! {
+    /// How far the trimmer has deleted (one row).
+    ofx_log_trims (id) {
+        /// Always 1.
+        id -> Integer,
+        /// Every row with an index up to this one may have been deleted.
+        trimmed_through -> BigInt,
+    }
+}

@@ -11,6 +11,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::backend::{Backend, sealed};
 use crate::row::{NewOperationRow, OperationRow};
+use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
 use crate::{Error, Result};
 
@@ -135,6 +136,13 @@ impl Backend for Sqlite {
         Ok(found.is_some())
     }
 
+    async fn trimmed_through(connection: &mut Self::Connection) -> Result<i64> {
+        Ok(trims::ofx_log_trims
+            .select(trims::trimmed_through)
+            .first(connection)
+            .await?)
+    }
+
     async fn min_index(connection: &mut Self::Connection) -> Result<Option<i64>> {
         Ok(dsl::ofx_operations
             .select(diesel::dsl::min(dsl::idx))
@@ -161,9 +169,13 @@ impl Backend for Sqlite {
             .select(dsl::idx)
             .load(connection)
             .await?;
-        let Some(last) = batch.last() else {
+        let Some(&last) = batch.last() else {
             return Ok(0);
         };
+        diesel::update(trims::ofx_log_trims.filter(trims::trimmed_through.lt(last)))
+            .set(trims::trimmed_through.eq(last))
+            .execute(connection)
+            .await?;
         Ok(diesel::delete(
             dsl::ofx_operations
                 .filter(dsl::idx.le(last))

@@ -39,6 +39,14 @@ async fn the_trimmer_deletes_only_old_operations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_behind_the_trimmed_log_invalidates_everything() {
+    scenarios::a_reader_behind_the_trimmed_log_invalidates_everything::<Postgres>(
+        &postgres_database().await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_connection_dies_is_verified_and_reported_failed() {
     let url = postgres_database().await;
     let a = Host::<Postgres>::open(&url, fast(), false).await;

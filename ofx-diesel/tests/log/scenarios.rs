@@ -117,3 +117,38 @@ where
     assert_eq!(db.count("ofx_operations").await, 2);
     assert_eq!(trimmer.trim().await.unwrap(), 0);
 }
+
+pub(crate) async fn a_reader_behind_the_trimmed_log_invalidates_everything<B: Backend>(url: &str)
+where
+    Accounts<B>: HostService,
+    DbHub<B>: RawSql,
+{
+    let a = Host::<B>::open(url, fast(), false).await;
+    for id in 0..4 {
+        a.deposit(id, 1, false).await.unwrap();
+    }
+    // The first three are trimmed before host B reads them.
+    a.accounts
+        .db
+        .exec("UPDATE ofx_operations SET logged_at = logged_at - 7200000000 WHERE idx IN (SELECT idx FROM ofx_operations ORDER BY idx LIMIT 3)")
+        .await;
+    assert_eq!(a.accounts.db.trim().await.unwrap(), 3);
+
+    let b = Host::<B>::open(url, fast(), false).await;
+    let (_, unrelated) = capture(b.balance(99)).await.unwrap();
+    // A host that was down: its reader resumes from index 0, below what was trimmed.
+    let reader = b.accounts.db.start_log_reader_at(&b.accounts.hub, Some(0));
+    invalidated(&unrelated).await;
+    assert_eq!(reader.stats().coverage_losses.load(Ordering::Relaxed), 1);
+    // A reader that is not behind loses nothing.
+    let (_, kept) = capture(b.balance(98)).await.unwrap();
+    let up_to_date = b.accounts.db.start_log_reader(&b.accounts.hub);
+    a.deposit(5, 1, false).await.unwrap();
+    reader.wait_for(5).await;
+    up_to_date.wait_for(5).await;
+    assert_eq!(
+        up_to_date.stats().coverage_losses.load(Ordering::Relaxed),
+        0
+    );
+    assert!(kept.is_consistent());
+}

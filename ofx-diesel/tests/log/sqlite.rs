@@ -62,31 +62,8 @@ async fn background_tasks_stop_when_their_hub_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_behind_the_trimmed_log_invalidates_everything() {
-    use crate::common::{Host, RawSql, fast, invalidated};
-    use ofx_core::capture;
-    let path = sqlite_file().await;
-    let a = Host::<Sqlite>::open(&path, fast(), false).await;
-    for id in 0..4 {
-        a.deposit(id, 1, false).await.unwrap();
-    }
-    // The first three are trimmed before host B reads them.
-    a.accounts
-        .db
-        .exec("UPDATE ofx_operations SET logged_at = logged_at - 7200000000 WHERE idx <= 3")
-        .await;
-    assert_eq!(a.accounts.db.trim().await.unwrap(), 3);
-
-    let b = Host::<Sqlite>::open(&path, fast(), false).await;
-    let (_, unrelated) = capture(b.balance(99)).await.unwrap();
-    // A host that was down: its reader resumes from index 0, below what survives.
-    let reader = b.accounts.db.start_log_reader_at(&b.accounts.hub, Some(0));
-    invalidated(&unrelated).await;
-    assert_eq!(
-        reader
-            .stats()
-            .coverage_losses
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
-    reader.wait_for(4).await;
+    scenarios::a_reader_behind_the_trimmed_log_invalidates_everything::<Sqlite>(
+        &sqlite_file().await,
+    )
+    .await;
 }

@@ -1,0 +1,1 @@
+DROP TABLE ofx_log_trims;
