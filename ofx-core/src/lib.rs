@@ -123,6 +123,7 @@ mod host_id;
 mod hub;
 pub mod operation;
 mod service;
+pub mod watcher;
 
 #[doc(hidden)]
 pub mod __private;
@@ -136,6 +137,7 @@ pub use host_id::HostId;
 pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder, WeakHub};
 pub use operation::{NestedOperation, Operation, OperationCompletionNotifier};
 pub use service::ComputeService;
+pub use watcher::LogWatcher;
 
 #[cfg(feature = "macros")]
 pub use ofx_macros::{Command, command_handler, compute_method, invalidate, service};
