@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ofx_core::CommandContext;
+use ofx_core::{CommandContext, LogWatcher};
 
 use crate::backend::Backend;
 use crate::scope::{DbOperationScope, OperationConnection, ScopeState};
@@ -20,8 +20,12 @@ pub struct DbSettings {
     pub pool_size: usize,
     /// Apply the embedded migrations when the hub opens (default true).
     pub migrate: bool,
-    /// How often the log reader polls when nothing wakes it, ±10 % jitter (default 1 s).
+    /// How often the log reader polls when the hub has no watcher, ±10 % jitter (default
+    /// 500 ms).
     pub poll_period: Duration,
+    /// How often the log reader polls when a watcher wakes it after commits, ±10 % jitter: the
+    /// safety net for lost wake-ups (default 5 s).
+    pub poll_period_with_watcher: Duration,
     /// Rows the reader reads per query (default 256).
     pub read_batch: i64,
     /// How long a reader waits for a row that a gap says may still commit (a transaction that
@@ -47,7 +51,8 @@ impl Default for DbSettings {
         Self {
             pool_size: 8,
             migrate: true,
-            poll_period: Duration::from_secs(1),
+            poll_period: Duration::from_millis(500),
+            poll_period_with_watcher: Duration::from_secs(5),
             read_batch: 256,
             gap_retention: Duration::from_secs(5 * 60),
             start_offset: Duration::from_secs(3),
@@ -89,6 +94,7 @@ pub(crate) struct DbInner<B: Backend> {
     pub(crate) url: String,
     pub(crate) settings: DbSettings,
     pub(crate) fault: std::sync::RwLock<Option<CommitFaultHook<B>>>,
+    pub(crate) watcher: std::sync::RwLock<Option<Arc<dyn LogWatcher>>>,
 }
 
 impl<B: Backend> Clone for DbHub<B> {
@@ -125,6 +131,7 @@ impl<B: Backend> DbHub<B> {
                 url: url.to_owned(),
                 settings,
                 fault: std::sync::RwLock::new(None),
+                watcher: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -172,6 +179,26 @@ impl<B: Backend> DbHub<B> {
             .filter(|state| Arc::ptr_eq(&state.db, &self.inner))
             .ok_or(Error::NoScope)?;
         state.connection().await
+    }
+
+    /// Wakes other hosts' readers after every commit, and this host's reader when others
+    /// commit, through `watcher` (see `ofx-watchers`); readers then poll only every
+    /// [`poll_period_with_watcher`](DbSettings::poll_period_with_watcher), as a safety net.
+    pub fn set_watcher(&self, watcher: Arc<dyn LogWatcher>) {
+        *self
+            .inner
+            .watcher
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(watcher);
+    }
+
+    /// The watcher, if any.
+    pub fn watcher(&self) -> Option<Arc<dyn LogWatcher>> {
+        self.inner
+            .watcher
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Installs (or with `None` removes) a hook run just before every `COMMIT`. For fault

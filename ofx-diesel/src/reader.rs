@@ -141,12 +141,20 @@ struct Reader<B: Backend> {
 impl<B: Backend> Reader<B> {
     async fn run(mut self) {
         let mut backoff = BACKOFF.0;
+        let watcher = self.db.watcher();
+        let watcher_wakes = watcher.as_ref().map(|watcher| watcher.wakes());
         loop {
             let pause = match self.read().await {
                 Ok(true) => Duration::ZERO, // a full batch: more may be waiting
                 Ok(false) => {
                     backoff = BACKOFF.0;
-                    jitter(self.db.settings().poll_period, 0.1)
+                    let settings = self.db.settings();
+                    let period = if watcher.is_some() {
+                        settings.poll_period_with_watcher
+                    } else {
+                        settings.poll_period
+                    };
+                    jitter(period, 0.1)
                 }
                 Err(error) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -162,9 +170,16 @@ impl<B: Backend> Reader<B> {
                 }
                 continue;
             }
+            let watcher_woke = async {
+                match &watcher_wakes {
+                    Some(wakes) => wakes.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 () = self.wake.notified() => {}
+                () = watcher_woke => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }

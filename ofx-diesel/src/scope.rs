@@ -202,33 +202,44 @@ impl<B: Backend> DbOperationScope<B> {
         if let Some(fault) = fault {
             fault(connection).await;
         }
-        match <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(connection)
+        let committed =
+            match <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(
+                connection,
+            )
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(source) => {
-                tracing::warn!(operation = %operation.uuid, %source, "commit failed; verifying");
-                // The answer decides whether the command happened: ask even if our caller is
-                // cancelled meanwhile.
-                let db = self.db.clone();
-                let verification = tokio::spawn(async move { verify_commit(&db, &uuid).await });
-                match verification.await {
-                    Ok(Ok(true)) => Ok(()),
-                    Ok(Ok(false)) => Err(Error::CommitFailed {
-                        operation: operation.uuid,
-                        source,
-                    }),
-                    Ok(Err(reason)) => Err(Error::CommitInDoubt {
-                        operation: operation.uuid,
-                        reason,
-                    }),
-                    Err(join) => Err(Error::CommitInDoubt {
-                        operation: operation.uuid,
-                        reason: join.to_string(),
-                    }),
+            {
+                Ok(()) => Ok(()),
+                Err(source) => {
+                    tracing::warn!(operation = %operation.uuid, %source, "commit failed; verifying");
+                    // The answer decides whether the command happened: ask even if our caller is
+                    // cancelled meanwhile.
+                    let db = self.db.clone();
+                    let verification = tokio::spawn(async move { verify_commit(&db, &uuid).await });
+                    match verification.await {
+                        Ok(Ok(true)) => Ok(()),
+                        Ok(Ok(false)) => Err(Error::CommitFailed {
+                            operation: operation.uuid,
+                            source,
+                        }),
+                        Ok(Err(reason)) => Err(Error::CommitInDoubt {
+                            operation: operation.uuid,
+                            reason,
+                        }),
+                        Err(join) => Err(Error::CommitInDoubt {
+                            operation: operation.uuid,
+                            reason: join.to_string(),
+                        }),
+                    }
                 }
-            }
+            };
+        if committed.is_ok()
+            && let Some(watcher) = self.db.watcher()
+        {
+            // After the commit, never inside the transaction: a wake-up must not announce what
+            // may still roll back (and NOTIFY inside a transaction serializes committers).
+            watcher.notify();
         }
+        committed
     }
 }
 

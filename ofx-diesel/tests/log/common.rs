@@ -159,7 +159,19 @@ where
     Accounts<B>: HostService,
 {
     pub(crate) async fn open(url: &str, settings: DbSettings, read: bool) -> Self {
+        Self::open_with(url, settings, read, None).await
+    }
+
+    pub(crate) async fn open_with(
+        url: &str,
+        settings: DbSettings,
+        read: bool,
+        watcher: Option<Arc<dyn ofx_core::LogWatcher>>,
+    ) -> Self {
         let db = DbHub::<B>::open(url, settings).await.unwrap();
+        if let Some(watcher) = watcher {
+            db.set_watcher(watcher);
+        }
         let hub = Hub::builder().filter(db.operation_scope()).build().unwrap();
         let accounts = Arc::new(Accounts {
             hub: hub.clone(),

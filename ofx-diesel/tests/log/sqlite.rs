@@ -67,3 +67,49 @@ async fn a_reader_behind_the_trimmed_log_invalidates_everything() {
     )
     .await;
 }
+
+/// A watcher between hosts of one process: what `ofx-watchers` does across machines.
+#[derive(Debug, Default)]
+struct InProcessWatcher {
+    wakes: std::sync::Arc<tokio::sync::Notify>,
+    notified: std::sync::atomic::AtomicU64,
+}
+
+impl ofx_core::LogWatcher for InProcessWatcher {
+    fn notify(&self) {
+        self.notified
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.wakes.notify_one();
+    }
+
+    fn wakes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.wakes)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_wakes_the_reader_without_waiting_for_a_poll() {
+    use crate::common::{Host, fast, invalidated};
+    use ofx_core::capture;
+    let path = sqlite_file().await;
+    let watcher = std::sync::Arc::new(InProcessWatcher::default());
+    let mut settings = fast();
+    settings.poll_period_with_watcher = std::time::Duration::from_secs(3600); // no poll helps
+    let a = Host::<Sqlite>::open_with(&path, settings.clone(), false, Some(watcher.clone())).await;
+    let b = Host::<Sqlite>::open_with(&path, settings, true, Some(watcher.clone())).await;
+    b.reader.as_ref().unwrap().wait_for(0).await;
+    let (_, on_b) = capture(b.balance(7)).await.unwrap();
+    a.deposit(7, 1, false).await.unwrap();
+    assert_eq!(
+        watcher.notified.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "notified after the commit"
+    );
+    invalidated(&on_b).await;
+    // A failed command notifies nobody.
+    assert!(a.deposit(7, 1, true).await.is_err());
+    assert_eq!(
+        watcher.notified.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
