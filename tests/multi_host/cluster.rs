@@ -1,0 +1,199 @@
+//! A counter service on one database, and a cluster of hosts running it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use ofx_core::{
+    Command, CommandContext, ComputeService, Hub, command_handler, compute_method, invalidate,
+    service,
+};
+use ofx_diesel::{Backend, DbHub, DbSettings, LogReader};
+use serde::{Deserialize, Serialize};
+
+diesel::table! {
+    counters (key) {
+        key -> BigInt,
+        value -> BigInt,
+    }
+}
+
+/// Counter keys the tests use.
+pub(crate) const KEYS: i64 = 16;
+
+const SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS counters (key BIGINT PRIMARY KEY NOT NULL, value BIGINT NOT NULL)";
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CounterError {
+    #[error(transparent)]
+    Db(#[from] ofx_diesel::Error),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
+pub(crate) struct Counters<B: Backend> {
+    hub: Hub,
+    db: DbHub<B>,
+    /// Main branches run, shared by every host of a cluster (exactly once per command).
+    main_runs: Arc<AtomicU64>,
+}
+
+impl<B: Backend> ComputeService for Counters<B> {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+/// Reading and bumping counters, whatever the backend.
+pub(crate) trait CounterService: ComputeService {
+    fn value_of(&self, key: i64) -> impl std::future::Future<Output = Result<i64, String>> + Send;
+    fn pair_of(
+        &self,
+        a: i64,
+        b: i64,
+    ) -> impl std::future::Future<Output = Result<i64, String>> + Send;
+    fn fresh(&self, key: i64) -> impl std::future::Future<Output = i64> + Send;
+    fn bump(
+        &self,
+        key: i64,
+        by: i64,
+    ) -> impl std::future::Future<Output = Result<i64, ofx_core::Error>> + Send;
+}
+
+macro_rules! counter_service {
+    ($backend:ty, $bump:ident, $name:literal) => {
+        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+        #[command(output = i64, name = $name)]
+        pub(crate) struct $bump {
+            key: i64,
+            by: i64,
+        }
+
+        #[service]
+        impl Counters<$backend> {
+            #[compute_method]
+            async fn value(&self, key: i64) -> Result<i64, String> {
+                let mut connection = self
+                    .db
+                    .connection()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let value: Option<i64> = counters::table
+                    .find(key)
+                    .select(counters::value)
+                    .first(&mut *connection)
+                    .await
+                    .optional()
+                    .map_err(|error| error.to_string())?;
+                Ok(value.unwrap_or(0))
+            }
+
+            /// Depends on two values: stale if either is.
+            #[compute_method]
+            async fn pair(&self, a: i64, b: i64) -> Result<i64, String> {
+                Ok(self.value(a).await? * 1000 + self.value(b).await?)
+            }
+
+            #[command_handler]
+            async fn bump(
+                &self,
+                command: $bump,
+                ctx: &CommandContext,
+            ) -> Result<i64, CounterError> {
+                invalidate! {
+                    self.value(command.key);
+                }
+                self.main_runs.fetch_add(1, Ordering::SeqCst);
+                let mut connection = self.db.operation_connection(ctx).await?;
+                let value = diesel::insert_into(counters::table)
+                    .values((
+                        counters::key.eq(command.key),
+                        counters::value.eq(command.by),
+                    ))
+                    .on_conflict(counters::key)
+                    .do_update()
+                    .set(counters::value.eq(counters::value + command.by))
+                    .returning(counters::value)
+                    .get_result(&mut *connection)
+                    .await?;
+                Ok(value)
+            }
+        }
+
+        impl CounterService for Counters<$backend> {
+            async fn value_of(&self, key: i64) -> Result<i64, String> {
+                self.value(key).await
+            }
+
+            async fn pair_of(&self, a: i64, b: i64) -> Result<i64, String> {
+                self.pair(a, b).await
+            }
+
+            async fn fresh(&self, key: i64) -> i64 {
+                let mut connection = self.db.connection().await.unwrap();
+                counters::table
+                    .find(key)
+                    .select(counters::value)
+                    .first(&mut *connection)
+                    .await
+                    .optional()
+                    .unwrap()
+                    .unwrap_or(0)
+            }
+
+            async fn bump(&self, key: i64, by: i64) -> Result<i64, ofx_core::Error> {
+                self.hub.commander().call($bump { key, by }).await
+            }
+        }
+    };
+}
+
+counter_service!(ofx_diesel::Sqlite, SqliteBump, "multi_host.sqlite_bump");
+counter_service!(ofx_diesel::Postgres, PgBump, "multi_host.pg_bump");
+
+/// One host of a cluster.
+pub(crate) struct Host<B: Backend> {
+    pub(crate) counters: Arc<Counters<B>>,
+    pub(crate) reader: LogReader,
+}
+
+/// Hosts sharing one database.
+pub(crate) struct Cluster<B: Backend> {
+    pub(crate) hosts: Vec<Host<B>>,
+    pub(crate) main_runs: Arc<AtomicU64>,
+}
+
+impl<B: Backend> Cluster<B>
+where
+    Counters<B>: CounterService,
+{
+    /// `count` hosts on the database at `url`, polling only (every `poll`).
+    pub(crate) async fn start(url: &str, count: usize, poll: Duration) -> Self {
+        let main_runs = Arc::new(AtomicU64::new(0));
+        let mut hosts = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut settings = DbSettings::default();
+            settings.poll_period = poll;
+            let db = DbHub::<B>::open(url, settings).await.unwrap();
+            db.connection()
+                .await
+                .unwrap()
+                .batch_execute(SCHEMA)
+                .await
+                .unwrap();
+            let hub = Hub::builder().filter(db.operation_scope()).build().unwrap();
+            let counters = Arc::new(Counters {
+                hub: hub.clone(),
+                db: db.clone(),
+                main_runs: Arc::clone(&main_runs),
+            });
+            hub.add_service(&counters);
+            let reader = db.start_log_reader(&hub);
+            hosts.push(Host { counters, reader });
+        }
+        Self { hosts, main_runs }
+    }
+}

@@ -1,0 +1,1 @@
+//! Workspace-level tests of ofx live in `multi_host/`; this library is empty.
