@@ -13,6 +13,12 @@ use tracing::info;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, path] = args.as_slice()
+        && mode == "follow"
+    {
+        return follow(path).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -114,5 +120,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
         let _ = std::fs::remove_file(file);
     }
+    Ok(())
+}
+
+/// `todos follow <db>`: a second host in its own process. It caches alice's list, then prints
+/// `invalidated` and the recomputed list each time another process's command makes it stale
+/// (the log reader replays the operation), until its standard input closes.
+async fn follow(path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+
+    let mut settings = DbSettings::default();
+    settings.poll_period = std::time::Duration::from_millis(20);
+    let db = DbHub::<Sqlite>::open(path, settings).await?;
+    let hub = Hub::builder().filter(db.operation_scope()).build()?;
+    let todos = Todos::open(&hub, db.clone()).await?;
+    let reader = db.start_log_reader(&hub);
+    let mut stdin = tokio::io::stdin();
+    let mut closed = Box::pin(async move {
+        let mut buffer = [0_u8; 64];
+        while stdin.read(&mut buffer).await.unwrap_or(0) > 0 {}
+    });
+    let mut stdout = std::io::stdout();
+    let (list, mut computed) = capture(todos.list("alice".to_owned())).await?;
+    writeln!(stdout, "ready {:?}", list?)?;
+    stdout.flush()?;
+    loop {
+        tokio::select! {
+            () = &mut closed => break,
+            () = computed.when_invalidated() => {}
+        }
+        let (list, next) = capture(todos.list("alice".to_owned())).await?;
+        computed = next;
+        writeln!(stdout, "invalidated {:?}", list?)?;
+        stdout.flush()?;
+    }
+    drop(reader);
     Ok(())
 }
