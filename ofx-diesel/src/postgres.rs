@@ -79,8 +79,19 @@ impl Backend for Postgres {
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
     ) -> Result<()> {
+        // Written as a tuple, not `.values(&row)`: the derived `Insertable` form is not cached
+        // as a prepared statement on PostgreSQL, and would be parsed again on every command.
         diesel::insert_into(dsl::ofx_operations)
-            .values(&row)
+            .values((
+                dsl::uuid.eq(row.uuid),
+                dsl::host_id.eq(row.host_id),
+                dsl::logged_at.eq(row.logged_at),
+                dsl::committed_at.eq(row.committed_at),
+                dsl::command_name.eq(row.command_name),
+                dsl::command_json.eq(row.command_json),
+                dsl::items_json.eq(row.items_json),
+                dsl::nested_json.eq(row.nested_json),
+            ))
             .execute(connection)
             .await?;
         Ok(())
