@@ -166,17 +166,38 @@ pub(crate) struct Cluster<B: Backend> {
     pub(crate) main_runs: Arc<AtomicU64>,
 }
 
+/// How the hosts of a cluster wake each other.
+#[derive(Debug, Clone)]
+pub(crate) enum Wakeup {
+    /// No watcher: polling every `Duration`.
+    Polling(Duration),
+    /// A file-system watcher on this directory.
+    Fs(std::path::PathBuf),
+    /// PostgreSQL LISTEN/NOTIFY on this server.
+    Postgres(String),
+    /// Redis pub/sub on this server.
+    Redis(String),
+}
+
+/// The polling period of hosts that have a watcher: long, so that the test shows the watcher
+/// does the work (it still bounds the delay of a lost wake-up).
+pub(crate) const SAFETY_NET_POLL: Duration = Duration::from_secs(2);
+
 impl<B: Backend> Cluster<B>
 where
     Counters<B>: CounterService,
 {
-    /// `count` hosts on the database at `url`, polling only (every `poll`).
-    pub(crate) async fn start(url: &str, count: usize, poll: Duration) -> Self {
+    /// `count` hosts on the database at `url`, woken as `wakeup` says.
+    pub(crate) async fn start(url: &str, count: usize, wakeup: &Wakeup) -> Self {
         let main_runs = Arc::new(AtomicU64::new(0));
         let mut hosts = Vec::with_capacity(count);
+        let log = format!("multi-host-{}", uuid::Uuid::new_v4().simple());
         for _ in 0..count {
             let mut settings = DbSettings::default();
-            settings.poll_period = poll;
+            settings.poll_period_with_watcher = SAFETY_NET_POLL;
+            if let Wakeup::Polling(period) = wakeup {
+                settings.poll_period = *period;
+            }
             let db = DbHub::<B>::open(url, settings).await.unwrap();
             db.connection()
                 .await
@@ -191,6 +212,33 @@ where
                 main_runs: Arc::clone(&main_runs),
             });
             hub.add_service(&counters);
+            let (host_id, stop) = (hub.host_id().clone(), hub.shutdown_token());
+            let watcher: Option<Arc<dyn ofx_core::LogWatcher>> = match wakeup {
+                Wakeup::Polling(_) => None,
+                Wakeup::Fs(dir) => Some(
+                    ofx_watchers::FsWatcher::start(dir, &log, host_id, stop)
+                        .await
+                        .unwrap(),
+                ),
+                Wakeup::Postgres(server) => Some(
+                    ofx_watchers::PgWatcher::start(
+                        &format!("{server}/postgres"),
+                        &log,
+                        host_id,
+                        stop,
+                    )
+                    .await
+                    .unwrap(),
+                ),
+                Wakeup::Redis(server) => Some(
+                    ofx_watchers::RedisWatcher::start(server, &log, host_id, stop)
+                        .await
+                        .unwrap(),
+                ),
+            };
+            if let Some(watcher) = watcher {
+                db.set_watcher(watcher);
+            }
             let reader = db.start_log_reader(&hub);
             hosts.push(Host { counters, reader });
         }

@@ -10,17 +10,17 @@ use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use ofx_diesel::Backend;
 use rand::Rng;
 
-use crate::cluster::{Cluster, CounterService, Counters, KEYS};
+use crate::cluster::{Cluster, CounterService, Counters, KEYS, Wakeup};
 
 const HOSTS: usize = 3;
 const WRITERS: usize = 8;
 const COMMANDS: usize = 2_000;
 
-async fn run<B: Backend>(url: &str)
+async fn run<B: Backend>(url: &str, wakeup: &Wakeup)
 where
     Counters<B>: CounterService,
 {
-    let cluster = Arc::new(Cluster::<B>::start(url, HOSTS, Duration::from_millis(20)).await);
+    let cluster = Arc::new(Cluster::<B>::start(url, HOSTS, wakeup).await);
     let mut tasks = tokio::task::JoinSet::new();
     // Writers, spread over the hosts.
     for writer in 0..WRITERS {
@@ -113,19 +113,26 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_stale_read_after_quiescence_on_sqlite_polling() {
+fn sqlite_file() -> String {
     let path = std::env::temp_dir().join(format!(
         "ofx-multi-host-{}.db",
         uuid::Uuid::new_v4().simple()
     ));
-    run::<ofx_diesel::Sqlite>(&path.to_string_lossy()).await;
+    path.to_string_lossy().into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_stale_read_after_quiescence_on_postgres_polling() {
-    let server = std::env::var("OFX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+fn postgres_server() -> String {
+    std::env::var("OFX_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+fn redis_server() -> String {
+    std::env::var("OFX_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A fresh PostgreSQL database; dropped by `drop_database`.
+async fn postgres_database() -> (String, String) {
+    let server = postgres_server();
     let mut admin = diesel_async::AsyncPgConnection::establish(&format!("{server}/postgres"))
         .await
         .unwrap_or_else(|error| {
@@ -139,8 +146,52 @@ async fn no_stale_read_after_quiescence_on_postgres_polling() {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
-    run::<ofx_diesel::Postgres>(&format!("{server}/{name}")).await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
+    (format!("{server}/{name}"), name)
+}
+
+async fn drop_database(name: &str) {
+    let server = postgres_server();
+    if let Ok(mut admin) =
+        diesel_async::AsyncPgConnection::establish(&format!("{server}/postgres")).await
+    {
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_read_on_sqlite_polling() {
+    run::<ofx_diesel::Sqlite>(&sqlite_file(), &Wakeup::Polling(Duration::from_millis(20))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_read_on_sqlite_with_the_fs_watcher() {
+    let dir = std::env::temp_dir().join(format!(
+        "ofx-multi-host-watch-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    run::<ofx_diesel::Sqlite>(&sqlite_file(), &Wakeup::Fs(dir.clone())).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_read_on_postgres_polling() {
+    let (url, name) = postgres_database().await;
+    run::<ofx_diesel::Postgres>(&url, &Wakeup::Polling(Duration::from_millis(20))).await;
+    drop_database(&name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_read_on_postgres_with_listen_notify() {
+    let (url, name) = postgres_database().await;
+    run::<ofx_diesel::Postgres>(&url, &Wakeup::Postgres(postgres_server())).await;
+    drop_database(&name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_read_on_postgres_with_redis() {
+    let (url, name) = postgres_database().await;
+    run::<ofx_diesel::Postgres>(&url, &Wakeup::Redis(redis_server())).await;
+    drop_database(&name).await;
 }
