@@ -2,7 +2,11 @@
 //! methods, a dependent value, and commands logged in the same transaction as their writes whose
 //! invalidation branches make exactly the stale values recompute, shown in the log.
 //!
-//! Run with `cargo run -p todos`.
+//! Run with `cargo run -p todos`. The second part runs two hosts on the same file, woken by the
+//! file-system watcher; `OFX_WATCHER=postgres` (LISTEN/NOTIFY on the server in
+//! `OFX_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/postgres`) or `OFX_WATCHER=redis`
+//! (`OFX_REDIS`, default `redis://127.0.0.1:6379`) wakes them through a server instead, and
+//! `OFX_WATCHER=none` leaves them to polling.
 
 use std::sync::atomic::Ordering;
 
@@ -103,6 +107,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for line in todos.activity(alice()).await? {
         info!(%line, "activity(alice)");
     }
+    two_hosts(&path, &hub, &db).await?;
+
     let mut connection = db.connection().await?;
     let logged: i64 = diesel_async::RunQueryDsl::get_result(
         diesel::dsl::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
@@ -120,6 +126,87 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
         let _ = std::fs::remove_file(file);
     }
+    Ok(())
+}
+
+/// Host B on the same database, woken by a watcher: its cached value goes stale when host A
+/// commits, and is recomputed.
+async fn two_hosts(
+    path: &str,
+    hub_a: &Hub,
+    db_a: &DbHub<Sqlite>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use ofx_core::LogWatcher;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let which = std::env::var("OFX_WATCHER").unwrap_or_else(|_| "fs".to_owned());
+    info!(watcher = %which, "7. host B opens the same database; a watcher wakes its log reader");
+    let watch_dir = std::env::temp_dir().join(format!("ofx-todos-watch-{}", std::process::id()));
+    let watcher_for =
+        async |hub: &Hub| -> Result<Option<Arc<dyn LogWatcher>>, Box<dyn std::error::Error>> {
+            let (host, stop) = (hub.host_id().clone(), hub.shutdown_token());
+            Ok(match which.as_str() {
+                "none" => None,
+                "postgres" => {
+                    let url = std::env::var("OFX_POSTGRES").unwrap_or_else(|_| {
+                        "postgres://postgres@127.0.0.1:5432/postgres".to_owned()
+                    });
+                    Some(
+                        ofx_watchers::PgWatcher::start(&url, "todos", host, stop).await?
+                            as Arc<dyn LogWatcher>,
+                    )
+                }
+                "redis" => {
+                    let url = std::env::var("OFX_REDIS")
+                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+                    Some(
+                        ofx_watchers::RedisWatcher::start(&url, "todos", host, stop).await?
+                            as Arc<dyn LogWatcher>,
+                    )
+                }
+                _ => Some(
+                    ofx_watchers::FsWatcher::start(&watch_dir, "todos", host, stop).await?
+                        as Arc<dyn LogWatcher>,
+                ),
+            })
+        };
+    // Host A's database scope notifies its watcher after each commit.
+    if let Some(watcher) = watcher_for(hub_a).await? {
+        db_a.set_watcher(watcher);
+    }
+    let db_b = DbHub::<Sqlite>::open(path, DbSettings::default()).await?;
+    let hub_b = Hub::builder().filter(db_b.operation_scope()).build()?;
+    if let Some(watcher) = watcher_for(&hub_b).await? {
+        db_b.set_watcher(watcher);
+    }
+    let todos_b = Todos::open(&hub_b, db_b.clone()).await?;
+    let reader_b = db_b.start_log_reader(&hub_b);
+    reader_b.wait_for(0).await;
+
+    for round in 1..=3 {
+        let (open, computed) = capture(todos_b.open_count("alice".to_owned())).await?;
+        info!(open = open?, "host B: open_count(alice) cached");
+        let started = Instant::now();
+        hub_a
+            .commander()
+            .call(AddTodo {
+                owner: "alice".into(),
+                title: format!("from host A, round {round}"),
+            })
+            .await?;
+        let committed = Instant::now();
+        computed.when_invalidated().await;
+        let latency = committed.elapsed();
+        let open = todos_b.open_count("alice".to_owned()).await?;
+        info!(
+            open,
+            commit_us = (committed - started).as_micros(),
+            commit_to_invalidation_us = latency.as_micros(),
+            "host B: stale after host A's command, recomputed"
+        );
+    }
+    drop(reader_b);
     Ok(())
 }
 
