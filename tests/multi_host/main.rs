@@ -5,4 +5,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod cluster;
+mod lost_wakeups;
 mod no_stale_read;
