@@ -53,6 +53,7 @@ mod db_hub;
 mod error;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod queries;
 mod reader;
 mod row;
 mod schema;

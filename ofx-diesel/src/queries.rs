@@ -1,0 +1,118 @@
+//! The operation log's queries, the same Diesel code for every backend.
+
+/// The query methods of [`Backend`](crate::Backend) (from `insert_operation` to `trim`), for an
+/// `impl Backend` whose `Connection` runs Diesel's async queries on the operation log's tables.
+/// Expanded once per backend: Diesel's query types are per backend, so one generic body would
+/// need a bound per query.
+macro_rules! log_queries {
+    () => {
+        async fn insert_operation(
+            connection: &mut Self::Connection,
+            row: NewOperationRow<'_>,
+        ) -> Result<()> {
+            // Written as a tuple, not `.values(&row)`: the derived `Insertable` form is not cached
+            // as a prepared statement on PostgreSQL, and would be parsed again on every command.
+            diesel::insert_into(dsl::ofx_operations)
+                .values((
+                    dsl::uuid.eq(row.uuid),
+                    dsl::host_id.eq(row.host_id),
+                    dsl::logged_at.eq(row.logged_at),
+                    dsl::committed_at.eq(row.committed_at),
+                    dsl::command_name.eq(row.command_name),
+                    dsl::command_json.eq(row.command_json),
+                    dsl::items_json.eq(row.items_json),
+                    dsl::nested_json.eq(row.nested_json),
+                ))
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+
+        async fn read_after(
+            connection: &mut Self::Connection,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<OperationRow>> {
+            Ok(dsl::ofx_operations
+                .filter(dsl::idx.gt(after))
+                .order(dsl::idx.asc())
+                .limit(limit)
+                .select(OperationRow::as_select())
+                .load(connection)
+                .await?)
+        }
+
+        async fn read_indexes(
+            connection: &mut Self::Connection,
+            indexes: &[i64],
+        ) -> Result<Vec<OperationRow>> {
+            Ok(dsl::ofx_operations
+                .filter(dsl::idx.eq_any(indexes))
+                .order(dsl::idx.asc())
+                .select(OperationRow::as_select())
+                .load(connection)
+                .await?)
+        }
+
+        async fn contains(connection: &mut Self::Connection, uuid: &str) -> Result<bool> {
+            let found: Option<i64> = dsl::ofx_operations
+                .filter(dsl::uuid.eq(uuid))
+                .select(dsl::idx)
+                .first(connection)
+                .await
+                .optional()?;
+            Ok(found.is_some())
+        }
+
+        async fn trimmed_through(connection: &mut Self::Connection) -> Result<i64> {
+            Ok(trims::ofx_log_trims
+                .select(trims::trimmed_through)
+                .first(connection)
+                .await?)
+        }
+
+        async fn min_index(connection: &mut Self::Connection) -> Result<Option<i64>> {
+            Ok(dsl::ofx_operations
+                .select(diesel::dsl::min(dsl::idx))
+                .first(connection)
+                .await?)
+        }
+
+        async fn max_index_before(
+            connection: &mut Self::Connection,
+            logged_before: i64,
+        ) -> Result<Option<i64>> {
+            Ok(dsl::ofx_operations
+                .filter(dsl::logged_at.lt(logged_before))
+                .select(diesel::dsl::max(dsl::idx))
+                .first(connection)
+                .await?)
+        }
+
+        async fn trim(connection: &mut Self::Connection, cutoff: i64, limit: i64) -> Result<usize> {
+            let batch: Vec<i64> = dsl::ofx_operations
+                .filter(dsl::logged_at.lt(cutoff))
+                .order(dsl::idx.asc())
+                .limit(limit)
+                .select(dsl::idx)
+                .load(connection)
+                .await?;
+            let Some(&last) = batch.last() else {
+                return Ok(0);
+            };
+            diesel::update(trims::ofx_log_trims.filter(trims::trimmed_through.lt(last)))
+                .set(trims::trimmed_through.eq(last))
+                .execute(connection)
+                .await?;
+            Ok(diesel::delete(
+                dsl::ofx_operations
+                    .filter(dsl::idx.le(last))
+                    .filter(dsl::logged_at.lt(cutoff)),
+            )
+            .execute(connection)
+            .await?)
+        }
+    };
+}
+
+pub(crate) use log_queries;
