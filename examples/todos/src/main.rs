@@ -18,10 +18,12 @@ use tracing::info;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, mode, path] = args.as_slice()
-        && mode == "follow"
-    {
-        return follow(path).await;
+    if let [_, mode, path] = args.as_slice() {
+        match mode.as_str() {
+            "follow" => return follow(path).await,
+            "check" => return check(path).await,
+            _ => {}
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -244,4 +246,51 @@ async fn follow(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(reader);
     Ok(())
+}
+
+/// `todos check <db>`: a second host in its own process, answering `check <index>` lines on its
+/// standard input: once its log reader has read up to that index, it prints what its *cached*
+/// compute methods return (`list(alice)`, `open_count(alice)` and every listed todo), so that
+/// another process can compare them with fresh reads.
+async fn check(path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+
+    let mut settings = DbSettings::default();
+    settings.poll_period = std::time::Duration::from_millis(20);
+    let db = DbHub::<Sqlite>::open(path, settings).await?;
+    let hub = Hub::builder().filter(db.operation_scope()).build()?;
+    let todos = Todos::open(&hub, db.clone()).await?;
+    let reader = db.start_log_reader(&hub);
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = std::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        let Some(index) = line
+            .strip_prefix("check ")
+            .and_then(|index| index.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        reader.wait_for(index).await;
+        writeln!(stdout, "{}", snapshot(&todos).await?)?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// What a host's compute methods say about alice's todos, as one line.
+async fn snapshot(todos: &Todos) -> Result<String, Box<dyn std::error::Error>> {
+    let alice = || "alice".to_owned();
+    let ids = todos.list(alice()).await?;
+    let mut items = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Some(todo) = todos.get(*id).await? {
+            items.push(format!("{}:{}:{}", todo.id, todo.title, todo.done));
+        }
+    }
+    Ok(format!(
+        "open={} todos=[{}]",
+        todos.open_count(alice()).await?,
+        items.join(",")
+    ))
 }
