@@ -115,4 +115,35 @@ macro_rules! log_queries {
     };
 }
 
-pub(crate) use log_queries;
+/// The pool methods of [`Backend`](crate::Backend) (`pool`, `get`, `discard`) for a backend whose
+/// `Pool` and `Pooled` are diesel-async's deadpool `Pool` and `Object` of its `Connection`,
+/// each connection opened with the backend's `connect`.
+macro_rules! deadpool_pool {
+    () => {
+        fn pool(url: &str, size: usize) -> Result<Self::Pool> {
+            let mut config = ManagerConfig::default();
+            config.custom_setup = Box::new(|url| {
+                let url = url.to_owned();
+                Box::pin(async move { Self::connect(&url).await })
+            });
+            let manager =
+                AsyncDieselConnectionManager::<Self::Connection>::new_with_config(url, config);
+            Pool::builder(manager)
+                .max_size(size)
+                .build()
+                .map_err(|error| Error::Connect(error.to_string()))
+        }
+
+        async fn get(pool: &Self::Pool) -> Result<Self::Pooled> {
+            pool.get()
+                .await
+                .map_err(|error| Error::Connect(error.to_string()))
+        }
+
+        fn discard(connection: Self::Pooled) {
+            drop(Object::take(connection));
+        }
+    };
+}
+
+pub(crate) use {deadpool_pool, log_queries};

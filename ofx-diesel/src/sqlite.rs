@@ -50,29 +50,7 @@ impl Backend for Sqlite {
         Ok(connection)
     }
 
-    fn pool(url: &str, size: usize) -> Result<Self::Pool> {
-        let mut config = ManagerConfig::default();
-        config.custom_setup = Box::new(|url| {
-            let url = url.to_owned();
-            Box::pin(async move { Self::connect(&url).await })
-        });
-        let manager =
-            AsyncDieselConnectionManager::<SqliteAsyncConnection>::new_with_config(url, config);
-        Pool::builder(manager)
-            .max_size(size)
-            .build()
-            .map_err(|error| Error::Connect(error.to_string()))
-    }
-
-    async fn get(pool: &Self::Pool) -> Result<Self::Pooled> {
-        pool.get()
-            .await
-            .map_err(|error| Error::Connect(error.to_string()))
-    }
-
-    fn discard(connection: Self::Pooled) {
-        drop(Object::take(connection));
-    }
+    crate::queries::deadpool_pool!();
 
     async fn migrate(url: &str) -> Result<()> {
         let url = url.to_owned();
