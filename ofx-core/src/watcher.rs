@@ -10,6 +10,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::HostId;
+use crate::operation::ScopeFuture;
 
 /// A wake-up channel between the hosts sharing one operation log.
 ///
@@ -28,4 +32,21 @@ pub trait LogWatcher: Send + Sync + fmt::Debug + 'static {
 
     /// Notified when another host committed (or the watcher reconnected).
     fn wakes(&self) -> Arc<Notify>;
+}
+
+/// Starts a [`LogWatcher`] for one host: given to a storage (ofx-diesel's
+/// `DbHub::set_watcher`), which starts it when it attaches to a hub, with that hub's host id
+/// (so the watcher ignores this host's own messages) and shutdown token (so its background work
+/// stops with the hub). The watchers of `ofx-watchers` each have one (`FsWatcher::factory`, ...).
+pub trait LogWatcherFactory: Send + Sync + fmt::Debug + 'static {
+    /// Starts the watcher of the host `host_id`, stopping when `stop` is cancelled.
+    ///
+    /// # Errors
+    /// When it cannot start (its server unreachable, its directory not creatable): the hub
+    /// does not start either.
+    fn start(
+        &self,
+        host_id: HostId,
+        stop: CancellationToken,
+    ) -> ScopeFuture<'_, Result<Arc<dyn LogWatcher>, Box<dyn std::error::Error + Send + Sync>>>;
 }

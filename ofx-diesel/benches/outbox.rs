@@ -374,10 +374,11 @@ target!(
 );
 
 /// A hub with the database scope and the entries service (kept alive by the returned `Arc`).
-fn host<B: Target>(db: &DbHub<B>) -> (Hub, Arc<Entries<B>>) {
+async fn host<B: Target>(db: &DbHub<B>) -> (Hub, Arc<Entries<B>>) {
     let hub = Hub::builder()
-        .filter(db.operation_scope())
-        .build()
+        .with(db.clone())
+        .start()
+        .await
         .expect("a hub");
     let entries = Arc::new(Entries {
         hub: hub.clone(),
@@ -417,7 +418,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// of `commands` commands), then the median over the others of the time in each statement
 /// (from start to finish as diesel reports them) and the time outside statements before it.
 fn print_profile<B: Target>(runtime: &Runtime, db: &DbHub<B>, commands: usize) {
-    let (hub, _entries) = host(db);
+    let (hub, _entries) = runtime.block_on(host(db));
     let commander = hub.commander();
     let host_id = hub.host_id().to_string();
     runtime.block_on(async {
@@ -480,7 +481,7 @@ fn micros_between(from: Instant, to: Instant) -> f64 {
 /// rotating order, so that a slower period of a shared machine weighs on all three. Prints the
 /// median time per command of each variant and the median of the rounds' ratios.
 fn print_interleaved<B: Target>(runtime: &Runtime, db: &DbHub<B>, rounds: usize, block: u32) {
-    let (hub, _entries) = host(db);
+    let (hub, _entries) = runtime.block_on(host(db));
     let commander = hub.commander();
     let host_id = hub.host_id().to_string();
     let mut per_command: [Vec<f64>; 3] = Default::default();
@@ -519,7 +520,7 @@ fn print_interleaved<B: Target>(runtime: &Runtime, db: &DbHub<B>, rounds: usize,
 /// The outbox group of one backend: the three variants one after the other, then interleaved.
 fn bench_outbox<B: Target>(criterion: &mut Criterion, runtime: &Runtime, db: &DbHub<B>) {
     print_profile(runtime, db, 300);
-    let (hub, _entries) = host(db);
+    let (hub, _entries) = runtime.block_on(host(db));
     let commander = hub.commander();
     let host_id = hub.host_id().to_string();
 
@@ -614,9 +615,12 @@ fn bench_replay<B: Target>(
             runtime.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
-                    let (hub, _entries) = host(db);
+                    let (hub, _entries) = host(db).await;
                     let start = Instant::now();
-                    let reader = db.start_log_reader_at(&hub, Some(0));
+                    let reader = db
+                        .start_log_reader_at(&hub, Some(0))
+                        .await
+                        .expect("the reader starts");
                     reader.wait_for(max_index).await;
                     let elapsed = start.elapsed();
                     total += elapsed;
@@ -724,7 +728,11 @@ impl Drop for PgDatabase {
 
 /// Opens `url` with the framework's defaults and creates the business table.
 async fn open<B: Target>(url: &str) -> DbHub<B> {
-    let db = DbHub::<B>::open(url, DbSettings::default())
+    // The hosts of the benchmark only write: the replay benchmark starts its readers itself.
+    let mut settings = DbSettings::default();
+    settings.read_log = false;
+    settings.trim = false;
+    let db = DbHub::<B>::open(url, settings)
         .await
         .expect("the database opens");
     let mut pooled = db.connection().await.expect("a pooled connection");

@@ -83,12 +83,25 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
-    /// The highest index of a row logged before `logged_before` (µs since the epoch): where a
-    /// fresh reader starts.
-    fn max_index_before(
+    /// Where a fresh reader starts: the highest index committed now, and (on a backend whose
+    /// rows may commit out of index order) the transactions in flight now, whose rows may
+    /// still commit with lower indexes. Read in one snapshot.
+    fn start_position(
         connection: &mut Self::Connection,
-        logged_before: i64,
-    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+    ) -> impl Future<Output = Result<StartPosition>> + Send;
+
+    /// Which of these transactions are still in flight.
+    fn running_transactions(
+        connection: &mut Self::Connection,
+        transactions: &[i64],
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+    /// The rows, up to index `through`, written by these (finished) transactions.
+    fn rows_of_transactions(
+        connection: &mut Self::Connection,
+        through: i64,
+        transactions: &[i64],
+    ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
 
     /// Deletes at most `limit` rows logged before `cutoff` (µs since the epoch); returns how
     /// many it deleted. Records how far it deleted first (see
@@ -99,6 +112,16 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         cutoff: i64,
         limit: i64,
     ) -> impl Future<Output = Result<usize>> + Send;
+}
+
+/// Where a fresh log reader starts (see [`Backend::start_position`]).
+#[derive(Debug, Clone, Default)]
+pub struct StartPosition {
+    /// The highest index committed.
+    pub cursor: i64,
+    /// Transactions in flight (PostgreSQL transaction ids): rows they commit later may have
+    /// lower indexes than `cursor`.
+    pub in_flight: Vec<i64>,
 }
 
 pub(crate) mod sealed {

@@ -5,12 +5,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ofx_core::{CommandContext, LogWatcher};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use ofx_core::{CommandContext, Hub, HubExtension, LogWatcher, LogWatcherFactory, ScopeFuture};
 
 use crate::backend::Backend;
-use crate::scope::{DbOperationScope, OperationConnection, ScopeState};
+use crate::link::HubLink;
+use crate::scope::{DbOperationScope, OperationConnection};
 use crate::{Error, Result};
-use std::future::Future;
 
 /// Settings of a [`DbHub`]; every field has a default.
 #[derive(Debug, Clone)]
@@ -32,9 +35,15 @@ pub struct DbSettings {
     /// took an index and has not committed yet); after it, the gap is given up (default 5 min).
     /// Operations whose transactions last longer than this may be missed by other hosts.
     pub gap_retention: Duration,
-    /// A fresh reader starts at the rows logged this long before it started (default 3 s); older
-    /// rows cannot concern a cache that is empty.
-    pub start_offset: Duration,
+    /// How long a reader keeps retrying an operation whose replay failed for a reason that may
+    /// pass (its service not attached yet), with capped backoff, before it counts it as failed
+    /// (default 60 s). Rows after it are not held up meanwhile.
+    pub replay_retry_window: Duration,
+    /// Whether attaching the database to a hub starts its trimmer (default true).
+    pub trim: bool,
+    /// Whether attaching the database to a hub starts its log reader there (default true; a
+    /// host that only writes, such as a command-line tool, may turn it off).
+    pub read_log: bool,
     /// Operations older than this are trimmed (default 30 min).
     pub max_age: Duration,
     /// How often the trimmer runs, ±25 % jitter (default 5 min).
@@ -55,7 +64,9 @@ impl Default for DbSettings {
             poll_period_with_watcher: Duration::from_secs(5),
             read_batch: 256,
             gap_retention: Duration::from_secs(5 * 60),
-            start_offset: Duration::from_secs(3),
+            replay_retry_window: Duration::from_secs(60),
+            trim: true,
+            read_log: true,
             max_age: Duration::from_secs(30 * 60),
             trim_period: Duration::from_secs(5 * 60),
             trim_batch: 4096,
@@ -75,14 +86,17 @@ pub type CommitFaultHook<B> = Arc<
 >;
 
 /// One database: its connection pool, its settings, and what the operation log does on it.
+/// Added to a hub with [`HubBuilder::with`](ofx_core::HubBuilder::with), it starts, for that
+/// hub, its watcher (if one was set), its log reader and its trimmer:
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use ofx_diesel::{DbHub, DbSettings, Sqlite};
 ///
 /// let db = DbHub::<Sqlite>::open("todos.db", DbSettings::default()).await?;
-/// let hub = ofx_core::Hub::builder().filter(db.operation_scope()).build()?;
-/// let _reader = db.start_log_reader(&hub);
+/// // db.set_watcher(ofx_watchers::FsWatcher::factory(dir, "todos"))?;
+/// let hub = ofx_core::Hub::builder().with(db.clone()).start().await?;
+/// // handlers: `let mut conn = db.operation_connection(ctx).await?;`
 /// # Ok(()) }
 /// ```
 pub struct DbHub<B: Backend> {
@@ -94,8 +108,16 @@ pub(crate) struct DbInner<B: Backend> {
     pub(crate) url: String,
     pub(crate) settings: DbSettings,
     pub(crate) fault: std::sync::RwLock<Option<CommitFaultHook<B>>>,
-    pub(crate) watcher: std::sync::RwLock<Option<Arc<dyn LogWatcher>>>,
+    pub(crate) watcher: std::sync::RwLock<Option<Arc<dyn LogWatcherFactory>>>,
+    /// Set once the database attached to a hub: a watcher set later would be ignored there.
+    pub(crate) attached: AtomicBool,
+    /// Tells this database apart from others on one hub.
+    pub(crate) id: u64,
+    /// `backend:url`, for errors.
+    pub(crate) label: &'static str,
 }
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl<B: Backend> Clone for DbHub<B> {
     fn clone(&self) -> Self {
@@ -132,6 +154,11 @@ impl<B: Backend> DbHub<B> {
                 settings,
                 fault: std::sync::RwLock::new(None),
                 watcher: std::sync::RwLock::new(None),
+                attached: AtomicBool::new(false),
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                // One small string per database opened, for error messages that must be
+                // `'static` (`ofx_core::Error::ScopeConflict`).
+                label: Box::leak(format!("{}:{url}", B::NAME).into_boxed_str()),
             }),
         })
     }
@@ -154,51 +181,101 @@ impl<B: Backend> DbHub<B> {
         B::get(&self.inner.pool).await
     }
 
-    /// The filter that makes every outermost command an operation on this database: add it to
-    /// the hub with `HubBuilder::filter`. See [`DbOperationScope`].
-    pub fn operation_scope(&self) -> DbOperationScope<B> {
-        DbOperationScope::new(self.clone())
-    }
-
     /// The connection of the running command's operation, in its transaction (begun by the
-    /// first call). Every command of the operation, nested ones included, shares it; the scope
-    /// commits it with the operation's row, or rolls it back. Drop the returned guard before
-    /// calling a nested command: while it is held, asking again fails with
-    /// [`Error::ConnectionInUse`].
+    /// first call, which makes this database the operation's scope). Every command of the
+    /// operation, nested ones included, shares it; after the outermost command succeeded, the
+    /// operation's row is inserted in it and it commits, or everything rolls back. Drop the
+    /// returned guard before calling a nested command: while it is held, asking again fails
+    /// with [`Error::ConnectionInUse`].
     ///
     /// # Errors
-    /// [`Error::NoScope`] outside a command run through [`operation_scope`](Self::operation_scope);
+    /// [`Error::NotAttached`] when this database was not added to the command's hub (with
+    /// `HubBuilder::with`); [`Error::Scope`] in an invalidation branch, or when the operation already writes to
+    /// another database (one operation commits to one database);
     /// [`Error::Connect`] or [`Error::Database`] if the transaction cannot begin.
     pub async fn operation_connection(
         &self,
         ctx: &CommandContext,
     ) -> Result<OperationConnection<B>> {
-        let state = ctx
-            .context_items()
-            .get::<Arc<ScopeState<B>>>()
-            .filter(|state| Arc::ptr_eq(&state.db, &self.inner))
-            .ok_or(Error::NoScope)?;
-        state.connection().await
+        if self.existing_link(ctx.hub()).is_none() {
+            return Err(Error::NotAttached);
+        }
+        let key = usize::try_from(self.inner.id).unwrap_or(usize::MAX);
+        let scope = ctx
+            .operation_scope(key, self.inner.label, || {
+                let scope = Arc::new(DbOperationScope::new(Arc::clone(&self.inner)));
+                (Arc::clone(&scope), scope)
+            })
+            .map_err(Error::Scope)?;
+        scope.connection().await
     }
 
-    /// Wakes other hosts' readers after every commit, and this host's reader when others
-    /// commit, through `watcher` (see `ofx-watchers`); readers then poll only every
+    /// Sets the watcher that wakes other hosts' readers after every commit, and this host's
+    /// reader when others commit (see `ofx-watchers`). It is started for each hub this database
+    /// attaches to, with the hub's host id and shutdown token; readers then poll only every
     /// [`poll_period_with_watcher`](DbSettings::poll_period_with_watcher), as a safety net.
-    pub fn set_watcher(&self, watcher: Arc<dyn LogWatcher>) {
-        *self
+    ///
+    /// # Errors
+    /// [`Error::AlreadyAttached`] once the database is attached to a hub (the watcher would be
+    /// ignored there): set it before `HubBuilder::start`.
+    pub fn set_watcher(&self, factory: impl LogWatcherFactory) -> Result<()> {
+        let mut watcher = self
             .inner
             .watcher
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(watcher);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.inner.attached.load(Ordering::Acquire) {
+            return Err(Error::AlreadyAttached);
+        }
+        *watcher = Some(Arc::new(factory));
+        Ok(())
     }
 
-    /// The watcher, if any.
-    pub fn watcher(&self) -> Option<Arc<dyn LogWatcher>> {
-        self.inner
-            .watcher
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    /// The watcher started for `hub`, if any.
+    pub fn watcher_of(&self, hub: &Hub) -> Option<Arc<dyn LogWatcher>> {
+        self.existing_link(hub)?.watcher()
+    }
+
+    /// What this database keeps on `hub`: its watcher, reader and cursor.
+    pub(crate) fn link(&self, hub: &Hub) -> Arc<HubLink> {
+        hub.attachment(&self.link_key(), HubLink::default)
+    }
+
+    pub(crate) fn existing_link(&self, hub: &Hub) -> Option<Arc<HubLink>> {
+        hub.existing_attachment(&self.link_key())
+    }
+
+    fn link_key(&self) -> String {
+        format!("ofx-diesel/{}", self.inner.id)
+    }
+
+    /// Attaches to `hub`: starts the watcher, the log reader and (if the settings say so) the
+    /// trimmer. What [`HubBuilder::start`](ofx_core::HubBuilder::start) calls.
+    async fn attach_to(&self, hub: &Hub) -> Result<()> {
+        let factory = {
+            let watcher = self
+                .inner
+                .watcher
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.inner.attached.store(true, Ordering::Release);
+            watcher.clone()
+        };
+        let link = self.link(hub);
+        if let Some(factory) = factory {
+            let watcher = factory
+                .start(hub.host_id().clone(), hub.shutdown_token())
+                .await
+                .map_err(Error::Watcher)?;
+            link.set_watcher(watcher);
+        }
+        if self.settings().read_log {
+            self.start_log_reader(hub).await?;
+        }
+        if self.settings().trim {
+            link.set_trimmer(self.start_trimmer(hub.shutdown_token()));
+        }
+        Ok(())
     }
 
     /// Installs (or with `None` removes) a hook run just before every `COMMIT`. For fault
@@ -210,5 +287,22 @@ impl<B: Backend> DbHub<B> {
             .fault
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = hook;
+    }
+}
+
+impl<B: Backend> HubExtension for DbHub<B> {
+    fn name(&self) -> &'static str {
+        self.inner.label
+    }
+
+    fn attach<'a>(&'a self, hub: &'a Hub) -> ScopeFuture<'a, ofx_core::Result<()>> {
+        Box::pin(async move {
+            self.attach_to(hub)
+                .await
+                .map_err(|error| ofx_core::Error::Extension {
+                    extension: self.inner.label,
+                    source: Arc::new(error),
+                })
+        })
     }
 }

@@ -39,12 +39,19 @@ pub enum Error {
         reason: String,
     },
 
-    /// `operation_connection` was called outside a command, or without the database scope
-    /// filter on the hub (add it with `HubBuilder::filter(db.operation_scope())`).
+    /// The operation cannot use this database: it writes to another one already (one
+    /// operation commits to one database), or this is an invalidation branch (which must do no
+    /// I/O).
+    #[error("no database scope for this call: {0}")]
+    Scope(#[source] ofx_core::Error),
+
+    /// The database is not attached to the command's hub: its watcher would not announce the
+    /// commit, and no reader would follow the log there. Add it when the hub starts:
+    /// `Hub::builder().with(db.clone()).start().await`.
     #[error(
-        "no database operation scope: call `operation_connection` from a command handler on a hub built with `.filter(db.operation_scope())`"
+        "this database is not attached to the command's hub: build the hub with `Hub::builder().with(db.clone()).start().await`"
     )]
-    NoScope,
+    NotAttached,
 
     /// The operation's connection is still held by an earlier `operation_connection` of the same
     /// operation: drop that guard before calling a nested command (which shares the connection)
@@ -55,6 +62,51 @@ pub enum Error {
     /// An operation's JSON could not be written.
     #[error("operation could not be serialized: {0}")]
     Json(#[from] serde_json::Error),
+
+    /// An operation could not be encoded for the log (a command or item whose `Serialize`
+    /// failed). Nothing was stored.
+    #[error("operation {operation} could not be encoded: {source}")]
+    Encode {
+        /// The operation's uuid.
+        operation: uuid::Uuid,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An operation is larger than the log accepts. Nothing was stored.
+    #[error("operation {operation} is {size} bytes, over the log's limit of {limit}")]
+    PayloadTooLarge {
+        /// The operation's uuid.
+        operation: uuid::Uuid,
+        /// Its command, items and nested commands, in bytes of JSON.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A watcher was set on a database already attached to a hub: it would be ignored there.
+    /// Set it before `HubBuilder::start`.
+    #[error("the watcher must be set before the database is attached to a hub")]
+    AlreadyAttached,
+
+    /// The watcher could not start.
+    #[error("the watcher could not start: {0}")]
+    Watcher(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// Waiting for a replay took longer than allowed.
+    #[error("operation {sequence} was not replayed within {waited:?}")]
+    ReplayTimeout {
+        /// The log sequence waited for.
+        sequence: i64,
+        /// How long.
+        waited: std::time::Duration,
+    },
+
+    /// This hub runs no log reader for this database (it was not attached, or the reader was
+    /// stopped).
+    #[error("no log reader of this database runs on this hub")]
+    NoReader,
 }
 
 impl From<Error> for ofx_core::Error {

@@ -51,6 +51,7 @@
 mod backend;
 mod db_hub;
 mod error;
+mod link;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod queries;
@@ -62,14 +63,14 @@ mod scope;
 mod sqlite;
 mod trimmer;
 
-pub use backend::Backend;
+pub use backend::{Backend, StartPosition};
 pub use db_hub::{CommitFaultHook, DbHub, DbSettings};
 pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
-pub use reader::{LogReader, MAX_GAPS, ReaderStats};
+pub use reader::{LogReader, MAX_GAPS, MAX_RETRIES, ReaderStats};
 pub use row::{BadRow, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
-pub use scope::{DATABASE_OPERATION_SCOPE, DbOperationScope, OperationConnection};
+pub use scope::{DbOperationScope, OperationConnection};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Sqlite, SqliteAsyncConnection};
 pub use trimmer::Trimmer;

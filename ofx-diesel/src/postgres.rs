@@ -7,7 +7,7 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::backend::{Backend, sealed};
+use crate::backend::{Backend, StartPosition, sealed};
 use crate::row::{NewOperationRow, OperationRow};
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
@@ -54,4 +54,57 @@ impl Backend for Postgres {
     }
 
     crate::queries::log_queries!();
+
+    async fn start_position(connection: &mut Self::Connection) -> Result<StartPosition> {
+        // One statement, one snapshot: every row with an index up to `cursor` that is not
+        // visible in it belongs to a transaction in its in-progress list (the operation's
+        // transaction id is assigned before its index is drawn).
+        let start: StartRow = diesel::sql_query(
+            "SELECT COALESCE((SELECT MAX(idx) FROM ofx_operations), 0) AS cursor, \
+             ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x) \
+             AS in_flight",
+        )
+        .get_result(connection)
+        .await?;
+        Ok(StartPosition {
+            cursor: start.cursor,
+            in_flight: start.in_flight,
+        })
+    }
+
+    async fn running_transactions(
+        connection: &mut Self::Connection,
+        transactions: &[i64],
+    ) -> Result<Vec<i64>> {
+        let running: Vec<RunningRow> = diesel::sql_query(
+            "SELECT x AS transaction FROM unnest($1::bigint[]) AS x \
+             WHERE pg_xact_status(x::text::xid8) = 'in progress'",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(transactions)
+        .load(connection)
+        .await?;
+        Ok(running.into_iter().map(|row| row.transaction).collect())
+    }
+
+    async fn rows_of_transactions(
+        _connection: &mut Self::Connection,
+        _through: i64,
+        _transactions: &[i64],
+    ) -> Result<Vec<OperationRow>> {
+        Ok(Vec::new())
+    }
+}
+
+#[derive(QueryableByName)]
+struct StartRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    cursor: i64,
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::BigInt>)]
+    in_flight: Vec<i64>,
+}
+
+#[derive(QueryableByName)]
+struct RunningRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    transaction: i64,
 }

@@ -78,17 +78,6 @@ macro_rules! log_queries {
                 .await?)
         }
 
-        async fn max_index_before(
-            connection: &mut Self::Connection,
-            logged_before: i64,
-        ) -> Result<Option<i64>> {
-            Ok(dsl::ofx_operations
-                .filter(dsl::logged_at.lt(logged_before))
-                .select(diesel::dsl::max(dsl::idx))
-                .first(connection)
-                .await?)
-        }
-
         async fn trim(connection: &mut Self::Connection, cutoff: i64, limit: i64) -> Result<usize> {
             let batch: Vec<i64> = dsl::ofx_operations
                 .filter(dsl::logged_at.lt(cutoff))

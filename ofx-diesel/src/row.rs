@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
-use ofx_core::Operation;
+use ofx_core::{HostId, Operation};
 
 use crate::schema::ofx_operations;
 
@@ -92,6 +92,9 @@ pub enum BadRow {
 impl OperationRow {
     /// The operation this row records (its commands still undecoded: the registry decodes them
     /// by name on replay).
+    ///
+    /// # Errors
+    /// [`BadRow`] when a column is too large or malformed.
     pub fn to_operation(&self) -> Result<Operation, BadRow> {
         let size = self.command_json.len() + self.items_json.len() + self.nested_json.len();
         if size > MAX_PAYLOAD_BYTES {
@@ -99,22 +102,22 @@ impl OperationRow {
         }
         let uuid =
             uuid::Uuid::parse_str(&self.uuid).map_err(|_| BadRow::Uuid(self.uuid.clone()))?;
-        let json = |column: &'static str, text: &str| {
-            serde_json::from_str::<serde_json::Value>(text)
-                .map_err(|source| BadRow::Json { column, source })
-        };
-        let operation = serde_json::json!({
-            "uuid": uuid,
-            "host_id": self.host_id,
-            "logged_at": time(self.logged_at),
-            "command_name": self.command_name,
-            "command": json("command_json", &self.command_json)?,
-            "items": json("items_json", &self.items_json)?,
-            "nested": json("nested_json", &self.nested_json)?,
-        });
-        serde_json::from_value(operation).map_err(|source| BadRow::Json {
-            column: "operation",
-            source,
-        })
+        let command = parse("command_json", &self.command_json)?;
+        let items = parse("items_json", &self.items_json)?;
+        let nested = parse("nested_json", &self.nested_json)?;
+        Ok(Operation::new(
+            uuid,
+            HostId::from_string(self.host_id.as_str()),
+            &self.command_name,
+            command,
+        )
+        .with_logged_at(time(self.logged_at))
+        .with_items(items)
+        .with_nested(nested)
+        .with_commit(Some(self.idx), time(self.committed_at)))
     }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> Result<T, BadRow> {
+    serde_json::from_str(text).map_err(|source| BadRow::Json { column, source })
 }

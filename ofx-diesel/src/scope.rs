@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use diesel_async::{AsyncConnection, TransactionManager};
-use ofx_core::{CallKind, CommandCall, CommandFilter, CommandFuture, Next};
+use ofx_core::{CommitOutcome, Committed, Hub, Operation, OperationScope, ScopeFuture};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::backend::Backend;
@@ -14,44 +14,37 @@ use crate::db_hub::{DbHub, DbInner};
 use crate::row::{MAX_PAYLOAD_BYTES, NewOperationRow, micros};
 use crate::{Error, Result};
 
-/// The priority of [`DbOperationScope`]: inside the in-memory scope (which then notifies the
-/// completion), outside the invalidation filter.
-pub const DATABASE_OPERATION_SCOPE: i32 = 90_000;
-
-/// The database operation scope filter. For an outermost command whose handlers asked for
-/// [`DbHub::operation_connection`]: on success it inserts the operation row and commits the
-/// transaction; on any failure it rolls back, so that no business row, no operation row and no
-/// invalidation remain. A command that touched no database is left to the in-memory scope.
+/// The database scope of one operation: begun by the first
+/// [`DbHub::operation_connection`] of its commands (which begins the transaction they all
+/// share), committed by the core after the outermost main branch succeeded: the operation's row
+/// is inserted in the same transaction, then `COMMIT`. On any failure everything is rolled
+/// back, so that no business row, no operation row and no invalidation remain.
 ///
-/// When `COMMIT` fails with an unknown outcome, it looks the operation's uuid up on a fresh
-/// connection (a few times over [`DbSettings::commit_verification`](crate::DbSettings)), even if
-/// the caller gave up meanwhile, and reports the truth: success, [`Error::CommitFailed`] or
+/// When `COMMIT` fails with an unknown outcome, the outcome is verified (see
+/// [`DbSettings::commit_verification`](crate::DbSettings)), even if the caller gave up
+/// meanwhile: committed, [`Error::CommitFailed`] when certainly not, or
 /// [`Error::CommitInDoubt`].
 pub struct DbOperationScope<B: Backend> {
-    db: DbHub<B>,
+    db: Arc<DbInner<B>>,
+    connection: Arc<Mutex<Option<B::Pooled>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for DbOperationScope<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbOperationScope")
             .field("backend", &B::NAME)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl<B: Backend> DbOperationScope<B> {
-    pub(crate) fn new(db: DbHub<B>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<DbInner<B>>) -> Self {
+        Self {
+            db,
+            connection: Arc::new(Mutex::new(None)),
+        }
     }
-}
 
-/// The state of one operation's database scope, shared by its commands through the context.
-pub(crate) struct ScopeState<B: Backend> {
-    pub(crate) db: Arc<DbInner<B>>,
-    connection: Arc<Mutex<Option<B::Pooled>>>,
-}
-
-impl<B: Backend> ScopeState<B> {
     /// The scope's connection, its transaction begun on first use.
     pub(crate) async fn connection(&self) -> Result<OperationConnection<B>> {
         // Held means held by this very operation (its commands run one after another): waiting
@@ -70,20 +63,191 @@ impl<B: Backend> ScopeState<B> {
         Ok(OperationConnection { guard })
     }
 
-    fn take(&self) -> Option<B::Pooled> {
+    /// Takes the connection out for the commit or rollback; `Err` when a handler still holds it.
+    fn take(&self) -> Result<Option<B::Pooled>> {
         self.connection
             .try_lock()
-            .ok()
-            .and_then(|mut guard| guard.take())
+            .map(|mut guard| guard.take())
+            .map_err(|_| Error::ConnectionInUse)
+    }
+
+    fn db(&self) -> DbHub<B> {
+        DbHub {
+            inner: Arc::clone(&self.db),
+        }
+    }
+
+    /// Inserts the operation row and commits, verifying an ambiguous commit.
+    async fn store(&self, operation: &Operation) -> CommitOutcome {
+        let mut connection = match self.take() {
+            Ok(Some(connection)) => connection,
+            // Begun, but no connection was taken (a handler ignored the error of
+            // `operation_connection`): the operation is still stored.
+            Ok(None) => match self.connection().await {
+                Ok(guard) => match self.take() {
+                    Ok(Some(connection)) => {
+                        drop(guard);
+                        connection
+                    }
+                    _ => return CommitOutcome::NotCommitted(Error::ConnectionInUse.into()),
+                },
+                Err(error) => return CommitOutcome::NotCommitted(error.into()),
+            },
+            Err(error) => return CommitOutcome::NotCommitted(error.into()),
+        };
+        let row = match EncodedOperation::new(operation) {
+            Ok(row) => row,
+            Err(error) => {
+                rollback::<B>(&mut connection).await;
+                return CommitOutcome::NotCommitted(error.into());
+            }
+        };
+        let committed_at = SystemTime::now();
+        if let Err(error) = B::insert_operation(&mut connection, row.new_row(committed_at)).await {
+            rollback::<B>(&mut connection).await;
+            return CommitOutcome::NotCommitted(error.into());
+        }
+        let sequence = None;
+        let fault = self
+            .db
+            .fault
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(fault) = fault {
+            fault(&mut connection).await;
+        }
+        let committed = <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(
+            &mut connection,
+        )
+        .await;
+        match committed {
+            Ok(()) => CommitOutcome::Committed(Committed::new(sequence, committed_at)),
+            Err(source) => {
+                B::discard(connection);
+                tracing::warn!(operation = %operation.uuid, %source, "commit failed; verifying");
+                // The answer decides whether the command happened: ask even if our caller is
+                // cancelled meanwhile.
+                let db = self.db();
+                let uuid = row.uuid.clone();
+                let verification = tokio::spawn(async move { verify_commit(&db, &uuid).await });
+                match verification.await {
+                    Ok(Ok(true)) => {
+                        CommitOutcome::Committed(Committed::new(sequence, committed_at))
+                    }
+                    Ok(Ok(false)) => CommitOutcome::NotCommitted(
+                        Error::CommitFailed {
+                            operation: operation.uuid,
+                            source,
+                        }
+                        .into(),
+                    ),
+                    Ok(Err(reason)) => CommitOutcome::InDoubt(
+                        Error::CommitInDoubt {
+                            operation: operation.uuid,
+                            reason,
+                        }
+                        .into(),
+                    ),
+                    Err(join) => CommitOutcome::InDoubt(
+                        Error::CommitInDoubt {
+                            operation: operation.uuid,
+                            reason: join.to_string(),
+                        }
+                        .into(),
+                    ),
+                }
+            }
+        }
     }
 }
 
-impl<B: Backend> Drop for ScopeState<B> {
+impl<B: Backend> OperationScope for DbOperationScope<B> {
+    fn commit<'a>(&'a self, operation: &'a Operation) -> ScopeFuture<'a, CommitOutcome> {
+        Box::pin(self.store(operation))
+    }
+
+    fn rollback(&self) -> ScopeFuture<'_, ()> {
+        Box::pin(async move {
+            match self.take() {
+                Ok(Some(mut connection)) => rollback::<B>(&mut connection).await,
+                // No transaction was begun; or a handler still holds it, and dropping this
+                // scope closes it.
+                Ok(None) | Err(_) => {}
+            }
+        })
+    }
+
+    fn after_commit(&self, hub: &Hub, _operation: &Operation) {
+        // After the commit, never inside the transaction: a wake-up must not announce what may
+        // still roll back (and NOTIFY inside a transaction serializes committers).
+        if let Some(watcher) = self.db().watcher_of(hub) {
+            watcher.notify();
+        }
+    }
+}
+
+impl<B: Backend> Drop for DbOperationScope<B> {
     fn drop(&mut self) {
         // Dropped with a transaction open (the command was cancelled): the connection must not
         // go back to the pool mid-transaction. Closing it makes the server roll back.
-        if let Some(connection) = self.take() {
+        if let Ok(Some(connection)) = self.take() {
             B::discard(connection);
+        }
+    }
+}
+
+/// An operation's JSON columns, encoded and checked against the log's size limit.
+struct EncodedOperation {
+    uuid: String,
+    host_id: String,
+    logged_at: i64,
+    command_name: String,
+    command_json: String,
+    items_json: String,
+    nested_json: String,
+}
+
+impl EncodedOperation {
+    fn new(operation: &Operation) -> Result<Self> {
+        let encode = |value: std::result::Result<String, serde_json::Error>| {
+            value.map_err(|source| Error::Encode {
+                operation: operation.uuid,
+                source,
+            })
+        };
+        let command_json = encode(serde_json::to_string(&operation.command))?;
+        let items_json = encode(serde_json::to_string(&operation.items))?;
+        let nested_json = encode(serde_json::to_string(&operation.nested))?;
+        let size = command_json.len() + items_json.len() + nested_json.len();
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(Error::PayloadTooLarge {
+                operation: operation.uuid,
+                size,
+                limit: MAX_PAYLOAD_BYTES,
+            });
+        }
+        Ok(Self {
+            uuid: operation.uuid.to_string(),
+            host_id: operation.host_id.to_string(),
+            logged_at: micros(operation.logged_at),
+            command_name: operation.command_name.clone(),
+            command_json,
+            items_json,
+            nested_json,
+        })
+    }
+
+    fn new_row(&self, committed_at: SystemTime) -> NewOperationRow<'_> {
+        NewOperationRow {
+            uuid: &self.uuid,
+            host_id: &self.host_id,
+            logged_at: self.logged_at,
+            committed_at: micros(committed_at),
+            command_name: &self.command_name,
+            command_json: &self.command_json,
+            items_json: &self.items_json,
+            nested_json: &self.nested_json,
         }
     }
 }
@@ -119,127 +283,6 @@ impl<B: Backend> DerefMut for OperationConnection<B> {
             Some(connection) => connection,
             None => unreachable!("an operation connection holds its connection"),
         }
-    }
-}
-
-impl<B: Backend> CommandFilter for DbOperationScope<B> {
-    fn priority(&self) -> i32 {
-        DATABASE_OPERATION_SCOPE
-    }
-
-    fn run<'a>(&'a self, call: &'a CommandCall, next: Next<'a>) -> CommandFuture<'a> {
-        if call.context().kind() != CallKind::Outermost {
-            return next.run(call);
-        }
-        Box::pin(async move {
-            let state = Arc::new(ScopeState {
-                db: Arc::clone(&self.db.inner),
-                connection: Arc::new(Mutex::new(None)),
-            });
-            call.context().context_items().set(Arc::clone(&state));
-            let result = next.run(call).await;
-            let Some(mut connection) = state.take() else {
-                return result; // no database work: an in-memory operation
-            };
-            let output = match result {
-                Ok(output) => output,
-                Err(error) => {
-                    rollback::<B>(&mut connection).await;
-                    return Err(error);
-                }
-            };
-            match self.commit(call, &mut connection).await {
-                Ok(()) => Ok(output),
-                Err(error) => Err(error.into()),
-            }
-        })
-    }
-}
-
-impl<B: Backend> DbOperationScope<B> {
-    /// Inserts the operation row and commits, verifying an ambiguous commit.
-    async fn commit(&self, call: &CommandCall, connection: &mut B::Pooled) -> Result<()> {
-        let operation = match call.finish_operation() {
-            Ok(operation) => operation,
-            Err(error) => {
-                rollback::<B>(connection).await;
-                return Err(Error::Connect(error.to_string()));
-            }
-        };
-        let command_json = serde_json::to_string(&operation.command)?;
-        let items_json = serde_json::to_string(&operation.items)?;
-        let nested_json = serde_json::to_string(&operation.nested)?;
-        let size = command_json.len() + items_json.len() + nested_json.len();
-        if size > MAX_PAYLOAD_BYTES {
-            rollback::<B>(connection).await;
-            return Err(Error::Connect(format!(
-                "operation {} is {size} bytes, over the log's limit of {MAX_PAYLOAD_BYTES}",
-                operation.uuid
-            )));
-        }
-        let uuid = operation.uuid.to_string();
-        let row = NewOperationRow {
-            uuid: &uuid,
-            host_id: &operation.host_id,
-            logged_at: micros(operation.logged_at),
-            committed_at: micros(SystemTime::now()),
-            command_name: &operation.command_name,
-            command_json: &command_json,
-            items_json: &items_json,
-            nested_json: &nested_json,
-        };
-        if let Err(error) = B::insert_operation(connection, row).await {
-            rollback::<B>(connection).await;
-            return Err(error);
-        }
-        let fault = self
-            .db
-            .inner
-            .fault
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(fault) = fault {
-            fault(connection).await;
-        }
-        let committed =
-            match <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(
-                connection,
-            )
-            .await
-            {
-                Ok(()) => Ok(()),
-                Err(source) => {
-                    tracing::warn!(operation = %operation.uuid, %source, "commit failed; verifying");
-                    // The answer decides whether the command happened: ask even if our caller is
-                    // cancelled meanwhile.
-                    let db = self.db.clone();
-                    let verification = tokio::spawn(async move { verify_commit(&db, &uuid).await });
-                    match verification.await {
-                        Ok(Ok(true)) => Ok(()),
-                        Ok(Ok(false)) => Err(Error::CommitFailed {
-                            operation: operation.uuid,
-                            source,
-                        }),
-                        Ok(Err(reason)) => Err(Error::CommitInDoubt {
-                            operation: operation.uuid,
-                            reason,
-                        }),
-                        Err(join) => Err(Error::CommitInDoubt {
-                            operation: operation.uuid,
-                            reason: join.to_string(),
-                        }),
-                    }
-                }
-            };
-        if committed.is_ok()
-            && let Some(watcher) = self.db.watcher()
-        {
-            // After the commit, never inside the transaction: a wake-up must not announce what
-            // may still roll back (and NOTIFY inside a transaction serializes committers).
-            watcher.notify();
-        }
-        committed
     }
 }
 

@@ -76,6 +76,7 @@
 
 mod backoff;
 mod error;
+mod factory;
 mod shared;
 mod stats;
 
@@ -87,6 +88,7 @@ mod postgres;
 mod redis;
 
 pub use error::{Error, Result};
+pub use factory::{StartWatcher, WatcherFactory};
 pub use ofx_core::LogWatcher;
 pub use stats::{StatsSnapshot, WatcherStats};
 

@@ -207,6 +207,17 @@ enum Wakeup {
 }
 
 impl Wakeup {
+    /// Sets this wake-up's watcher (if it has one) on `db`, for the log `log`.
+    fn set_watcher<B: Backend>(&self, db: &DbHub<B>, log: &str) {
+        match self {
+            Self::Polling => Ok(()),
+            Self::Fs(dir) => db.set_watcher(ofx_watchers::FsWatcher::factory(dir, log)),
+            Self::Postgres(url) => db.set_watcher(ofx_watchers::PgWatcher::factory(url, log)),
+            Self::Redis(url) => db.set_watcher(ofx_watchers::RedisWatcher::factory(url, log)),
+        }
+        .expect("the watcher is set before the hub starts");
+    }
+
     /// A watcher for `host_id` on the log `log`, if this wake-up has one.
     async fn watcher(
         &self,
@@ -214,18 +225,26 @@ impl Wakeup {
         host_id: HostId,
         stop: CancellationToken,
     ) -> Option<Arc<dyn LogWatcher>> {
-        Some(match self {
+        use ofx_core::LogWatcherFactory;
+        let started = match self {
             Self::Polling => return None,
-            Self::Fs(dir) => ofx_watchers::FsWatcher::start(dir, log, host_id, stop)
-                .await
-                .expect("the file-system watcher starts"),
-            Self::Postgres(url) => ofx_watchers::PgWatcher::start(url, log, host_id, stop)
-                .await
-                .expect("the PostgreSQL watcher starts"),
-            Self::Redis(url) => ofx_watchers::RedisWatcher::start(url, log, host_id, stop)
-                .await
-                .expect("the Redis watcher starts"),
-        })
+            Self::Fs(dir) => {
+                ofx_watchers::FsWatcher::factory(dir, log)
+                    .start(host_id, stop)
+                    .await
+            }
+            Self::Postgres(url) => {
+                ofx_watchers::PgWatcher::factory(url, log)
+                    .start(host_id, stop)
+                    .await
+            }
+            Self::Redis(url) => {
+                ofx_watchers::RedisWatcher::factory(url, log)
+                    .start(host_id, stop)
+                    .await
+            }
+        };
+        Some(started.expect("the watcher starts"))
     }
 }
 
@@ -245,6 +264,7 @@ where
         let mut settings = DbSettings::default();
         settings.poll_period = POLL_PERIOD;
         settings.poll_period_with_watcher = WATCHER_POLL;
+        settings.read_log = read;
         let db = DbHub::<B>::open(url, settings)
             .await
             .expect("the database opens");
@@ -254,26 +274,18 @@ where
             .batch_execute(SCHEMA)
             .await
             .expect("the counters table is created");
+        wakeup.set_watcher(&db, log);
         let hub = Hub::builder()
-            .filter(db.operation_scope())
-            .build()
-            .expect("the hub builds");
+            .with(db.clone())
+            .start()
+            .await
+            .expect("the hub starts");
         let counters = Arc::new(Counters {
             hub: hub.clone(),
             db: db.clone(),
         });
         hub.add_service(&counters);
-        let reader = if read {
-            let watcher = wakeup
-                .watcher(log, hub.host_id().clone(), hub.shutdown_token())
-                .await;
-            if let Some(watcher) = watcher {
-                db.set_watcher(watcher); // before the reader starts: it takes the watcher then
-            }
-            Some(db.start_log_reader(&hub))
-        } else {
-            None
-        };
+        let reader = db.log_reader(&hub);
         Self {
             counters,
             _reader: reader,
@@ -921,7 +933,7 @@ where
         counters
             .hub
             .commander()
-            .replay(&operation)
+            .replay(operation.clone())
             .await
             .expect("the operation replays");
         let replayed = Instant::now();

@@ -205,41 +205,30 @@ where
                 .batch_execute(SCHEMA)
                 .await
                 .unwrap();
-            let hub = Hub::builder().filter(db.operation_scope()).build().unwrap();
+            match wakeup {
+                Wakeup::Polling(_) => {}
+                Wakeup::Fs(dir) => db
+                    .set_watcher(ofx_watchers::FsWatcher::factory(dir, &log))
+                    .unwrap(),
+                Wakeup::Postgres(server) => db
+                    .set_watcher(ofx_watchers::PgWatcher::factory(
+                        &format!("{server}/postgres"),
+                        &log,
+                    ))
+                    .unwrap(),
+                Wakeup::Redis(server) => db
+                    .set_watcher(ofx_watchers::RedisWatcher::factory(server, &log))
+                    .unwrap(),
+            }
+            // One step: the watcher, the log reader and the trimmer start with the hub.
+            let hub = Hub::builder().with(db.clone()).start().await.unwrap();
             let counters = Arc::new(Counters {
                 hub: hub.clone(),
                 db: db.clone(),
                 main_runs: Arc::clone(&main_runs),
             });
             hub.add_service(&counters);
-            let (host_id, stop) = (hub.host_id().clone(), hub.shutdown_token());
-            let watcher: Option<Arc<dyn ofx_core::LogWatcher>> = match wakeup {
-                Wakeup::Polling(_) => None,
-                Wakeup::Fs(dir) => Some(
-                    ofx_watchers::FsWatcher::start(dir, &log, host_id, stop)
-                        .await
-                        .unwrap(),
-                ),
-                Wakeup::Postgres(server) => Some(
-                    ofx_watchers::PgWatcher::start(
-                        &format!("{server}/postgres"),
-                        &log,
-                        host_id,
-                        stop,
-                    )
-                    .await
-                    .unwrap(),
-                ),
-                Wakeup::Redis(server) => Some(
-                    ofx_watchers::RedisWatcher::start(server, &log, host_id, stop)
-                        .await
-                        .unwrap(),
-                ),
-            };
-            if let Some(watcher) = watcher {
-                db.set_watcher(watcher);
-            }
-            let reader = db.start_log_reader(&hub);
+            let reader = db.log_reader(&hub).unwrap();
             hosts.push(Host { counters, reader });
         }
         Self { hosts, main_runs }

@@ -35,8 +35,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::temp_dir().join(format!("ofx-todos-{}.db", uuid::Uuid::new_v4().simple()));
     let path = path.to_string_lossy().into_owned();
     info!(%path, "todos live in SQLite");
+    let which = std::env::var("OFX_WATCHER").unwrap_or_else(|_| "fs".to_owned());
+    let watch_dir = std::env::temp_dir().join(format!("ofx-todos-watch-{}", std::process::id()));
+    // A host in three steps: the database (and how other hosts wake this one), the hub with
+    // it (its log reader, trimmer and watcher start here), the service.
     let db = DbHub::<Sqlite>::open(&path, DbSettings::default()).await?;
-    let hub = Hub::builder().filter(db.operation_scope()).build()?;
+    set_watcher(&db, &which, &watch_dir)?;
+    let hub = Hub::builder().with(db.clone()).start().await?;
     let todos = Todos::open(&hub, db.clone()).await?;
     let commander = hub.commander();
     let alice = || "alice".to_owned();
@@ -109,7 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for line in todos.activity(alice()).await? {
         info!(%line, "activity(alice)");
     }
-    two_hosts(&path, &hub, &db).await?;
+    two_hosts(&path, &hub, &which, &watch_dir).await?;
 
     let mut connection = db.connection().await?;
     let logged: i64 = diesel_async::RunQueryDsl::get_result(
@@ -131,60 +136,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Wakes this host's log reader when another host commits, and the others when this one does,
+/// through the transport `which` names: `fs` (the default), `postgres`, `redis` or `none`.
+fn set_watcher(
+    db: &DbHub<Sqlite>,
+    which: &str,
+    watch_dir: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match which {
+        "none" => {}
+        "postgres" => {
+            let url = std::env::var("OFX_POSTGRES")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            db.set_watcher(ofx_watchers::PgWatcher::factory(&url, "todos"))?;
+        }
+        "redis" => {
+            let url =
+                std::env::var("OFX_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+            db.set_watcher(ofx_watchers::RedisWatcher::factory(&url, "todos"))?;
+        }
+        _ => db.set_watcher(ofx_watchers::FsWatcher::factory(watch_dir, "todos"))?,
+    }
+    Ok(())
+}
+
 /// Host B on the same database, woken by a watcher: its cached value goes stale when host A
 /// commits, and is recomputed.
 async fn two_hosts(
     path: &str,
     hub_a: &Hub,
-    db_a: &DbHub<Sqlite>,
+    which: &str,
+    watch_dir: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use ofx_core::LogWatcher;
-    use std::sync::Arc;
     use std::time::Instant;
 
-    let which = std::env::var("OFX_WATCHER").unwrap_or_else(|_| "fs".to_owned());
     info!(watcher = %which, "7. host B opens the same database; a watcher wakes its log reader");
-    let watch_dir = std::env::temp_dir().join(format!("ofx-todos-watch-{}", std::process::id()));
-    let watcher_for =
-        async |hub: &Hub| -> Result<Option<Arc<dyn LogWatcher>>, Box<dyn std::error::Error>> {
-            let (host, stop) = (hub.host_id().clone(), hub.shutdown_token());
-            Ok(match which.as_str() {
-                "none" => None,
-                "postgres" => {
-                    let url = std::env::var("OFX_POSTGRES").unwrap_or_else(|_| {
-                        "postgres://postgres@127.0.0.1:5432/postgres".to_owned()
-                    });
-                    Some(
-                        ofx_watchers::PgWatcher::start(&url, "todos", host, stop).await?
-                            as Arc<dyn LogWatcher>,
-                    )
-                }
-                "redis" => {
-                    let url = std::env::var("OFX_REDIS")
-                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-                    Some(
-                        ofx_watchers::RedisWatcher::start(&url, "todos", host, stop).await?
-                            as Arc<dyn LogWatcher>,
-                    )
-                }
-                _ => Some(
-                    ofx_watchers::FsWatcher::start(&watch_dir, "todos", host, stop).await?
-                        as Arc<dyn LogWatcher>,
-                ),
-            })
-        };
-    // Host A's database scope notifies its watcher after each commit.
-    if let Some(watcher) = watcher_for(hub_a).await? {
-        db_a.set_watcher(watcher);
-    }
     let db_b = DbHub::<Sqlite>::open(path, DbSettings::default()).await?;
-    let hub_b = Hub::builder().filter(db_b.operation_scope()).build()?;
-    if let Some(watcher) = watcher_for(&hub_b).await? {
-        db_b.set_watcher(watcher);
-    }
+    set_watcher(&db_b, which, watch_dir)?;
+    let hub_b = Hub::builder().with(db_b.clone()).start().await?;
     let todos_b = Todos::open(&hub_b, db_b.clone()).await?;
-    let reader_b = db_b.start_log_reader(&hub_b);
-    reader_b.wait_for(0).await;
 
     for round in 1..=3 {
         let (open, computed) = capture(todos_b.open_count("alice".to_owned())).await?;
@@ -208,7 +198,6 @@ async fn two_hosts(
             "host B: stale after host A's command, recomputed"
         );
     }
-    drop(reader_b);
     Ok(())
 }
 
@@ -222,9 +211,8 @@ async fn follow(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut settings = DbSettings::default();
     settings.poll_period = std::time::Duration::from_millis(20);
     let db = DbHub::<Sqlite>::open(path, settings).await?;
-    let hub = Hub::builder().filter(db.operation_scope()).build()?;
+    let hub = Hub::builder().with(db.clone()).start().await?;
     let todos = Todos::open(&hub, db.clone()).await?;
-    let reader = db.start_log_reader(&hub);
     let mut stdin = tokio::io::stdin();
     let mut closed = Box::pin(async move {
         let mut buffer = [0_u8; 64];
@@ -244,7 +232,6 @@ async fn follow(path: &str) -> Result<(), Box<dyn std::error::Error>> {
         writeln!(stdout, "invalidated {:?}", list?)?;
         stdout.flush()?;
     }
-    drop(reader);
     Ok(())
 }
 
@@ -259,9 +246,9 @@ async fn check(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut settings = DbSettings::default();
     settings.poll_period = std::time::Duration::from_millis(20);
     let db = DbHub::<Sqlite>::open(path, settings).await?;
-    let hub = Hub::builder().filter(db.operation_scope()).build()?;
+    let hub = Hub::builder().with(db.clone()).start().await?;
     let todos = Todos::open(&hub, db.clone()).await?;
-    let reader = db.start_log_reader(&hub);
+    let reader = db.log_reader(&hub).ok_or("the hub runs no log reader")?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = std::io::stdout();
     while let Some(line) = lines.next_line().await? {

@@ -26,10 +26,11 @@ fn temp_file() -> String {
 async fn host(path: &str, read: bool) -> (Hub, Arc<Todos>, Option<LogReader>) {
     let mut settings = DbSettings::default();
     settings.poll_period = Duration::from_millis(20);
+    settings.read_log = read;
     let db = DbHub::<Sqlite>::open(path, settings).await.unwrap();
-    let hub = Hub::builder().filter(db.operation_scope()).build().unwrap();
+    let hub = Hub::builder().with(db.clone()).start().await.unwrap();
     let todos = Todos::open(&hub, db.clone()).await.unwrap();
-    let reader = read.then(|| db.start_log_reader(&hub));
+    let reader = db.log_reader(&hub);
     (hub, todos, reader)
 }
 

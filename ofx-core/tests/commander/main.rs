@@ -7,5 +7,6 @@
 mod common;
 
 mod calls;
+mod lifecycle;
 mod pipeline;
 mod replay;

@@ -148,6 +148,24 @@ accounts_service!(
     "pg_accounts.deposit"
 );
 
+/// A watcher started already, shared by the hosts of a test.
+#[derive(Debug)]
+pub(crate) struct Started(pub(crate) Arc<dyn ofx_core::LogWatcher>);
+
+impl ofx_core::LogWatcherFactory for Started {
+    fn start(
+        &self,
+        _host_id: ofx_core::HostId,
+        _stop: tokio_util::sync::CancellationToken,
+    ) -> ofx_core::ScopeFuture<
+        '_,
+        Result<Arc<dyn ofx_core::LogWatcher>, Box<dyn std::error::Error + Send + Sync>>,
+    > {
+        let watcher = Arc::clone(&self.0);
+        Box::pin(async move { Ok(watcher) })
+    }
+}
+
 /// One host: a hub with the database scope, the service, and (if started) a log reader.
 pub(crate) struct Host<B: Backend> {
     pub(crate) accounts: Arc<Accounts<B>>,
@@ -168,17 +186,20 @@ where
         read: bool,
         watcher: Option<Arc<dyn ofx_core::LogWatcher>>,
     ) -> Self {
+        let mut settings = settings;
+        // A host that only writes runs no reader (its watcher still announces its commits).
+        settings.read_log = read;
         let db = DbHub::<B>::open(url, settings).await.unwrap();
         if let Some(watcher) = watcher {
-            db.set_watcher(watcher);
+            db.set_watcher(Started(watcher)).unwrap();
         }
-        let hub = Hub::builder().filter(db.operation_scope()).build().unwrap();
+        let hub = Hub::builder().with(db.clone()).start().await.unwrap();
         let accounts = Arc::new(Accounts {
             hub: hub.clone(),
             db: db.clone(),
         });
         hub.add_service(&accounts);
-        let reader = read.then(|| db.start_log_reader(&hub));
+        let reader = db.log_reader(&hub);
         Self { accounts, reader }
     }
 
@@ -194,6 +215,19 @@ where
 
     pub(crate) async fn balance(&self, id: i64) -> Result<i64, String> {
         self.accounts.balance_of(id).await
+    }
+
+    /// Deposits, and returns the operation's sequence number in the log.
+    pub(crate) async fn deposit_sequence(&self, id: i64, amount: i64) -> i64 {
+        let command = <Accounts<B> as HostService>::Deposit::new(id, amount, false);
+        let executed = self
+            .accounts
+            .hub
+            .commander()
+            .call_committed(command)
+            .await
+            .unwrap();
+        executed.committed.unwrap().sequence.unwrap()
     }
 
     pub(crate) fn stats(&self) -> &ofx_diesel::ReaderStats {

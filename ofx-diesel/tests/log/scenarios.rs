@@ -137,15 +137,21 @@ where
     let b = Host::<B>::open(url, fast(), false).await;
     let (_, unrelated) = capture(b.balance(99)).await.unwrap();
     // A host that was down: its reader resumes from index 0, below what was trimmed.
-    let reader = b.accounts.db.start_log_reader_at(&b.accounts.hub, Some(0));
+    let reader = b
+        .accounts
+        .db
+        .start_log_reader_at(&b.accounts.hub, Some(0))
+        .await
+        .unwrap();
     invalidated(&unrelated).await;
     assert_eq!(reader.stats().coverage_losses.load(Ordering::Relaxed), 1);
     // A reader that is not behind loses nothing.
-    let (_, kept) = capture(b.balance(98)).await.unwrap();
-    let up_to_date = b.accounts.db.start_log_reader(&b.accounts.hub);
-    a.deposit(5, 1, false).await.unwrap();
-    reader.wait_for(5).await;
-    up_to_date.wait_for(5).await;
+    let c = Host::<B>::open(url, fast(), true).await;
+    let up_to_date = c.reader.as_ref().unwrap();
+    let (_, kept) = capture(c.balance(98)).await.unwrap();
+    let sequence = a.deposit_sequence(5, 1).await;
+    reader.wait_for(sequence).await;
+    up_to_date.wait_for(sequence).await;
     assert_eq!(
         up_to_date.stats().coverage_losses.load(Ordering::Relaxed),
         0
