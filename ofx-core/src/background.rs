@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use tokio::sync::watch;
 
 /// What a background task is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +23,17 @@ pub enum TaskState {
 }
 
 /// The health of one background task, shared with its owner's stats.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TaskHealth {
-    state: AtomicU8,
+    state: watch::Sender<TaskState>,
+}
+
+impl Default for TaskHealth {
+    fn default() -> Self {
+        Self {
+            state: watch::Sender::new(TaskState::Idle),
+        }
+    }
 }
 
 impl TaskHealth {
@@ -36,12 +44,7 @@ impl TaskHealth {
 
     /// The task's state.
     pub fn state(&self) -> TaskState {
-        match self.state.load(Ordering::Acquire) {
-            0 => TaskState::Idle,
-            1 => TaskState::Running,
-            2 => TaskState::Stopped,
-            _ => TaskState::Crashed,
-        }
+        *self.state.borrow()
     }
 
     /// Whether the task ended unexpectedly.
@@ -49,14 +52,21 @@ impl TaskHealth {
         self.state() == TaskState::Crashed
     }
 
+    /// Waits until the task has ended (stopped or crashed), and returns how.
+    pub async fn ended(&self) -> TaskState {
+        let mut state = self.state.subscribe();
+        match state
+            .wait_for(|state| matches!(state, TaskState::Stopped | TaskState::Crashed))
+            .await
+        {
+            Ok(state) => *state,
+            // The sender lives in `self`: it cannot be gone while borrowed.
+            Err(_) => self.state(),
+        }
+    }
+
     fn set(&self, state: TaskState) {
-        let value = match state {
-            TaskState::Idle => 0,
-            TaskState::Running => 1,
-            TaskState::Stopped => 2,
-            TaskState::Crashed => 3,
-        };
-        self.state.store(value, Ordering::Release);
+        self.state.send_replace(state);
     }
 }
 

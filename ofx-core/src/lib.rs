@@ -21,8 +21,10 @@
 //! | [`Command`] | a serializable request that changes state, with a stable name (`#[derive(Command)]`). |
 //! | command handler | `#[command_handler] async fn(&self, command: C, ctx: &CommandContext) -> Result<C::Output, E>` in a [`#[service]`](service) impl. Its leading `invalidate! { .. }` is the **invalidation branch** (run after success on every host); the rest is the **main branch** (run once). |
 //! | [`Commander`] | runs a command through the [filter pipeline](commander::pipeline) to its handler; a command called inside a handler is **nested**. |
-//! | [`Operation`] | the record of one executed command: uuid, host, command, [operation items](OperationItems), nested commands. |
-//! | [`OperationCompletionNotifier`] | learns that operations completed (here or, replayed, elsewhere), once per uuid, and runs their invalidation. |
+//! | [`Operation`] | the record of one executed command: uuid, host, command, [operation items](OperationItems), nested commands, its log sequence and commit time. |
+//! | [`OperationScope`] | where an operation commits: begun lazily by the storage a handler uses (ofx-diesel's database transaction), answering a typed [`CommitOutcome`]: committed (with its sequence), not committed, or in doubt. Without one, an operation commits in memory. |
+//! | [`OperationCompletionNotifier`] | learns that operations completed (here after the commit, or replayed from another host's log), once per uuid, and runs their invalidation pass: nested commands first, then the outer one, each branch's panic caught. |
+//! | [`HubExtension`] | how a storage (a database with its log reader, trimmer and watcher) adds itself to a hub in one step: `Hub::builder().with(db).start().await`. |
 //!
 //! ## Example
 //!
@@ -101,7 +103,21 @@
 //! - [`computed`]: the semantics of cached values, invalidation, eviction and capture.
 //! - [`compute_method`] and [`invalidate!`]: the macros and their options.
 //! - [`command`], [`commander`], [`operation`]: commands, the pipeline (its order is documented
-//!   in [`commander::pipeline`]), operations and their completion.
+//!   in [`commander::pipeline`]), and the life of an operation (documented in [`operation`]).
+//! - [`background`]: background tasks that never die silently.
+//!
+//! ## Promises
+//!
+//! - **Read-your-writes**: when `call` returns, this host's invalidations are done.
+//! - **No stale read after an invalidation**: a compute call that starts after an
+//!   invalidation returned never gets a value computed from what was invalidated, whatever is in
+//!   flight (tested with the interleavings forced by barriers, in `tests/computed`).
+//! - **No false failure**: a call fails with the storage's error only when its operation
+//!   certainly did not commit; when the storage cannot know, [`Error::CommitInDoubt`].
+//! - **Filters see main branches only**; the invalidation pass never goes through them.
+//! - **A panic in an invalidation branch** is caught, logged with the operation and command,
+//!   counted ([`OperationCompletionNotifier::panic_count`]); the caller still gets its result,
+//!   and a log reader goes on.
 //! - [`Hub`], [`HubBuilder`]: a host's runtime and its settings.
 //!
 //! ## Features

@@ -9,23 +9,41 @@
 //!
 //! | piece | what it does |
 //! |---|---|
-//! | [`DbHub`] | one database: its pool, settings and migrations ([`DbHub::open`]) |
-//! | [`DbOperationScope`] | the command filter (priority [`DATABASE_OPERATION_SCOPE`]): the first [`DbHub::operation_connection`] of a command begins a transaction that its nested commands share; on success the operation row is inserted and the transaction committed (an ambiguous commit is verified by uuid), on failure everything is rolled back |
-//! | [`LogReader`] | polls the log (jittered, or when woken), skips what this hub completed (by uuid), decodes each operation through the compile-time registry and replays its invalidation; unreadable rows are logged and skipped |
+//! | [`DbHub`] | one database: its pool, settings and migrations ([`DbHub::open`]); added to a hub with `HubBuilder::with`, it starts there its watcher, [`LogReader`] and [`Trimmer`] |
+//! | [`DbOperationScope`] | the operation's [`OperationScope`](ofx_core::OperationScope): the first [`DbHub::operation_connection`] of a command begins a transaction that its nested commands share; after the outermost main branch succeeded, the operation row is inserted and the transaction committed (an ambiguous commit is verified), on failure everything is rolled back |
+//! | [`LogReader`] | polls the log (jittered, or when woken), skips what this hub completed (by uuid), decodes each operation through the compile-time registry and replays its invalidation; unreadable rows are logged and skipped, replays that fail for a passing reason are retried |
 //! | [`Trimmer`] | deletes operations older than the log's max age, in bounded batches |
+//!
+//! A host in three steps (the order cannot be wrong: a watcher set after the hub started is an
+//! error, and a command on a hub the database is not attached to is refused):
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use ofx_diesel::{DbHub, DbSettings, Sqlite};
 //!
 //! let db = DbHub::<Sqlite>::open("app.db", DbSettings::default()).await?;
-//! let hub = ofx_core::Hub::builder().filter(db.operation_scope()).build()?;
-//! let reader = db.start_log_reader(&hub);      // replays other hosts' operations
-//! let trimmer = db.start_trimmer(hub.shutdown_token());
-//! // handlers: `let mut conn = db.operation_connection(ctx).await?;` then Diesel queries on `&mut *conn`
-//! # drop((reader, trimmer)); Ok(()) }
+//! // db.set_watcher(ofx_watchers::FsWatcher::factory("/run/app", "app"))?;
+//! let hub = ofx_core::Hub::builder().with(db.clone()).start().await?;
+//! // hub.add_service(&service); handlers: `let mut conn = db.operation_connection(ctx).await?;`
+//! # drop(hub); Ok(()) }
 //! ```
 //!
+//! ## The promises, and how they are tested
+//!
+//! - **No false failure.** A command whose `COMMIT` broke is reported failed
+//!   ([`Error::CommitFailed`]) only when the database says it did not commit; when that cannot
+//!   be known in time, [`Error::CommitInDoubt`] (the core's `Error::CommitInDoubt`). Tested
+//!   through a TCP proxy that cuts the connection before, during and after `COMMIT`.
+//! - **Exact reader start.** A reader misses no operation that commits after it started, however
+//!   long its transaction was open; a reader started again on its hub resumes (see
+//!   [`DbHub::start_log_reader`]). Tested with a transaction held open across a reader's start,
+//!   and with a reader stopped while other hosts commit.
+//! - **Read-your-writes across hosts.** `Commander::call_committed` returns the operation's log
+//!   sequence; [`LogReader::wait_replayed`] waits until another host replayed it.
+//! - **Bad rows are isolated**, counted and skipped; a replay that fails for a reason that may
+//!   pass is retried ([`DbSettings::replay_retry_window`]); a panicking invalidation branch is
+//!   caught and the reader goes on.
+
 //! ## Rows that commit out of order
 //!
 //! On PostgreSQL, concurrent transactions take sequence values in one order and may commit in

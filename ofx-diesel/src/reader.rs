@@ -1,20 +1,6 @@
 //! The log reader: replays on this hub the operations other hosts committed.
 //!
-//! # Where a reader starts
-//!
-//! A reader keeps its position on its hub, so a reader stopped and started again on the same
-//! hub **resumes** where its predecessor stopped (missing nothing in between; if the log was
-//! trimmed past it meanwhile, it invalidates everything, as on any coverage loss).
-//!
-//! A reader with no position (the first on its hub) starts **at the log's end**, exactly:
-//! every operation that commits after [`DbHub::start_log_reader`] returned is replayed,
-//! however long its transaction was open. On PostgreSQL, where a transaction that took an
-//! index before the start may commit after it, the start records the transactions in flight
-//! (`pg_current_snapshot()`), and the reader waits for each to finish, replaying its rows, before
-//! it counts what lies below its start as replayed; the operation row stores its transaction id
-//! for this. Values this hub cached before the start cannot be checked against what committed
-//! before it: if the hub caches anything when its first reader starts, the reader invalidates
-//! everything and says so (start the reader before serving, as `HubBuilder::start` does).
+//! See [`LogReader`] for where a reader starts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,6 +89,22 @@ impl Progress {
 
 /// A running log reader: a cheap handle. The reader stops with its hub, or when
 /// [`stop`](Self::stop) is called, or when every handle (the hub keeps one) is dropped.
+///
+/// # Where a reader starts
+///
+/// A reader keeps its position on its hub, so a reader stopped and started again on the same
+/// hub **resumes** where its predecessor stopped (missing nothing in between; if the log was
+/// trimmed past it meanwhile, it invalidates everything, as on any coverage loss).
+///
+/// A reader with no position (the first on its hub) starts **at the log's end**, exactly:
+/// every operation that commits after [`DbHub::start_log_reader`] returned is replayed,
+/// however long its transaction was open. On PostgreSQL, where a transaction that took an
+/// index before the start may commit after it, the start records the transactions in flight
+/// (`pg_current_snapshot()`), and the reader waits for each to finish, replaying its rows, before
+/// it counts what lies below its start as replayed; the operation row stores its transaction id
+/// for this. Values this hub cached before the start cannot be checked against what committed
+/// before it: if the hub caches anything when its first reader starts, the reader invalidates
+/// everything and says so (start the reader before serving, as `HubBuilder::start` does).
 #[derive(Debug, Clone)]
 pub struct LogReader {
     shared: Arc<Shared>,
@@ -219,8 +221,8 @@ impl ReaderState {
 impl<B: Backend> DbHub<B> {
     /// Starts the reader that replays, on `hub`, the operations other hosts commit to this
     /// database (what attaching the database to a hub does). A reader already running for
-    /// this database on `hub` is returned instead of a second one. See the [module
-    /// documentation](self) for where it starts: when this returns, the start is established,
+    /// this database on `hub` is returned instead of a second one. See the [`LogReader`
+    /// documentation](LogReader) for where it starts: when this returns, the start is established,
     /// and every operation that commits afterwards will be replayed. It polls every
     /// [`poll_period`](crate::DbSettings) (jittered) or when woken, and survives database
     /// failures by retrying with capped, jittered backoff.

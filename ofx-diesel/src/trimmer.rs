@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use ofx_core::background::{TaskHealth, spawn_supervised};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
@@ -17,12 +18,18 @@ use crate::row::micros;
 pub struct Trimmer {
     stop: CancellationToken,
     trimmed: Arc<AtomicU64>,
+    health: Arc<TaskHealth>,
 }
 
 impl Trimmer {
     /// Rows deleted so far.
     pub fn trimmed(&self) -> u64 {
         self.trimmed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the trimmer's task runs, stopped, or ended unexpectedly (logged at error level).
+    pub fn health(&self) -> &Arc<TaskHealth> {
+        &self.health
     }
 }
 
@@ -64,7 +71,8 @@ impl<B: Backend> DbHub<B> {
         let db = self.clone();
         let task_stop = stop.clone();
         let counter = Arc::clone(&trimmed);
-        tokio::spawn(async move {
+        let health = TaskHealth::new();
+        spawn_supervised("ofx-diesel trimmer", Arc::clone(&health), async move {
             loop {
                 tokio::select! {
                     () = task_stop.cancelled() => return,
@@ -79,6 +87,10 @@ impl<B: Backend> DbHub<B> {
                 }
             }
         });
-        Trimmer { stop, trimmed }
+        Trimmer {
+            stop,
+            trimmed,
+            health,
+        }
     }
 }

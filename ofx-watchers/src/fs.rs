@@ -101,7 +101,11 @@ impl FsWatcher {
             shared: Arc::clone(&handle.shared),
             stop: handle.stop.clone(),
         };
-        tokio::spawn(listener.run(session));
+        ofx_core::background::spawn_supervised(
+            "ofx watcher listener",
+            Arc::clone(handle.shared.stats.listener_health()),
+            listener.run(session),
+        );
         handle.start_sender(Sender {
             temporary: dir.join(temporary),
             path: path.clone(),

@@ -89,7 +89,11 @@ impl RedisWatcher {
             shared: Arc::clone(&handle.shared),
             stop: handle.stop.clone(),
         };
-        tokio::spawn(listener.run(session));
+        ofx_core::background::spawn_supervised(
+            "ofx watcher listener",
+            Arc::clone(handle.shared.stats.listener_health()),
+            listener.run(session),
+        );
         handle.start_sender(Sender {
             client: publisher,
             channel: channel.clone(),

@@ -91,12 +91,16 @@ impl Handle {
 
     /// Starts the task that sends a message for each burst of [`notify`](Self::notify) calls.
     pub(crate) fn start_sender(&self, publisher: impl Publish) {
-        tokio::spawn(run_sender(
-            publisher,
-            Arc::clone(&self.requests),
-            Arc::clone(&self.shared),
-            self.stop.clone(),
-        ));
+        ofx_core::background::spawn_supervised(
+            "ofx watcher sender",
+            Arc::clone(self.shared.stats.sender_health()),
+            run_sender(
+                publisher,
+                Arc::clone(&self.requests),
+                Arc::clone(&self.shared),
+                self.stop.clone(),
+            ),
+        );
     }
 }
 

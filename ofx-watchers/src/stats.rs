@@ -1,6 +1,9 @@
 //! [`WatcherStats`]: what a watcher did, for tests and monitoring.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use ofx_core::background::TaskHealth;
 
 use tokio::sync::Notify;
 
@@ -16,6 +19,8 @@ pub struct WatcherStats {
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
     changed: Notify,
+    listener: Arc<TaskHealth>,
+    sender: Arc<TaskHealth>,
 }
 
 /// The counters of a watcher at one moment.
@@ -52,6 +57,17 @@ pub(crate) enum Counter {
 }
 
 impl WatcherStats {
+    /// Whether the task that receives other hosts' messages (and reconnects) runs, stopped, or
+    /// ended unexpectedly (logged at error level).
+    pub fn listener_health(&self) -> &Arc<TaskHealth> {
+        &self.listener
+    }
+
+    /// Whether the task that sends this host's messages runs, stopped, or ended unexpectedly.
+    pub fn sender_health(&self) -> &Arc<TaskHealth> {
+        &self.sender
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         let load = |counter: Counter| self.cell(counter).load(Ordering::Relaxed);

@@ -527,3 +527,17 @@ async fn extensions_attach_in_order_and_only_through_start() {
     assert!(matches!(error, Error::Rejected(_)), "{error:?}");
     assert_eq!(take(&journal), ["attach broken"], "the hub does not start");
 }
+
+#[tokio::test]
+async fn a_background_task_that_panics_is_marked_crashed_never_silent() {
+    use ofx_core::background::{TaskHealth, TaskState, spawn_supervised};
+    let crashing = TaskHealth::new();
+    spawn_supervised("test task", crashing.clone(), async {
+        panic!("a bug in a background loop");
+    });
+    assert_eq!(crashing.ended().await, TaskState::Crashed);
+    assert!(crashing.crashed());
+    let finishing = TaskHealth::new();
+    spawn_supervised("test task", finishing.clone(), async {});
+    assert_eq!(finishing.ended().await, TaskState::Stopped);
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod lifecycle;
 mod scenarios;
 
 #[cfg(feature = "postgres")]

@@ -1,0 +1,478 @@
+//! The operation lifecycle against a real log: a reader stopped and started again resumes, a
+//! caller waits for another host to replay its commit, a panicking invalidation branch does not
+//! stop a reader, a replay is retried until its service is attached, and two databases on one
+//! hub each log their own operations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ofx_core::background::TaskState;
+use ofx_core::{
+    Command, CommandContext, ComputeService, Hub, capture, command_handler, compute_method,
+    invalidate, service,
+};
+use ofx_diesel::{Backend, DbHub, Error};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{fast, invalidated};
+
+/// A notes service on backend `$backend`: a note is logged through the database scope, and
+/// its invalidation branch panics when told to.
+macro_rules! notes_service {
+    ($backend:ty, $note:ident, $name:literal) => {
+        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+        #[command(output = i64, name = $name)]
+        pub(crate) struct $note {
+            id: i64,
+            panic: bool,
+        }
+
+        impl NoteCommand for $note {
+            fn new(id: i64, panic: bool) -> Self {
+                Self { id, panic }
+            }
+        }
+
+        #[service]
+        impl Notes<$backend> {
+            #[compute_method]
+            async fn count(&self, id: i64) -> u64 {
+                let _ = id;
+                self.written.load(Ordering::SeqCst)
+            }
+
+            #[command_handler]
+            async fn note(&self, command: $note, ctx: &CommandContext) -> Result<i64, Error> {
+                invalidate! {
+                    self.count(command.id);
+                    if command.panic { panic!("this invalidation branch panics"); }
+                }
+                let _ = command.panic; // read by the invalidation branch
+                drop(self.db.operation_connection(ctx).await?);
+                self.written.fetch_add(1, Ordering::SeqCst);
+                Ok(command.id)
+            }
+        }
+
+        impl NotesService for Notes<$backend> {
+            type Note = $note;
+
+            async fn count_of(&self, id: i64) -> u64 {
+                self.count(id).await
+            }
+        }
+    };
+}
+
+pub(crate) trait NoteCommand: Command<Output = i64> {
+    fn new(id: i64, panic: bool) -> Self;
+}
+
+pub(crate) trait NotesService: ComputeService {
+    type Note: NoteCommand;
+    fn count_of(&self, id: i64) -> impl std::future::Future<Output = u64> + Send;
+}
+
+pub(crate) struct Notes<B: Backend> {
+    hub: Hub,
+    db: DbHub<B>,
+    written: AtomicU64,
+}
+
+impl<B: Backend> ComputeService for Notes<B> {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+#[cfg(feature = "sqlite")]
+notes_service!(ofx_diesel::Sqlite, SqliteNote, "lifecycle.sqlite_note");
+#[cfg(feature = "postgres")]
+notes_service!(ofx_diesel::Postgres, PgNote, "lifecycle.pg_note");
+
+/// A host: the database attached to a hub, the notes service (attached unless told not to).
+struct NotesHost<B: Backend> {
+    db: DbHub<B>,
+    notes: Arc<Notes<B>>,
+}
+
+impl<B: Backend> NotesHost<B>
+where
+    Notes<B>: NotesService,
+{
+    async fn start(url: &str, attach_service: bool) -> Self {
+        let db = DbHub::<B>::open(url, fast()).await.unwrap();
+        let hub = Hub::builder().with(db.clone()).start().await.unwrap();
+        let notes = Arc::new(Notes {
+            hub: hub.clone(),
+            db: db.clone(),
+            written: AtomicU64::new(0),
+        });
+        if attach_service {
+            hub.add_service(&notes);
+        }
+        Self { db, notes }
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.notes.hub
+    }
+
+    /// Notes `id`; returns the operation's log sequence.
+    async fn note(&self, id: i64, panic: bool) -> i64 {
+        let command = <Notes<B> as NotesService>::Note::new(id, panic);
+        let executed = self
+            .hub()
+            .commander()
+            .call_committed(command)
+            .await
+            .unwrap();
+        executed.committed.unwrap().sequence.unwrap()
+    }
+
+    fn reader(&self) -> ofx_diesel::LogReader {
+        self.db.log_reader(self.hub()).unwrap()
+    }
+}
+
+/// Waits (bounded) until `done` holds: for counters that no event announces.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within 10 s"));
+}
+
+pub(crate) async fn a_restarted_reader_resumes_where_it_stopped<B: Backend>(url: &str)
+where
+    Notes<B>: NotesService,
+{
+    let a = NotesHost::<B>::start(url, true).await;
+    let b = NotesHost::<B>::start(url, true).await;
+    let mut cached = Vec::new();
+    for id in 0..5 {
+        cached.push(capture(b.notes.count_of(id)).await.unwrap().1);
+    }
+    let reader = b.reader();
+    reader.stop();
+    assert_eq!(reader.stats().health.ended().await, TaskState::Stopped);
+    // Committed while host B reads nothing.
+    let mut last = 0;
+    for id in 0..5 {
+        last = a.note(id, false).await;
+    }
+    let restarted = b.db.start_log_reader(b.hub()).await.unwrap();
+    restarted
+        .wait_replayed(last, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for computed in &cached {
+        assert!(!computed.is_consistent(), "{computed:?} was replayed");
+    }
+    assert_eq!(restarted.stats().replayed.load(Ordering::Relaxed), 5);
+    assert_eq!(
+        restarted
+            .stats()
+            .start_invalidations
+            .load(Ordering::Relaxed),
+        0,
+        "it resumed: nothing to invalidate wholesale"
+    );
+}
+
+pub(crate) async fn a_caller_waits_until_another_host_replayed_its_commit<B: Backend>(url: &str)
+where
+    Notes<B>: NotesService,
+{
+    let a = NotesHost::<B>::start(url, true).await;
+    let b = NotesHost::<B>::start(url, true).await;
+    let (_, cached) = capture(b.notes.count_of(1)).await.unwrap();
+    let sequence = a.note(1, false).await;
+    b.db.wait_replayed(b.hub(), sequence, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(!cached.is_consistent(), "replayed when the wait returned");
+    let error =
+        b.db.wait_replayed(b.hub(), sequence + 1_000, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(error, Error::ReplayTimeout { sequence: s, .. } if s == sequence + 1_000),
+        "{error:?}"
+    );
+}
+
+pub(crate) async fn a_panicking_invalidation_branch_does_not_stop_the_reader<B: Backend>(url: &str)
+where
+    Notes<B>: NotesService,
+{
+    let a = NotesHost::<B>::start(url, true).await;
+    let b = NotesHost::<B>::start(url, true).await;
+    let (_, first) = capture(b.notes.count_of(1)).await.unwrap();
+    let (_, second) = capture(b.notes.count_of(2)).await.unwrap();
+    a.note(1, true).await; // host A's own pass panics too: the caller still gets its result
+    assert_eq!(a.hub().notifier().panic_count(), 1);
+    invalidated(&first).await;
+    let sequence = a.note(2, false).await;
+    b.reader()
+        .wait_replayed(sequence, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        !second.is_consistent(),
+        "later operations are still replayed"
+    );
+    assert_eq!(b.hub().notifier().panic_count(), 1);
+    assert_eq!(b.reader().stats().health.state(), TaskState::Running);
+}
+
+pub(crate) async fn a_replay_is_retried_until_its_service_is_attached<B: Backend>(url: &str)
+where
+    Notes<B>: NotesService,
+{
+    let a = NotesHost::<B>::start(url, true).await;
+    // Host B's reader runs; its service is not attached yet (it still computes).
+    let b = NotesHost::<B>::start(url, false).await;
+    let (_, cached) = capture(b.notes.count_of(3)).await.unwrap();
+    let sequence = a.note(3, false).await;
+    let reader = b.reader();
+    eventually("the replay fails and is retried", || {
+        reader.stats().replay_retries.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert!(cached.is_consistent(), "not replayed yet");
+    let error = reader
+        .wait_replayed(sequence, Duration::from_millis(20))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ReplayTimeout { .. }),
+        "not counted as replayed"
+    );
+    b.hub().add_service(&b.notes);
+    reader
+        .wait_replayed(sequence, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(!cached.is_consistent());
+    assert_eq!(reader.stats().replay_failures.load(Ordering::Relaxed), 0);
+    assert_eq!(reader.stats().bad_rows.load(Ordering::Relaxed), 0);
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use ofx_diesel::Sqlite;
+
+    use crate::common::sqlite_file;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_reader_resumes_where_it_stopped() {
+        super::a_restarted_reader_resumes_where_it_stopped::<Sqlite>(&sqlite_file().await).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_waits_until_another_host_replayed_its_commit() {
+        super::a_caller_waits_until_another_host_replayed_its_commit::<Sqlite>(
+            &sqlite_file().await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_invalidation_branch_does_not_stop_the_reader() {
+        super::a_panicking_invalidation_branch_does_not_stop_the_reader::<Sqlite>(
+            &sqlite_file().await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_is_retried_until_its_service_is_attached() {
+        super::a_replay_is_retried_until_its_service_is_attached::<Sqlite>(&sqlite_file().await)
+            .await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use ofx_diesel::Postgres;
+
+    use crate::common::postgres_database;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_reader_resumes_where_it_stopped() {
+        super::a_restarted_reader_resumes_where_it_stopped::<Postgres>(&postgres_database().await)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_waits_until_another_host_replayed_its_commit() {
+        super::a_caller_waits_until_another_host_replayed_its_commit::<Postgres>(
+            &postgres_database().await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_invalidation_branch_does_not_stop_the_reader() {
+        super::a_panicking_invalidation_branch_does_not_stop_the_reader::<Postgres>(
+            &postgres_database().await,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_is_retried_until_its_service_is_attached() {
+        super::a_replay_is_retried_until_its_service_is_attached::<Postgres>(
+            &postgres_database().await,
+        )
+        .await;
+    }
+}
+
+/// Two databases on one hub: each operation is logged in the database its handler wrote to,
+/// and each database's reader replays its own.
+#[cfg(feature = "sqlite")]
+mod two_databases {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use diesel_async::SimpleAsyncConnection;
+    use ofx_core::{
+        Command, CommandContext, ComputeService, Hub, capture, command_handler, compute_method,
+        invalidate, service,
+    };
+    use ofx_diesel::{DbHub, Error, Sqlite};
+    use serde::{Deserialize, Serialize};
+
+    use crate::common::{RawSql, fast, sqlite_file};
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.ledger_write")]
+    struct LedgerWrite {
+        /// 0 or 1: which database; 2: both (refused).
+        target: u8,
+    }
+
+    struct Ledger {
+        hub: Hub,
+        dbs: [DbHub<Sqlite>; 2],
+    }
+
+    impl ComputeService for Ledger {
+        fn hub(&self) -> &Hub {
+            &self.hub
+        }
+    }
+
+    #[service]
+    impl Ledger {
+        #[compute_method]
+        async fn rows(&self, target: u8) -> i64 {
+            self.dbs[usize::from(target)].count("entries").await
+        }
+
+        #[command_handler]
+        async fn write(&self, command: LedgerWrite, ctx: &CommandContext) -> Result<(), Error> {
+            invalidate! {
+                self.rows(command.target);
+            }
+            for target in 0..2_u8 {
+                if command.target == target || command.target == 2 {
+                    let mut connection = self.dbs[usize::from(target)]
+                        .operation_connection(ctx)
+                        .await?;
+                    connection
+                        .batch_execute("INSERT INTO entries (note) VALUES ('x')")
+                        .await
+                        .map_err(ofx_diesel::Error::Database)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    async fn host(paths: &[String; 2]) -> Arc<Ledger> {
+        let dbs = [
+            DbHub::<Sqlite>::open(&paths[0], fast()).await.unwrap(),
+            DbHub::<Sqlite>::open(&paths[1], fast()).await.unwrap(),
+        ];
+        let hub = Hub::builder()
+            .with(dbs[0].clone())
+            .with(dbs[1].clone())
+            .start()
+            .await
+            .unwrap();
+        let ledger = Arc::new(Ledger {
+            hub: hub.clone(),
+            dbs,
+        });
+        hub.add_service(&ledger);
+        ledger
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_databases_on_one_hub_each_log_their_own_operations() {
+        let paths = [sqlite_file().await, sqlite_file().await];
+        for path in &paths {
+            let db = DbHub::<Sqlite>::open(path, fast()).await.unwrap();
+            db.exec("CREATE TABLE entries (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
+                .await;
+        }
+        let a = host(&paths).await;
+        let b = host(&paths).await;
+        let (_, first_on_b) = capture(b.rows(0)).await.unwrap();
+        let (_, second_on_b) = capture(b.rows(1)).await.unwrap();
+
+        let one = a
+            .hub
+            .commander()
+            .call_committed(LedgerWrite { target: 0 })
+            .await
+            .unwrap();
+        let two = a
+            .hub
+            .commander()
+            .call_committed(LedgerWrite { target: 1 })
+            .await
+            .unwrap();
+        let (one, two) = (
+            one.committed.unwrap().sequence.unwrap(),
+            two.committed.unwrap().sequence.unwrap(),
+        );
+        assert_eq!(a.dbs[0].count("ofx_operations").await, 1);
+        assert_eq!(a.dbs[1].count("ofx_operations").await, 1);
+        for (db, sequence) in [(&b.dbs[0], one), (&b.dbs[1], two)] {
+            db.wait_replayed(&b.hub, sequence, Duration::from_secs(10))
+                .await
+                .unwrap();
+        }
+        assert!(!first_on_b.is_consistent());
+        assert!(!second_on_b.is_consistent());
+
+        // One operation writes to one database: a second one is refused, and nothing of it
+        // remains in either.
+        let error = a
+            .hub
+            .commander()
+            .call(LedgerWrite { target: 2 })
+            .await
+            .unwrap_err();
+        let source = error.handler_error::<Error>();
+        assert!(
+            matches!(
+                source,
+                Some(Error::Scope(ofx_core::Error::ScopeConflict { .. }))
+            ),
+            "{error:?}"
+        );
+        for db in &a.dbs {
+            assert_eq!(db.count("entries").await, 1);
+            assert_eq!(db.count("ofx_operations").await, 1);
+        }
+    }
+}
