@@ -15,6 +15,7 @@ use crate::commander::filters::{
 };
 use crate::commander::{CommandFilter, Commander, pipeline};
 use crate::computed::Registry;
+use crate::event::{HubEvent, HubEventListener};
 use crate::operation::{CompletionListener, OperationCompletionNotifier};
 use crate::{ComputeService, Error, HostId};
 
@@ -102,6 +103,13 @@ impl Hub {
 
     pub(crate) fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// Tells `event` to the hub's event listener, if it has one. `event` is called only then:
+    /// without a listener, emitting costs one check and builds nothing.
+    #[inline]
+    pub(crate) fn emit(&self, event: impl FnOnce() -> HubEvent) {
+        self.inner.registry.emit(event);
     }
 
     pub(crate) fn next_version(&self) -> u64 {
@@ -200,6 +208,7 @@ pub struct HubBuilder {
     host_id: Option<HostId>,
     filters: Vec<Arc<dyn CommandFilter>>,
     listeners: Vec<Arc<dyn CompletionListener>>,
+    event_listener: Option<Arc<dyn HubEventListener>>,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -209,6 +218,7 @@ impl fmt::Debug for HubBuilder {
             .field("host_id", &self.host_id)
             .field("filters", &self.filters.len())
             .field("listeners", &self.listeners.len())
+            .field("event_listener", &self.event_listener.is_some())
             .finish()
     }
 }
@@ -220,6 +230,7 @@ impl Default for HubBuilder {
             host_id: None,
             filters: Vec::new(),
             listeners: Vec::new(),
+            event_listener: None,
         }
     }
 }
@@ -250,6 +261,14 @@ impl HubBuilder {
         self
     }
 
+    /// Sets the listener told of every [`HubEvent`] of the hub (none by default). A hub has one
+    /// event listener: a second call replaces the first (to tell several, give one listener
+    /// that forwards to them). See [`HubEventListener`] for what a listener may do.
+    pub fn event_listener(mut self, listener: impl HubEventListener) -> Self {
+        self.event_listener = Some(Arc::new(listener));
+        self
+    }
+
     /// Builds the hub.
     ///
     /// # Errors
@@ -266,7 +285,7 @@ impl HubBuilder {
         Ok(Hub {
             inner: Arc::new(HubInner {
                 host_id: self.host_id.unwrap_or_default(),
-                registry: Registry::new(self.capacity),
+                registry: Registry::new(self.capacity, self.event_listener),
                 versions: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
                 services: papaya::HashMap::new(),

@@ -103,6 +103,7 @@
 //! - [`command`], [`commander`], [`operation`]: commands, the pipeline (its order is documented
 //!   in [`commander::pipeline`]), operations and their completion.
 //! - [`Hub`], [`HubBuilder`]: a host's runtime and its settings.
+//! - [`event`]: what happens on a hub, told to a listener ([`EventCounter`] for tests).
 //!
 //! ## Features
 //!
@@ -119,6 +120,7 @@ pub mod command;
 pub mod commander;
 pub mod computed;
 mod error;
+pub mod event;
 mod host_id;
 mod hub;
 pub mod operation;
@@ -133,6 +135,7 @@ pub use command::{CallKind, Command, CommandContext, ContextItems, OperationItem
 pub use commander::{CommandCall, CommandFilter, Commander, Next};
 pub use computed::{ComputeScope, Computed, ComputedState, capture};
 pub use error::{Error, HandlerError, Result};
+pub use event::{EventCounter, HubEvent, HubEventKind, HubEventListener};
 pub use host_id::HostId;
 pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder, WeakHub};
 pub use operation::{NestedOperation, Operation, OperationCompletionNotifier};

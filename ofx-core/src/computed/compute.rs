@@ -8,7 +8,10 @@ use super::ComputeKey;
 use super::context::Context;
 use super::invalidation::{abandon, finish_computing, invalidate_all};
 use super::method::ComputeMethodDescriptor;
-use super::node::{COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, Node, NodeCore};
+use super::node::{
+    COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, Node, NodeCore, Removal,
+};
+use crate::event::HubEvent;
 use crate::{ComputeService, Hub};
 
 /// What a lookup found.
@@ -81,6 +84,9 @@ where
                 CONSISTENT => {
                     if let Some(value) = node.output() {
                         core.touch();
+                        table.emit(|| HubEvent::CacheHit {
+                            method: method.name(),
+                        });
                         let node = Context::is_active().then(|| Arc::clone(node));
                         return Lookup::Hit(value.clone(), node);
                     }
@@ -91,7 +97,7 @@ where
             // Invalidated but not yet removed: help remove it, then look again.
             let node = Arc::clone(node);
             drop(guard);
-            node.detach();
+            node.detach(Removal::Cleanup);
             continue;
         }
         let node = Arc::new(Node::new(
@@ -152,6 +158,9 @@ where
 {
     let mut guard = LeaderGuard(Some(node.as_ref()));
     let method = node.core().method();
+    hub.emit(|| HubEvent::Computed {
+        method: method.name(),
+    });
     tracing::trace!(
         method = method.name(),
         version = node.core().version(),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::node::{COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED};
+use super::node::{COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED, Removal};
 
 /// Invalidates `nodes` and everything computed from them. Idempotent and thread-safe: each
 /// node's state moves once, and only the thread that moved it walks its dependents.
@@ -22,14 +22,7 @@ pub(crate) fn invalidate_one(node: &dyn ErasedNode, pending: &mut Vec<Arc<dyn Er
                 if core.transition(CONSISTENT, INVALIDATED).is_err() {
                     continue;
                 }
-                node.detach();
-                pending.extend(core.take_edges());
-                core.notify_all();
-                tracing::trace!(
-                    method = core.method().name(),
-                    version = core.version(),
-                    "invalidated"
-                );
+                pending.extend(left_cache(node, Removal::Invalidated));
                 return;
             }
             COMPUTING => {
@@ -38,12 +31,38 @@ pub(crate) fn invalidate_one(node: &dyn ErasedNode, pending: &mut Vec<Arc<dyn Er
                 }
                 // New callers must not wait for a value computed from what just changed: they
                 // start a fresh computation. This one's callers still get its value.
-                node.detach();
+                node.detach(Removal::Invalidated);
                 return;
             }
             _ => return,
         }
     }
+}
+
+/// Evicts `node` if it is consistent: invalidates it, told as evicted, and everything computed
+/// from it. Returns whether it was evicted (`false`: it was not consistent anymore).
+pub(crate) fn evict(node: &dyn ErasedNode) -> bool {
+    if node.core().transition(CONSISTENT, INVALIDATED).is_err() {
+        return false;
+    }
+    invalidate_all(left_cache(node, Removal::Evicted));
+    true
+}
+
+/// The rest of invalidating a consistent node, once its state moved: removes it from its table,
+/// drops its edges and wakes its waiters. Returns its dependents, to invalidate.
+fn left_cache(node: &dyn ErasedNode, removal: Removal) -> Vec<Arc<dyn ErasedNode>> {
+    let core = node.core();
+    node.detach(removal);
+    let dependents = core.take_edges();
+    core.notify_all();
+    tracing::trace!(
+        method = core.method().name(),
+        version = core.version(),
+        ?removal,
+        "invalidated"
+    );
+    dependents
 }
 
 /// Ends a computation whose value was stored: the node becomes consistent, or, if it was
@@ -65,7 +84,7 @@ pub(crate) fn abandon(node: &dyn ErasedNode) {
     let core = node.core();
     for from in [COMPUTING, COMPUTING_INVALIDATED] {
         if core.transition(from, INVALIDATED).is_ok() {
-            node.detach();
+            node.detach(Removal::Cleanup);
             let dependents = core.take_edges();
             core.notify_all();
             invalidate_all(dependents);

@@ -7,6 +7,7 @@ use event_listener::Event;
 
 use super::method::ComputeMethodDescriptor;
 use super::table::MethodTable;
+use crate::event::HubEvent;
 
 /// The body is running; no value yet.
 pub(crate) const COMPUTING: u8 = 0;
@@ -170,11 +171,23 @@ impl NodeCore {
     }
 }
 
+/// Why a node leaves its method table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// A lookup found it invalidated and helps remove it: its invalidation was told already.
+    Cleanup,
+    /// It was just invalidated: tell the hub's listener.
+    Invalidated,
+    /// It was just evicted: tell the hub's listener.
+    Evicted,
+}
+
 /// A cached result seen without its key and value types.
 pub(crate) trait ErasedNode: Send + Sync + 'static {
     fn core(&self) -> &NodeCore;
-    /// Removes this node from its method table if it is still the entry for its key.
-    fn detach(&self);
+    /// Removes this node from its method table if it is still the entry for its key, and tells
+    /// the hub's event listener why, unless `removal` is [`Removal::Cleanup`].
+    fn detach(&self, removal: Removal);
 }
 
 /// A cached result of the compute method `S::method(K) -> T`.
@@ -244,9 +257,19 @@ where
         &self.core
     }
 
-    fn detach(&self) {
+    fn detach(&self, removal: Removal) {
         if let Some(table) = self.table.upgrade() {
             table.remove_node(self);
+            let method = self.core.method;
+            match removal {
+                Removal::Cleanup => {}
+                Removal::Invalidated => table.emit(|| HubEvent::Invalidated {
+                    method: method.name(),
+                }),
+                Removal::Evicted => table.emit(|| HubEvent::Evicted {
+                    method: method.name(),
+                }),
+            }
         }
     }
 }

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use super::ComputeKey;
-use super::invalidation::invalidate_all;
+use super::invalidation::{evict, invalidate_all};
 use super::method::ComputeMethodDescriptor;
 use super::node::{CONSISTENT, ErasedNode, INVALIDATED};
 use super::table::{ErasedTable, MethodTable};
+use crate::event::{HubEvent, HubEventListener};
 
 const CHUNK: usize = 64;
 const CHUNKS: usize = 1024;
@@ -33,10 +34,12 @@ pub(crate) struct Registry {
     /// the nodes).
     clock: Mutex<VecDeque<Weak<dyn ErasedNode>>>,
     evicting: Mutex<()>,
+    /// The hub's event listener, shared with every table.
+    listener: Option<Arc<dyn HubEventListener>>,
 }
 
 impl Registry {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, listener: Option<Arc<dyn HubEventListener>>) -> Self {
         Self {
             chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
             overflow: papaya::HashMap::new(),
@@ -45,7 +48,14 @@ impl Registry {
             capacity,
             clock: Mutex::new(VecDeque::new()),
             evicting: Mutex::new(()),
+            listener,
         }
+    }
+
+    /// Tells `event` to the hub's event listener, if there is one (and builds it only then).
+    #[inline]
+    pub(crate) fn emit(&self, event: impl FnOnce() -> HubEvent) {
+        crate::event::emit(self.listener.as_ref(), event);
     }
 
     /// The number of cached entries (consistent or computing).
@@ -129,7 +139,8 @@ impl Registry {
         K: ComputeKey,
         T: Clone + Send + Sync + 'static,
     {
-        let table: Arc<dyn ErasedTable> = MethodTable::<S, K, T>::new(Arc::clone(&self.len));
+        let table: Arc<dyn ErasedTable> =
+            MethodTable::<S, K, T>::new(Arc::clone(&self.len), self.listener.clone());
         self.tables
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -193,7 +204,9 @@ impl Registry {
         }
         drop(clock);
         tracing::trace!(count = victims.len(), "evicting cached values");
-        invalidate_all(victims);
+        for victim in victims {
+            evict(victim.as_ref());
+        }
     }
 
     /// Invalidates every cached value.

@@ -8,6 +8,7 @@ mod common;
 
 mod cancellation;
 mod capacity;
+mod events;
 mod graph;
 mod lifetime;
 mod single_flight;

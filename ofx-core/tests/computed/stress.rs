@@ -9,7 +9,7 @@ use crate::common::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_value_survives_concurrent_writes() {
-    let store = Store::new(Hub::builder().capacity(40).build().unwrap());
+    let store = Store::new(Hub::builder().capacity(40));
     let writes = std::sync::Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for reader in 0..4_u64 {
