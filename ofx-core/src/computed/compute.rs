@@ -8,9 +8,7 @@ use super::ComputeKey;
 use super::context::Context;
 use super::invalidation::{abandon, finish_computing, invalidate_all};
 use super::method::ComputeMethodDescriptor;
-use super::node::{
-    COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, Node, NodeCore, Removal,
-};
+use super::node::{COMPUTING, CONSISTENT, ErasedNode, Node, NodeCore, Removal};
 use crate::event::HubEvent;
 use crate::{ComputeService, Hub};
 
@@ -49,14 +47,34 @@ where
                 register_dependency(node);
                 return value;
             }
-            Lookup::Wait(node) => match node.wait_output().await {
-                Some(value) => {
-                    register_dependency(node);
-                    return value;
+            Lookup::Wait(node) => {
+                let context = Context::current();
+                let erased: Arc<dyn ErasedNode> = node.clone();
+                // A dependent registers before it waits: if what it waits for is invalidated
+                // meanwhile, the invalidation reaches the dependent (and whoever waits for it)
+                // at once, not only once the value arrives.
+                if let Some(context) = &context
+                    && !context.register_pending(&erased)
+                {
+                    // Invalidated since the lookup: look again.
+                    continue;
                 }
-                // Its leader was dropped or panicked: look again, maybe lead.
-                None => continue,
-            },
+                match node.wait_output().await {
+                    Some(value) => {
+                        if let Some(context) = &context {
+                            context.record_captured(&erased);
+                        }
+                        return value;
+                    }
+                    None => {
+                        // Its leader was dropped or panicked: look again, maybe lead.
+                        if let Some(context) = &context {
+                            context.forget_pending(&erased);
+                        }
+                        continue;
+                    }
+                }
+            }
             Lookup::Lead(node) => node,
         };
         let Some(body) = body.take() else {
@@ -91,10 +109,11 @@ where
                         return Lookup::Hit(value.clone(), node);
                     }
                 }
-                COMPUTING | COMPUTING_INVALIDATED => return Lookup::Wait(Arc::clone(node)),
+                COMPUTING => return Lookup::Wait(Arc::clone(node)),
                 _ => {}
             }
-            // Invalidated but not yet removed: help remove it, then look again.
+            // Invalidated (computing or not) but not yet removed: help remove it, then look
+            // again. A caller never joins a computation that was invalidated.
             let node = Arc::clone(node);
             drop(guard);
             node.detach(Removal::Cleanup);

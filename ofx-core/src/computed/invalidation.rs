@@ -32,6 +32,11 @@ pub(crate) fn invalidate_one(node: &dyn ErasedNode, pending: &mut Vec<Arc<dyn Er
                 // New callers must not wait for a value computed from what just changed: they
                 // start a fresh computation. This one's callers still get its value.
                 node.detach(Removal::Invalidated);
+                // Its dependents, those that used its value and those still waiting for it
+                // (they register before they wait), are computed from what changed: new callers
+                // must not join them either, whether they are cached or still computing.
+                pending.extend(core.take_edges());
+                core.notify_all();
                 return;
             }
             _ => return,
@@ -80,15 +85,23 @@ pub(crate) fn finish_computing(node: &dyn ErasedNode) -> bool {
 
 /// Ends a computation that was invalidated meanwhile, or that will never produce a value (its
 /// caller was dropped or its body panicked): the node is removed and its waiters woken.
+///
+/// From `COMPUTING` (abandoned: no value was produced), its dependents are *not* invalidated:
+/// they registered only to wait for it, get no value from it and look again, so nothing they
+/// compute comes from it; invalidating them would only make them recompute for nothing.
+/// From `COMPUTING_INVALIDATED`, its dependents were invalidated by the invalidation, which
+/// took them; any left (that invalidation is still between its state change and taking them)
+/// are invalidated here.
 pub(crate) fn abandon(node: &dyn ErasedNode) {
     let core = node.core();
-    for from in [COMPUTING, COMPUTING_INVALIDATED] {
-        if core.transition(from, INVALIDATED).is_ok() {
-            node.detach(Removal::Cleanup);
-            let dependents = core.take_edges();
-            core.notify_all();
-            invalidate_all(dependents);
-            return;
-        }
+    if core.transition(COMPUTING, INVALIDATED).is_ok() {
+        node.detach(Removal::Cleanup);
+        drop(core.take_edges());
+        core.notify_all();
+    } else if core.transition(COMPUTING_INVALIDATED, INVALIDATED).is_ok() {
+        node.detach(Removal::Cleanup);
+        let dependents = core.take_edges();
+        core.notify_all();
+        invalidate_all(dependents);
     }
 }

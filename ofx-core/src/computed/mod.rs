@@ -11,9 +11,16 @@
 //!    invalidates everything computed from it (transitively), and wakes whoever awaits
 //!    [`Computed::when_invalidated`]. The next call computes a new value.
 //!
-//! If a dependency is invalidated while a dependent is still computing, the dependent's value is
-//! *born invalidated*: the callers of that computation get it, but it is never served from the
-//! cache, and the next call computes again.
+//! If a dependency is invalidated while a dependent is still computing (having read it, or
+//! waiting for its computation in flight: a dependent registers before it waits), the
+//! dependent's value is *born invalidated*: the callers already waiting for that computation get
+//! it, but it is never served from the cache, and new callers start a fresh computation. So a
+//! call that starts after an invalidation never gets a value computed from what was
+//! invalidated, whatever is in flight. A computation that is abandoned (its caller dropped, or
+//! its body panicked) produces nothing and invalidates nothing: whoever waited for it looks
+//! again.
+//!
+//! Calls made inside [`capture`] within a computation are dependencies of that computation too.
 //!
 //! The cache is bounded ([`HubBuilder::capacity`](crate::HubBuilder::capacity)). **Eviction is
 //! invalidation**: an evicted value invalidates its dependents, so no value stays cached after

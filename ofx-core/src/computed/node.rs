@@ -125,6 +125,13 @@ impl NodeCore {
         }
     }
 
+    /// Forgets `dependency` (a computation that was abandoned before `self` used its value).
+    pub(crate) fn remove_dependency(&self, dependency: &Arc<dyn ErasedNode>) {
+        self.edges()
+            .dependencies
+            .retain(|known| !Arc::ptr_eq(known, dependency));
+    }
+
     /// Records `dependent` as computed from `self`. Returns `false` if `self` is already
     /// invalidated: then the dependent must be invalidated by the caller.
     pub(crate) fn add_dependent(&self, dependent: Weak<dyn ErasedNode>) -> bool {

@@ -9,6 +9,7 @@ mod common;
 mod cancellation;
 mod capacity;
 mod events;
+mod exactness;
 mod graph;
 mod lifetime;
 mod single_flight;
