@@ -203,6 +203,8 @@ where
         }
     }
     register_dependency(node);
+    // Evict now that what this computation read is registered as in use.
+    hub.registry().evict_if_over_capacity();
     value
 }
 

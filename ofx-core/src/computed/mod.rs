@@ -26,6 +26,15 @@
 //! invalidation**: an evicted value invalidates its dependents, so no value stays cached after
 //! the thing it was computed from has been forgotten (a later invalidation could not reach it).
 //! Dependents hold their dependencies alive; dependencies hold their dependents weakly.
+//!
+//! **A dependency of a value in use is in use**: the evictor (a clock with a second chance for
+//! values read since its hand last passed) never evicts a value that a cached or computing
+//! value depends on, though cache hits on the dependent never read it. It evicts the values
+//! nothing depends on that nobody read, and with each, the dependencies it leaves unused. So
+//! eviction takes what nobody reads, and evicting a dependency never invalidates a cached
+//! dependent. The cache may hold more than its capacity while computations in flight hold
+//! what they read (and for an eighth of the capacity of computations after a sweep that could
+//! not get under it, which keeps the evictor's cost constant per computation).
 
 mod compute;
 pub(crate) mod context;

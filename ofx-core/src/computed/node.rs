@@ -74,6 +74,11 @@ impl NodeCore {
         }
     }
 
+    /// Whether the value was read since the evictor's hand last passed.
+    pub(crate) fn accessed(&self) -> bool {
+        self.accessed.load(Ordering::Relaxed)
+    }
+
     /// Clears the accessed flag, returning whether it was set.
     pub(crate) fn take_accessed(&self) -> bool {
         self.accessed.swap(false, Ordering::Relaxed)
@@ -159,6 +164,23 @@ impl NodeCore {
             .into_iter()
             .filter_map(|dependent| dependent.upgrade())
             .collect()
+    }
+
+    /// Whether a live (consistent or computing) value depends on this one. Drops the edges to
+    /// dead or invalidated dependents it meets on the way (from the most recent), so that the
+    /// cost is constant over time.
+    pub(crate) fn has_live_dependents(&self) -> bool {
+        let mut edges = self.edges();
+        while let Some(last) = edges.dependents.last() {
+            if last
+                .upgrade()
+                .is_some_and(|dependent| matches!(dependent.core().state(), COMPUTING | CONSISTENT))
+            {
+                return true;
+            }
+            edges.dependents.pop();
+        }
+        false
     }
 
     pub(crate) fn dependencies(&self) -> Vec<Arc<dyn ErasedNode>> {

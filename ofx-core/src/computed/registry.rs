@@ -34,6 +34,8 @@ pub(crate) struct Registry {
     /// the nodes).
     clock: Mutex<VecDeque<Weak<dyn ErasedNode>>>,
     evicting: Mutex<()>,
+    /// Calls of the evictor to skip after a sweep that could not get under the capacity.
+    postponed: AtomicUsize,
     /// The hub's event listener, shared with every table.
     listener: Option<Arc<dyn HubEventListener>>,
 }
@@ -48,6 +50,7 @@ impl Registry {
             capacity,
             clock: Mutex::new(VecDeque::new()),
             evicting: Mutex::new(()),
+            postponed: AtomicUsize::new(0),
             listener,
         }
     }
@@ -148,8 +151,8 @@ impl Registry {
         table
     }
 
-    /// Records a node just inserted into its table, then evicts if the cache is over its
-    /// capacity.
+    /// Records a node just inserted into its table, for the evictor. The evictor runs when its
+    /// computation ends ([`evict_if_over_capacity`](Self::evict_if_over_capacity)).
     pub(crate) fn inserted(&self, node: Weak<dyn ErasedNode>) {
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
         clock.push_back(node);
@@ -161,32 +164,71 @@ impl Registry {
                     .is_some_and(|node| node.core().state() != INVALIDATED)
             });
         }
-        drop(clock);
-        self.evict_if_over_capacity();
     }
 
     /// Evicts entries while the cache holds more than its capacity. Eviction is invalidation:
     /// an evicted entry's dependents are invalidated with it.
     ///
-    /// The policy is a clock (FIFO with a second chance): nodes queue in insertion order; the
-    /// evictor takes them from the front; one read since it last passed is sent to the back with
-    /// its flag cleared, the others are evicted. Evicting down to 7/8 of the capacity at once
-    /// keeps the cost per insertion constant.
-    fn evict_if_over_capacity(&self) {
-        if self.len() <= self.capacity {
+    /// The policy is a clock (FIFO with a second chance) that keeps what is in use: nodes queue
+    /// in insertion order and the evictor takes them from the front. A node read since the hand
+    /// last passed is sent to the back with its flag cleared; so is a node that a live
+    /// (consistent or computing) value depends on: a dependency of a value in use is in use,
+    /// though its dependent's cache hits never read it. Other consistent nodes are evicted, and
+    /// the evictor then looks at once at what each victim depended on: a dependency left with no
+    /// live dependent and not read since the hand passed is evicted too, so that dropping a
+    /// top-level value frees its dependencies without another turn of the hand.
+    ///
+    /// It runs when a computation ends, once the values it read are registered as its
+    /// dependencies (so in use), not when its node is inserted: at that point the values the
+    /// new computation is about to read are not known to be in use, and a sweep then could
+    /// evict exactly them (the newest values, depended on by nothing yet).
+    ///
+    /// A sweep evicts down to 7/8 of the capacity at once, so that sweeps are rare. The hand
+    /// makes two turns at most (the first may only clear flags, the second then evicts): a sweep
+    /// never loops. Values in use are never evicted, so a sweep may fail to get under the
+    /// capacity: when values depended on by computations still running fill it (a consistent
+    /// graph always has values nothing depends on, which the second turn evicts; a running
+    /// computation protects what it read until it ends). Then the next sweep waits for an eighth
+    /// of the capacity more computations, so that the evictor's cost stays constant per
+    /// computation (two turns per eighth of the capacity) even when nothing can be evicted; the
+    /// cache may meanwhile hold up to an eighth more than its capacity, plus what is computing.
+    #[inline]
+    pub(crate) fn evict_if_over_capacity(&self) {
+        if self.len() > self.capacity {
+            self.over_capacity();
+        }
+    }
+
+    #[cold]
+    fn over_capacity(&self) {
+        let postponed = self
+            .postponed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            });
+        if postponed.is_ok() {
             return;
         }
         // One evictor at a time; the others go on, the running sweep covers them.
         let Ok(_evicting) = self.evicting.try_lock() else {
             return;
         };
-        let target = self.capacity - self.capacity / 8;
-        let excess = self.len().saturating_sub(target);
-        let mut victims: Vec<Arc<dyn ErasedNode>> = Vec::with_capacity(excess);
+        let evicted = self.sweep(self.capacity - self.capacity / 8);
+        let len = self.len();
+        if len > self.capacity {
+            self.postponed
+                .store((self.capacity / 8).max(1), Ordering::Relaxed);
+        }
+        tracing::trace!(evicted, len, "evicted cached values");
+    }
+
+    /// Two turns of the hand at most, until the cache holds `target` values. Returns how many
+    /// values it evicted.
+    fn sweep(&self, target: usize) -> usize {
+        let mut evicted = 0;
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
-        // Two turns at most: the first may only clear flags, the second then evicts.
         let mut left = 2 * clock.len();
-        while victims.len() < excess && left > 0 {
+        while self.len() > target && left > 0 {
             left -= 1;
             let Some(weak) = clock.pop_front() else {
                 break;
@@ -197,16 +239,45 @@ impl Registry {
             let core = node.core();
             match core.state() {
                 INVALIDATED => {}
-                CONSISTENT if !core.take_accessed() => victims.push(node),
-                // Read since the hand last passed, or still computing: a second chance.
+                CONSISTENT if !core.take_accessed() && !core.has_live_dependents() => {
+                    // Not under the clock's lock: inserts go on meanwhile.
+                    drop(clock);
+                    evicted += self.evict_with_unused_dependencies(node, target);
+                    clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
+                }
+                // Read since the hand last passed, depended on by a live value, or computing:
+                // a second chance.
                 _ => clock.push_back(weak),
             }
         }
-        drop(clock);
-        tracing::trace!(count = victims.len(), "evicting cached values");
-        for victim in victims {
-            evict(victim.as_ref());
+        evicted
+    }
+
+    /// Evicts `node`, then, depth first, each of its dependencies that no live value depends on
+    /// any more and that was not read since the hand passed, until the cache is down to
+    /// `target`. Returns how many nodes it evicted.
+    fn evict_with_unused_dependencies(&self, node: Arc<dyn ErasedNode>, target: usize) -> usize {
+        // Empty (no allocation) for a value computed from nothing, the common victim.
+        let mut pending = node.core().dependencies();
+        if !evict(node.as_ref()) {
+            return 0;
         }
+        let mut evicted = 1;
+        while self.len() > target {
+            let Some(node) = pending.pop() else {
+                break;
+            };
+            let core = node.core();
+            if core.state() != CONSISTENT || core.accessed() || core.has_live_dependents() {
+                continue;
+            }
+            let dependencies = core.dependencies();
+            if evict(node.as_ref()) {
+                evicted += 1;
+                pending.extend(dependencies);
+            }
+        }
+        evicted
     }
 
     /// Invalidates every cached value.

@@ -9,6 +9,7 @@ mod common;
 mod cancellation;
 mod capacity;
 mod events;
+mod eviction;
 mod exactness;
 mod graph;
 mod lifetime;
