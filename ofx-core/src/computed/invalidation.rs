@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use super::node::{COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED, Removal};
+use super::node::{
+    COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED, Nodes, Removal,
+};
 
 /// Invalidates `nodes` and everything computed from them. Idempotent and thread-safe: each
 /// node's state moves once, and only the thread that moved it walks its dependents.
@@ -22,7 +24,7 @@ pub(crate) fn invalidate_one(node: &dyn ErasedNode, pending: &mut Vec<Arc<dyn Er
                 if core.transition(CONSISTENT, INVALIDATED).is_err() {
                     continue;
                 }
-                pending.extend(left_cache(node, Removal::Invalidated));
+                pending.extend(left_cache(node, Removal::Invalidated).0);
                 return;
             }
             COMPUTING => {
@@ -45,21 +47,23 @@ pub(crate) fn invalidate_one(node: &dyn ErasedNode, pending: &mut Vec<Arc<dyn Er
 }
 
 /// Evicts `node` if it is consistent: invalidates it, told as evicted, and everything computed
-/// from it. Returns whether it was evicted (`false`: it was not consistent anymore).
-pub(crate) fn evict(node: &dyn ErasedNode) -> bool {
+/// from it. Returns what it was computed from, or `None` if it was not consistent anymore.
+pub(crate) fn evict(node: &dyn ErasedNode) -> Option<Nodes> {
     if node.core().transition(CONSISTENT, INVALIDATED).is_err() {
-        return false;
+        return None;
     }
-    invalidate_all(left_cache(node, Removal::Evicted));
-    true
+    let (dependents, dependencies) = left_cache(node, Removal::Evicted);
+    invalidate_all(dependents);
+    Some(dependencies)
 }
 
 /// The rest of invalidating a consistent node, once its state moved: removes it from its table,
-/// drops its edges and wakes its waiters. Returns its dependents, to invalidate.
-fn left_cache(node: &dyn ErasedNode, removal: Removal) -> Vec<Arc<dyn ErasedNode>> {
+/// takes its edges and wakes its waiters. Returns its dependents, to invalidate, and its
+/// dependencies.
+fn left_cache(node: &dyn ErasedNode, removal: Removal) -> (Nodes, Nodes) {
     let core = node.core();
     node.detach(removal);
-    let dependents = core.take_edges();
+    let edges = core.take_all_edges();
     core.notify_all();
     tracing::trace!(
         method = core.method().name(),
@@ -67,7 +71,7 @@ fn left_cache(node: &dyn ErasedNode, removal: Removal) -> Vec<Arc<dyn ErasedNode
         ?removal,
         "invalidated"
     );
-    dependents
+    edges
 }
 
 /// Ends a computation whose value was stored: the node becomes consistent, or, if it was

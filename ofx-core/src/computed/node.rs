@@ -157,13 +157,19 @@ impl NodeCore {
 
     /// Drops the dependencies and returns the live dependents (called once, on invalidation).
     pub(crate) fn take_edges(&self) -> Vec<Arc<dyn ErasedNode>> {
+        self.take_all_edges().0
+    }
+
+    /// Takes the edges (called once, on invalidation): the live dependents, and the
+    /// dependencies.
+    pub(crate) fn take_all_edges(&self) -> (Nodes, Nodes) {
         let edges = std::mem::take(&mut *self.edges());
-        drop(edges.dependencies);
-        edges
+        let dependents = edges
             .dependents
             .into_iter()
             .filter_map(|dependent| dependent.upgrade())
-            .collect()
+            .collect();
+        (dependents, edges.dependencies)
     }
 
     /// Whether a live (consistent or computing) value depends on this one. Drops the edges to
@@ -199,6 +205,9 @@ impl NodeCore {
         self.state() != INVALIDATED
     }
 }
+
+/// Nodes seen without their types.
+pub(crate) type Nodes = Vec<Arc<dyn ErasedNode>>;
 
 /// Why a node leaves its method table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use super::ComputeKey;
 use super::invalidation::{evict, invalidate_all};
 use super::method::ComputeMethodDescriptor;
-use super::node::{CONSISTENT, ErasedNode, INVALIDATED};
+use super::node::{CONSISTENT, ErasedNode, INVALIDATED, Nodes};
 use super::table::{ErasedTable, MethodTable};
 use crate::event::{HubEvent, HubEventListener};
 
@@ -224,6 +224,10 @@ impl Registry {
 
     /// Two turns of the hand at most, until the cache holds `target` values. Returns how many
     /// values it evicted.
+    ///
+    /// Victims are evicted under the clock's lock: they have no live dependent, so evicting
+    /// one invalidates nothing else, and the lock is only ever taken by inserts, which do not
+    /// run inside an event listener or an invalidation.
     fn sweep(&self, target: usize) -> usize {
         let mut evicted = 0;
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -240,10 +244,9 @@ impl Registry {
             match core.state() {
                 INVALIDATED => {}
                 CONSISTENT if !core.take_accessed() && !core.has_live_dependents() => {
-                    // Not under the clock's lock: inserts go on meanwhile.
-                    drop(clock);
-                    evicted += self.evict_with_unused_dependencies(node, target);
-                    clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(dependencies) = evict(node.as_ref()) {
+                        evicted += 1 + self.evict_unused(dependencies, target);
+                    }
                 }
                 // Read since the hand last passed, depended on by a live value, or computing:
                 // a second chance.
@@ -253,28 +256,22 @@ impl Registry {
         evicted
     }
 
-    /// Evicts `node`, then, depth first, each of its dependencies that no live value depends on
-    /// any more and that was not read since the hand passed, until the cache is down to
-    /// `target`. Returns how many nodes it evicted.
-    fn evict_with_unused_dependencies(&self, node: Arc<dyn ErasedNode>, target: usize) -> usize {
-        // Empty (no allocation) for a value computed from nothing, the common victim.
-        let mut pending = node.core().dependencies();
-        if !evict(node.as_ref()) {
-            return 0;
-        }
-        let mut evicted = 1;
+    /// Evicts, depth first while the cache holds more than `target` values, the `nodes` (the
+    /// dependencies of a value just evicted) and their own dependencies that no live value
+    /// depends on and that were not read since the hand passed. Returns how many it evicted.
+    fn evict_unused(&self, mut nodes: Nodes, target: usize) -> usize {
+        let mut evicted = 0;
         while self.len() > target {
-            let Some(node) = pending.pop() else {
+            let Some(node) = nodes.pop() else {
                 break;
             };
             let core = node.core();
             if core.state() != CONSISTENT || core.accessed() || core.has_live_dependents() {
                 continue;
             }
-            let dependencies = core.dependencies();
-            if evict(node.as_ref()) {
+            if let Some(dependencies) = evict(node.as_ref()) {
                 evicted += 1;
-                pending.extend(dependencies);
+                nodes.extend(dependencies);
             }
         }
         evicted
