@@ -40,19 +40,28 @@ where
 {
     let hub = service.hub();
     let mut body = Some(body);
+    // A computation registers as a dependent of what it calls *before* it uses the value (a
+    // hit), waits for it, or computes it: once registered, invalidating the dependency reaches
+    // the dependent (and whoever waits for it) at once, before `invalidate!` returns; and a
+    // dependency invalidated before is never used, the call looks again. So no computation
+    // still in the cache, or in flight, was computed from an invalidated value.
     loop {
-        let node = match lookup::<S, K, T>(hub, method, &key) {
+        match lookup::<S, K, T>(hub, method, &key) {
             Lookup::Hit(value, None) => return value,
             Lookup::Hit(value, Some(node)) => {
-                register_dependency(node);
+                let node: Arc<dyn ErasedNode> = node;
+                if let Some(context) = Context::current() {
+                    if !context.register_pending(&node) {
+                        // Invalidated since it was read: do not use it, look again.
+                        continue;
+                    }
+                    context.record_captured(&node);
+                }
                 return value;
             }
             Lookup::Wait(node) => {
                 let context = Context::current();
                 let erased: Arc<dyn ErasedNode> = node.clone();
-                // A dependent registers before it waits: if what it waits for is invalidated
-                // meanwhile, the invalidation reaches the dependent (and whoever waits for it)
-                // at once, not only once the value arrives.
                 if let Some(context) = &context
                     && !context.register_pending(&erased)
                 {
@@ -75,12 +84,27 @@ where
                     }
                 }
             }
-            Lookup::Lead(node) => node,
-        };
-        let Some(body) = body.take() else {
-            unreachable!("a caller leads at most once: it returns after leading")
-        };
-        return lead(hub, node, key, is_error, body).await;
+            Lookup::Lead(node) => {
+                let context = Context::current();
+                let erased: Arc<dyn ErasedNode> = node.clone();
+                if let Some(context) = &context
+                    && !context.register_pending(&erased)
+                {
+                    // Invalidated as soon as inserted: give it up (whoever joined it looks
+                    // again too) and look again.
+                    abandon(erased.as_ref());
+                    continue;
+                }
+                let Some(body) = body.take() else {
+                    unreachable!("a caller leads at most once: it returns after leading")
+                };
+                let value = lead(hub, node, key, is_error, body).await;
+                if let Some(context) = &context {
+                    context.record_captured(&erased);
+                }
+                return value;
+            }
+        }
     }
 }
 
@@ -130,18 +154,6 @@ where
             hub.registry().inserted(weak);
             return Lookup::Lead(node);
         }
-    }
-}
-
-/// Registers `node` as a dependency of the running computation, if any.
-fn register_dependency<S, K, T>(node: Arc<Node<S, K, T>>)
-where
-    S: 'static,
-    K: ComputeKey,
-    T: Clone + Send + Sync + 'static,
-{
-    if let Some(context) = Context::current() {
-        context.register(node);
     }
 }
 
@@ -202,8 +214,8 @@ where
             schedule_invalidation(hub, &node, lifetime);
         }
     }
-    register_dependency(node);
-    // Evict now that what this computation read is registered as in use.
+    // Evict now that what this computation read is registered as in use (and this value too,
+    // if a computation called it).
     hub.registry().evict_if_over_capacity();
     value
 }

@@ -4,7 +4,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::Computed;
-use super::invalidation::invalidate_all;
 use super::node::ErasedNode;
 
 tokio::task_local! {
@@ -59,25 +58,14 @@ impl Context {
         }
     }
 
-    /// Records that the running task used the value of `dependency`: the running computation
-    /// (if any) depends on it, and the captures on the way record it if it is their first call.
-    pub(crate) fn register(&self, dependency: Arc<dyn ErasedNode>) {
-        self.record_captured(&dependency);
-        if let Some(dependent) = self.computation()
-            && !depend(dependent, &dependency)
-        {
-            // It was invalidated before we got here: what we computed from it is stale.
-            invalidate_all(vec![Arc::clone(dependent)]);
-        }
-    }
-
-    /// Makes the running computation (if any) a dependent of `dependency` *before* waiting for
-    /// `dependency`'s computation in flight, so that invalidating `dependency` meanwhile reaches
-    /// it at once, and with it whoever waits for it. Returns `false`, registering nothing, if
-    /// `dependency` is invalidated already: then the caller must not wait for it.
+    /// Makes the running computation (if any) a dependent of `dependency` *before* it uses
+    /// `dependency`'s value, waits for it or computes it, so that invalidating `dependency`
+    /// from then on reaches it at once, and with it whoever waits for it. Returns `false`,
+    /// registering nothing, if `dependency` is invalidated already: then the caller must not
+    /// use it.
     ///
-    /// Once the wait gives a value, call [`record_captured`](Self::record_captured); if it
-    /// gives none (the computation was abandoned), [`forget_pending`](Self::forget_pending).
+    /// Once the caller has the value, call [`record_captured`](Self::record_captured); if a
+    /// wait gives none (the computation was abandoned), [`forget_pending`](Self::forget_pending).
     pub(crate) fn register_pending(&self, dependency: &Arc<dyn ErasedNode>) -> bool {
         self.computation()
             .is_none_or(|dependent| depend(dependent, dependency))

@@ -367,3 +367,34 @@ async fn a_dependent_waiting_on_a_computation_that_panicked_is_not_invalidated()
     assert_eq!(chain.a().await, 10);
     assert_eq!(chain.runs("a"), 1, "served from the cache");
 }
+
+#[tokio::test]
+async fn the_invalidation_reaches_the_callers_of_a_dependency_they_compute_themselves() {
+    let chain = Chain::new();
+    chain.d_gate.arm();
+    // e computes a, which computes d: each leads the computation of its dependency.
+    let first = spawn({
+        let chain = chain.clone();
+        async move { chain.e().await }
+    });
+    chain.started("d", 1).await; // d read 1 and waits at its gate, under a, under e.
+
+    chain.source.store(2, Ordering::SeqCst);
+    invalidate! { chain.d(); }
+    let after = spawn({
+        let chain = chain.clone();
+        async move { chain.e().await }
+    });
+    chain.d_gate.open(2);
+
+    assert_eq!(first.await.unwrap(), 100, "the first caller gets its value");
+    assert_eq!(
+        after.await.unwrap(),
+        200,
+        "e started after the invalidation was served a value computed from the old d"
+    );
+    assert_eq!(
+        (chain.runs("e"), chain.runs("a"), chain.runs("d")),
+        (2, 2, 2)
+    );
+}
