@@ -11,11 +11,11 @@
 //!    invalidates everything computed from it (transitively), and wakes whoever awaits
 //!    [`Computed::when_invalidated`]. The next call computes a new value.
 //!
-//! If a dependency is invalidated while a dependent is still computing (having read it, or
-//! waiting for its computation in flight: a dependent registers before it waits), the
-//! dependent's value is *born invalidated*: the callers already waiting for that computation get
-//! it, but it is never served from the cache, and new callers start a fresh computation. So a
-//! call that starts after an invalidation never gets a value computed from what was
+//! A computation registers as a dependent of a value before it uses it (a hit), waits for it
+//! or computes it. If that value is invalidated while the dependent is still computing, the
+//! dependent's value is *born invalidated*: the callers already waiting for that computation
+//! get it, but it is never served from the cache, and new callers start a fresh computation.
+//! So a call that starts after an invalidation never gets a value computed from what was
 //! invalidated, whatever is in flight. A computation that is abandoned (its caller dropped, or
 //! its body panicked) produces nothing and invalidates nothing: whoever waited for it looks
 //! again.
@@ -30,11 +30,11 @@
 //! **A dependency of a value in use is in use**: the evictor (a clock with a second chance for
 //! values read since its hand last passed) never evicts a value that a cached or computing
 //! value depends on, though cache hits on the dependent never read it. It evicts the values
-//! nothing depends on that nobody read, and with each, the dependencies it leaves unused. So
-//! eviction takes what nobody reads, and evicting a dependency never invalidates a cached
-//! dependent. The cache may hold more than its capacity while computations in flight hold
-//! what they read (and for an eighth of the capacity of computations after a sweep that could
-//! not get under it, which keeps the evictor's cost constant per computation).
+//! nothing depends on that nobody read, and with each, the dependencies it leaves unused: so
+//! eviction takes what nobody reads. The cache may hold more than its capacity while
+//! computations in flight hold what they read, and then, for the next eighth of the capacity
+//! of computations, up to an eighth more (the evictor waits before it tries again, which
+//! keeps its cost constant per computation).
 
 mod compute;
 pub(crate) mod context;
