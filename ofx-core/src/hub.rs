@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::registry::{ErasedCommand, HandlerRegistration};
 use crate::commander::{CommandFilter, Commander, pipeline};
 use crate::computed::Registry;
+use crate::event::{HubEvent, HubEventListener};
 use crate::extension::HubExtension;
 use crate::operation::{AfterCommitHook, CompletionListener, OperationCompletionNotifier};
 use crate::{ComputeService, Error, HostId};
@@ -103,6 +104,13 @@ impl Hub {
 
     pub(crate) fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// Tells `event` to the hub's event listener, if it has one. `event` is called only then:
+    /// without a listener, emitting costs one check and builds nothing.
+    #[inline]
+    pub(crate) fn emit(&self, event: impl FnOnce() -> HubEvent) {
+        self.inner.registry.emit(event);
     }
 
     pub(crate) fn next_version(&self) -> u64 {
@@ -228,6 +236,7 @@ pub struct HubBuilder {
     listeners: Vec<Arc<dyn CompletionListener>>,
     after_commit: Vec<Arc<dyn AfterCommitHook>>,
     extensions: Vec<Arc<dyn HubExtension>>,
+    event_listener: Option<Arc<dyn HubEventListener>>,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -246,6 +255,7 @@ impl fmt::Debug for HubBuilder {
                     .map(|ext| ext.name())
                     .collect::<Vec<_>>(),
             )
+            .field("event_listener", &self.event_listener.is_some())
             .finish()
     }
 }
@@ -259,6 +269,7 @@ impl Default for HubBuilder {
             listeners: Vec::new(),
             after_commit: Vec::new(),
             extensions: Vec::new(),
+            event_listener: None,
         }
     }
 }
@@ -299,6 +310,14 @@ impl HubBuilder {
     /// trimmer and watcher), attached in the order added by [`start`](Self::start).
     pub fn with(mut self, extension: impl HubExtension) -> Self {
         self.extensions.push(Arc::new(extension));
+        self
+    }
+
+    /// Sets the listener told of every [`HubEvent`] of the hub (none by default). A hub has one
+    /// event listener: a second call replaces the first (to tell several, give one listener
+    /// that forwards to them). See [`HubEventListener`] for what a listener may do.
+    pub fn event_listener(mut self, listener: impl HubEventListener) -> Self {
+        self.event_listener = Some(Arc::new(listener));
         self
     }
 
@@ -345,7 +364,7 @@ impl HubBuilder {
         Ok(Hub {
             inner: Arc::new(HubInner {
                 host_id: self.host_id.unwrap_or_default(),
-                registry: Registry::new(self.capacity),
+                registry: Registry::new(self.capacity, self.event_listener),
                 versions: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
                 services: papaya::HashMap::new(),

@@ -119,6 +119,7 @@
 //!   counted ([`OperationCompletionNotifier::panic_count`]); the caller still gets its result,
 //!   and a log reader goes on.
 //! - [`Hub`], [`HubBuilder`]: a host's runtime and its settings.
+//! - [`event`]: what happens on a hub, told to a listener ([`EventCounter`] for tests).
 //!
 //! ## Features
 //!
@@ -136,6 +137,7 @@ pub mod command;
 pub mod commander;
 pub mod computed;
 mod error;
+pub mod event;
 mod extension;
 mod host_id;
 mod hub;
@@ -151,6 +153,7 @@ pub use command::{CallKind, Command, CommandContext, ContextItems, OperationItem
 pub use commander::{CommandCall, CommandFilter, Commander, Executed, Next};
 pub use computed::{ComputeScope, Computed, ComputedState, capture};
 pub use error::{Error, HandlerError, Result};
+pub use event::{EventCounter, HubEvent, HubEventKind, HubEventListener};
 pub use extension::HubExtension;
 pub use host_id::HostId;
 pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder, WeakHub};

@@ -8,7 +8,8 @@ use super::ComputeKey;
 use super::context::Context;
 use super::invalidation::{abandon, finish_computing, invalidate_all};
 use super::method::ComputeMethodDescriptor;
-use super::node::{COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, Node, NodeCore};
+use super::node::{COMPUTING, CONSISTENT, ErasedNode, Node, NodeCore, Removal};
+use crate::event::HubEvent;
 use crate::{ComputeService, Hub};
 
 /// What a lookup found.
@@ -39,27 +40,71 @@ where
 {
     let hub = service.hub();
     let mut body = Some(body);
+    // A computation registers as a dependent of what it calls *before* it uses the value (a
+    // hit), waits for it, or computes it: once registered, invalidating the dependency reaches
+    // the dependent (and whoever waits for it) at once, before `invalidate!` returns; and a
+    // dependency invalidated before is never used, the call looks again. So no computation
+    // still in the cache, or in flight, was computed from an invalidated value.
     loop {
-        let node = match lookup::<S, K, T>(hub, method, &key) {
+        match lookup::<S, K, T>(hub, method, &key) {
             Lookup::Hit(value, None) => return value,
             Lookup::Hit(value, Some(node)) => {
-                register_dependency(node);
+                let node: Arc<dyn ErasedNode> = node;
+                if let Some(context) = Context::current() {
+                    if !context.register_pending(&node) {
+                        // Invalidated since it was read: do not use it, look again.
+                        continue;
+                    }
+                    context.record_captured(&node);
+                }
                 return value;
             }
-            Lookup::Wait(node) => match node.wait_output().await {
-                Some(value) => {
-                    register_dependency(node);
-                    return value;
+            Lookup::Wait(node) => {
+                let context = Context::current();
+                let erased: Arc<dyn ErasedNode> = node.clone();
+                if let Some(context) = &context
+                    && !context.register_pending(&erased)
+                {
+                    // Invalidated since the lookup: look again.
+                    continue;
                 }
-                // Its leader was dropped or panicked: look again, maybe lead.
-                None => continue,
-            },
-            Lookup::Lead(node) => node,
-        };
-        let Some(body) = body.take() else {
-            unreachable!("a caller leads at most once: it returns after leading")
-        };
-        return lead(hub, node, key, is_error, body).await;
+                match node.wait_output().await {
+                    Some(value) => {
+                        if let Some(context) = &context {
+                            context.record_captured(&erased);
+                        }
+                        return value;
+                    }
+                    None => {
+                        // Its leader was dropped or panicked: look again, maybe lead.
+                        if let Some(context) = &context {
+                            context.forget_pending(&erased);
+                        }
+                        continue;
+                    }
+                }
+            }
+            Lookup::Lead(node) => {
+                let context = Context::current();
+                let erased: Arc<dyn ErasedNode> = node.clone();
+                if let Some(context) = &context
+                    && !context.register_pending(&erased)
+                {
+                    // Invalidated as soon as inserted: give it up (whoever joined it looks
+                    // again too) and look again.
+                    abandon(erased.as_ref());
+                    continue;
+                }
+                let Some(body) = body.take() else {
+                    unreachable!("a caller leads at most once: it returns after leading")
+                };
+                let value = lead(hub, node, key, is_error, body).await;
+                if let Some(context) = &context {
+                    context.record_captured(&erased);
+                }
+                return value;
+            }
+        }
     }
 }
 
@@ -81,17 +126,21 @@ where
                 CONSISTENT => {
                     if let Some(value) = node.output() {
                         core.touch();
+                        table.emit(|| HubEvent::CacheHit {
+                            method: method.name(),
+                        });
                         let node = Context::is_active().then(|| Arc::clone(node));
                         return Lookup::Hit(value.clone(), node);
                     }
                 }
-                COMPUTING | COMPUTING_INVALIDATED => return Lookup::Wait(Arc::clone(node)),
+                COMPUTING => return Lookup::Wait(Arc::clone(node)),
                 _ => {}
             }
-            // Invalidated but not yet removed: help remove it, then look again.
+            // Invalidated (computing or not) but not yet removed: help remove it, then look
+            // again. A caller never joins a computation that was invalidated.
             let node = Arc::clone(node);
             drop(guard);
-            node.detach();
+            node.detach(Removal::Cleanup);
             continue;
         }
         let node = Arc::new(Node::new(
@@ -105,18 +154,6 @@ where
             hub.registry().inserted(weak);
             return Lookup::Lead(node);
         }
-    }
-}
-
-/// Registers `node` as a dependency of the running computation, if any.
-fn register_dependency<S, K, T>(node: Arc<Node<S, K, T>>)
-where
-    S: 'static,
-    K: ComputeKey,
-    T: Clone + Send + Sync + 'static,
-{
-    if let Some(context) = Context::current() {
-        context.register(node);
     }
 }
 
@@ -152,6 +189,9 @@ where
 {
     let mut guard = LeaderGuard(Some(node.as_ref()));
     let method = node.core().method();
+    hub.emit(|| HubEvent::Computed {
+        method: method.name(),
+    });
     tracing::trace!(
         method = method.name(),
         version = node.core().version(),
@@ -174,7 +214,9 @@ where
             schedule_invalidation(hub, &node, lifetime);
         }
     }
-    register_dependency(node);
+    // Evict now that what this computation read is registered as in use (and this value too,
+    // if a computation called it).
+    hub.registry().evict_if_over_capacity();
     value
 }
 

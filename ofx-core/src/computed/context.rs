@@ -4,7 +4,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::Computed;
-use super::invalidation::invalidate_all;
 use super::node::ErasedNode;
 
 tokio::task_local! {
@@ -17,7 +16,16 @@ pub(crate) enum Context {
     /// The task is running the body of this node: calls become its dependencies.
     Computing(Arc<dyn ErasedNode>),
     /// The task runs inside [`capture`]: the first call is recorded.
-    Capturing(Arc<Mutex<Option<Arc<dyn ErasedNode>>>>),
+    Capturing(Arc<Capture>),
+}
+
+/// One [`capture`] in progress.
+pub(crate) struct Capture {
+    /// The first compute call made inside it.
+    slot: Mutex<Option<Arc<dyn ErasedNode>>>,
+    /// The context `capture` was called in: calls made inside the capture report to it too, so
+    /// that a body that reads a dependency through `capture` still depends on it.
+    parent: Option<Context>,
 }
 
 impl Context {
@@ -38,27 +46,69 @@ impl Context {
         CONTEXT.scope(self, future)
     }
 
-    /// Records that the running computation used `dependency`.
-    pub(crate) fn register(&self, dependency: Arc<dyn ErasedNode>) {
-        match self {
-            Self::Computing(dependent) => {
-                dependent.core().add_dependency(Arc::clone(&dependency));
-                let weak = Arc::downgrade(dependent);
-                if !dependency.core().add_dependent(weak) {
-                    // It was invalidated before we got here: what we computed from it is stale.
-                    invalidate_all(vec![Arc::clone(dependent)]);
-                }
-            }
-            Self::Capturing(slot) => {
-                let mut slot = slot
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if slot.is_none() {
-                    *slot = Some(dependency);
-                }
+    /// The computation that calls made in this context are dependencies of, if any: this one,
+    /// or the one the innermost captures were called in.
+    fn computation(&self) -> Option<&Arc<dyn ErasedNode>> {
+        let mut context = self;
+        loop {
+            match context {
+                Self::Computing(node) => return Some(node),
+                Self::Capturing(capture) => context = capture.parent.as_ref()?,
             }
         }
     }
+
+    /// Makes the running computation (if any) a dependent of `dependency` *before* it uses
+    /// `dependency`'s value, waits for it or computes it, so that invalidating `dependency`
+    /// from then on reaches it at once, and with it whoever waits for it. Returns `false`,
+    /// registering nothing, if `dependency` is invalidated already: then the caller must not
+    /// use it.
+    ///
+    /// Once the caller has the value, call [`record_captured`](Self::record_captured); if a
+    /// wait gives none (the computation was abandoned), [`forget_pending`](Self::forget_pending).
+    pub(crate) fn register_pending(&self, dependency: &Arc<dyn ErasedNode>) -> bool {
+        self.computation()
+            .is_none_or(|dependent| depend(dependent, dependency))
+    }
+
+    /// Undoes [`register_pending`](Self::register_pending) for a computation that was
+    /// abandoned: it produced no value, so the running computation did not use it.
+    pub(crate) fn forget_pending(&self, dependency: &Arc<dyn ErasedNode>) {
+        if let Some(dependent) = self.computation() {
+            dependent.core().remove_dependency(dependency);
+        }
+    }
+
+    /// Records `dependency` in the captures on the way to the running computation that have
+    /// recorded nothing yet.
+    pub(crate) fn record_captured(&self, dependency: &Arc<dyn ErasedNode>) {
+        let mut context = self;
+        while let Self::Capturing(capture) = context {
+            let mut slot = capture
+                .slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(Arc::clone(dependency));
+            }
+            drop(slot);
+            match &capture.parent {
+                Some(parent) => context = parent,
+                None => return,
+            }
+        }
+    }
+}
+
+/// Records that `dependent` is computed from `dependency`. Returns `false`, recording nothing,
+/// if `dependency` is invalidated.
+fn depend(dependent: &Arc<dyn ErasedNode>, dependency: &Arc<dyn ErasedNode>) -> bool {
+    // The dependent's side first: once there, an invalidation of `dependency` reaches it.
+    if !dependency.core().add_dependent(Arc::downgrade(dependent)) {
+        return false;
+    }
+    dependent.core().add_dependency(Arc::clone(dependency));
+    true
 }
 
 /// Runs `future` and returns its output with the [`Computed`] of the first compute method it
@@ -89,9 +139,13 @@ impl Context {
 /// [`Error::NothingCaptured`](crate::Error::NothingCaptured) when `future` called no compute
 /// method.
 pub async fn capture<F: Future>(future: F) -> crate::Result<(F::Output, Computed)> {
-    let slot = Arc::new(Mutex::new(None));
-    let output = Context::Capturing(Arc::clone(&slot)).scope(future).await;
-    let captured = slot
+    let capture = Arc::new(Capture {
+        slot: Mutex::new(None),
+        parent: Context::current(),
+    });
+    let output = Context::Capturing(Arc::clone(&capture)).scope(future).await;
+    let captured = capture
+        .slot
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();

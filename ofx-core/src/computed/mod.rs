@@ -11,14 +11,30 @@
 //!    invalidates everything computed from it (transitively), and wakes whoever awaits
 //!    [`Computed::when_invalidated`]. The next call computes a new value.
 //!
-//! If a dependency is invalidated while a dependent is still computing, the dependent's value is
-//! *born invalidated*: the callers of that computation get it, but it is never served from the
-//! cache, and the next call computes again.
+//! A computation registers as a dependent of a value before it uses it (a hit), waits for it
+//! or computes it. If that value is invalidated while the dependent is still computing, the
+//! dependent's value is *born invalidated*: the callers already waiting for that computation
+//! get it, but it is never served from the cache, and new callers start a fresh computation.
+//! So a call that starts after an invalidation never gets a value computed from what was
+//! invalidated, whatever is in flight. A computation that is abandoned (its caller dropped, or
+//! its body panicked) produces nothing and invalidates nothing: whoever waited for it looks
+//! again.
+//!
+//! Calls made inside [`capture`] within a computation are dependencies of that computation too.
 //!
 //! The cache is bounded ([`HubBuilder::capacity`](crate::HubBuilder::capacity)). **Eviction is
 //! invalidation**: an evicted value invalidates its dependents, so no value stays cached after
 //! the thing it was computed from has been forgotten (a later invalidation could not reach it).
 //! Dependents hold their dependencies alive; dependencies hold their dependents weakly.
+//!
+//! **A dependency of a value in use is in use**: the evictor (a clock with a second chance for
+//! values read since its hand last passed) never evicts a value that a cached or computing
+//! value depends on, though cache hits on the dependent never read it. It evicts the values
+//! nothing depends on that nobody read, and with each, the dependencies it leaves unused: so
+//! eviction takes what nobody reads. The cache may hold more than its capacity while
+//! computations in flight hold what they read, and then, for the next eighth of the capacity
+//! of computations, up to an eighth more (the evictor waits before it tries again, which
+//! keeps its cost constant per computation).
 
 mod compute;
 pub(crate) mod context;

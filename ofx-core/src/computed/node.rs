@@ -7,6 +7,7 @@ use event_listener::Event;
 
 use super::method::ComputeMethodDescriptor;
 use super::table::MethodTable;
+use crate::event::HubEvent;
 
 /// The body is running; no value yet.
 pub(crate) const COMPUTING: u8 = 0;
@@ -73,6 +74,11 @@ impl NodeCore {
         }
     }
 
+    /// Whether the value was read since the evictor's hand last passed.
+    pub(crate) fn accessed(&self) -> bool {
+        self.accessed.load(Ordering::Relaxed)
+    }
+
     /// Clears the accessed flag, returning whether it was set.
     pub(crate) fn take_accessed(&self) -> bool {
         self.accessed.swap(false, Ordering::Relaxed)
@@ -124,6 +130,13 @@ impl NodeCore {
         }
     }
 
+    /// Forgets `dependency` (a computation that was abandoned before `self` used its value).
+    pub(crate) fn remove_dependency(&self, dependency: &Arc<dyn ErasedNode>) {
+        self.edges()
+            .dependencies
+            .retain(|known| !Arc::ptr_eq(known, dependency));
+    }
+
     /// Records `dependent` as computed from `self`. Returns `false` if `self` is already
     /// invalidated: then the dependent must be invalidated by the caller.
     pub(crate) fn add_dependent(&self, dependent: Weak<dyn ErasedNode>) -> bool {
@@ -144,13 +157,36 @@ impl NodeCore {
 
     /// Drops the dependencies and returns the live dependents (called once, on invalidation).
     pub(crate) fn take_edges(&self) -> Vec<Arc<dyn ErasedNode>> {
+        self.take_all_edges().0
+    }
+
+    /// Takes the edges (called once, on invalidation): the live dependents, and the
+    /// dependencies.
+    pub(crate) fn take_all_edges(&self) -> (Nodes, Nodes) {
         let edges = std::mem::take(&mut *self.edges());
-        drop(edges.dependencies);
-        edges
+        let dependents = edges
             .dependents
             .into_iter()
             .filter_map(|dependent| dependent.upgrade())
-            .collect()
+            .collect();
+        (dependents, edges.dependencies)
+    }
+
+    /// Whether a live (consistent or computing) value depends on this one. Drops the edges to
+    /// dead or invalidated dependents it meets on the way (from the most recent), so that the
+    /// cost is constant over time.
+    pub(crate) fn has_live_dependents(&self) -> bool {
+        let mut edges = self.edges();
+        while let Some(last) = edges.dependents.last() {
+            if last
+                .upgrade()
+                .is_some_and(|dependent| matches!(dependent.core().state(), COMPUTING | CONSISTENT))
+            {
+                return true;
+            }
+            edges.dependents.pop();
+        }
+        false
     }
 
     pub(crate) fn dependencies(&self) -> Vec<Arc<dyn ErasedNode>> {
@@ -170,11 +206,26 @@ impl NodeCore {
     }
 }
 
+/// Nodes seen without their types.
+pub(crate) type Nodes = Vec<Arc<dyn ErasedNode>>;
+
+/// Why a node leaves its method table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// A lookup found it invalidated and helps remove it: its invalidation was told already.
+    Cleanup,
+    /// It was just invalidated: tell the hub's listener.
+    Invalidated,
+    /// It was just evicted: tell the hub's listener.
+    Evicted,
+}
+
 /// A cached result seen without its key and value types.
 pub(crate) trait ErasedNode: Send + Sync + 'static {
     fn core(&self) -> &NodeCore;
-    /// Removes this node from its method table if it is still the entry for its key.
-    fn detach(&self);
+    /// Removes this node from its method table if it is still the entry for its key, and tells
+    /// the hub's event listener why, unless `removal` is [`Removal::Cleanup`].
+    fn detach(&self, removal: Removal);
 }
 
 /// A cached result of the compute method `S::method(K) -> T`.
@@ -244,9 +295,19 @@ where
         &self.core
     }
 
-    fn detach(&self) {
+    fn detach(&self, removal: Removal) {
         if let Some(table) = self.table.upgrade() {
             table.remove_node(self);
+            let method = self.core.method;
+            match removal {
+                Removal::Cleanup => {}
+                Removal::Invalidated => table.emit(|| HubEvent::Invalidated {
+                    method: method.name(),
+                }),
+                Removal::Evicted => table.emit(|| HubEvent::Evicted {
+                    method: method.name(),
+                }),
+            }
         }
     }
 }

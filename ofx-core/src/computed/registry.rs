@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use super::ComputeKey;
-use super::invalidation::invalidate_all;
+use super::invalidation::{evict, invalidate_all};
 use super::method::ComputeMethodDescriptor;
-use super::node::{CONSISTENT, ErasedNode, INVALIDATED};
+use super::node::{CONSISTENT, ErasedNode, INVALIDATED, Nodes};
 use super::table::{ErasedTable, MethodTable};
+use crate::event::{HubEvent, HubEventListener};
 
 const CHUNK: usize = 64;
 const CHUNKS: usize = 1024;
@@ -33,10 +34,14 @@ pub(crate) struct Registry {
     /// the nodes).
     clock: Mutex<VecDeque<Weak<dyn ErasedNode>>>,
     evicting: Mutex<()>,
+    /// Calls of the evictor to skip after a sweep that could not get under the capacity.
+    postponed: AtomicUsize,
+    /// The hub's event listener, shared with every table.
+    listener: Option<Arc<dyn HubEventListener>>,
 }
 
 impl Registry {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, listener: Option<Arc<dyn HubEventListener>>) -> Self {
         Self {
             chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
             overflow: papaya::HashMap::new(),
@@ -45,7 +50,15 @@ impl Registry {
             capacity,
             clock: Mutex::new(VecDeque::new()),
             evicting: Mutex::new(()),
+            postponed: AtomicUsize::new(0),
+            listener,
         }
+    }
+
+    /// Tells `event` to the hub's event listener, if there is one (and builds it only then).
+    #[inline]
+    pub(crate) fn emit(&self, event: impl FnOnce() -> HubEvent) {
+        crate::event::emit(self.listener.as_ref(), event);
     }
 
     /// The number of cached entries (consistent or computing).
@@ -129,7 +142,8 @@ impl Registry {
         K: ComputeKey,
         T: Clone + Send + Sync + 'static,
     {
-        let table: Arc<dyn ErasedTable> = MethodTable::<S, K, T>::new(Arc::clone(&self.len));
+        let table: Arc<dyn ErasedTable> =
+            MethodTable::<S, K, T>::new(Arc::clone(&self.len), self.listener.clone());
         self.tables
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -137,8 +151,8 @@ impl Registry {
         table
     }
 
-    /// Records a node just inserted into its table, then evicts if the cache is over its
-    /// capacity.
+    /// Records a node just inserted into its table, for the evictor. The evictor runs when its
+    /// computation ends ([`evict_if_over_capacity`](Self::evict_if_over_capacity)).
     pub(crate) fn inserted(&self, node: Weak<dyn ErasedNode>) {
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
         clock.push_back(node);
@@ -150,32 +164,75 @@ impl Registry {
                     .is_some_and(|node| node.core().state() != INVALIDATED)
             });
         }
-        drop(clock);
-        self.evict_if_over_capacity();
     }
 
     /// Evicts entries while the cache holds more than its capacity. Eviction is invalidation:
     /// an evicted entry's dependents are invalidated with it.
     ///
-    /// The policy is a clock (FIFO with a second chance): nodes queue in insertion order; the
-    /// evictor takes them from the front; one read since it last passed is sent to the back with
-    /// its flag cleared, the others are evicted. Evicting down to 7/8 of the capacity at once
-    /// keeps the cost per insertion constant.
-    fn evict_if_over_capacity(&self) {
-        if self.len() <= self.capacity {
+    /// The policy is a clock (FIFO with a second chance) that keeps what is in use: nodes queue
+    /// in insertion order and the evictor takes them from the front. A node read since the hand
+    /// last passed is sent to the back with its flag cleared; so is a node that a live
+    /// (consistent or computing) value depends on: a dependency of a value in use is in use,
+    /// though its dependent's cache hits never read it. Other consistent nodes are evicted, and
+    /// the evictor then looks at once at what each victim depended on: a dependency left with no
+    /// live dependent and not read since the hand passed is evicted too, so that dropping a
+    /// top-level value frees its dependencies without another turn of the hand.
+    ///
+    /// It runs when a computation ends, once the values it read are registered as its
+    /// dependencies (so in use), not when its node is inserted: at that point the values the
+    /// new computation is about to read are not known to be in use, and a sweep then could
+    /// evict exactly them (the newest values, depended on by nothing yet).
+    ///
+    /// A sweep evicts down to 7/8 of the capacity at once, so that sweeps are rare. The hand
+    /// makes two turns at most (the first may only clear flags, the second then evicts): a sweep
+    /// never loops. Values in use are never evicted, so a sweep may fail to get under the
+    /// capacity: when values depended on by computations still running fill it (a consistent
+    /// graph always has values nothing depends on, which the second turn evicts; a running
+    /// computation protects what it read until it ends). Then the next sweep waits for an eighth
+    /// of the capacity more computations, so that the evictor's cost stays constant per
+    /// computation (two turns per eighth of the capacity) even when nothing can be evicted; the
+    /// cache may meanwhile hold up to an eighth more than its capacity, plus what is computing.
+    #[inline]
+    pub(crate) fn evict_if_over_capacity(&self) {
+        if self.len() > self.capacity {
+            self.over_capacity();
+        }
+    }
+
+    #[cold]
+    fn over_capacity(&self) {
+        let postponed = self
+            .postponed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            });
+        if postponed.is_ok() {
             return;
         }
         // One evictor at a time; the others go on, the running sweep covers them.
         let Ok(_evicting) = self.evicting.try_lock() else {
             return;
         };
-        let target = self.capacity - self.capacity / 8;
-        let excess = self.len().saturating_sub(target);
-        let mut victims: Vec<Arc<dyn ErasedNode>> = Vec::with_capacity(excess);
+        let evicted = self.sweep(self.capacity - self.capacity / 8);
+        let len = self.len();
+        if len > self.capacity {
+            self.postponed
+                .store((self.capacity / 8).max(1), Ordering::Relaxed);
+        }
+        tracing::trace!(evicted, len, "evicted cached values");
+    }
+
+    /// Two turns of the hand at most, until the cache holds `target` values. Returns how many
+    /// values it evicted.
+    ///
+    /// Victims are evicted under the clock's lock: they have no live dependent, so evicting
+    /// one invalidates nothing else, and the lock is only ever taken by inserts, which do not
+    /// run inside an event listener or an invalidation.
+    fn sweep(&self, target: usize) -> usize {
+        let mut evicted = 0;
         let mut clock = self.clock.lock().unwrap_or_else(PoisonError::into_inner);
-        // Two turns at most: the first may only clear flags, the second then evicts.
         let mut left = 2 * clock.len();
-        while victims.len() < excess && left > 0 {
+        while self.len() > target && left > 0 {
             left -= 1;
             let Some(weak) = clock.pop_front() else {
                 break;
@@ -186,14 +243,38 @@ impl Registry {
             let core = node.core();
             match core.state() {
                 INVALIDATED => {}
-                CONSISTENT if !core.take_accessed() => victims.push(node),
-                // Read since the hand last passed, or still computing: a second chance.
+                CONSISTENT if !core.take_accessed() && !core.has_live_dependents() => {
+                    if let Some(dependencies) = evict(node.as_ref()) {
+                        evicted += 1 + self.evict_unused(dependencies, target);
+                    }
+                }
+                // Read since the hand last passed, depended on by a live value, or computing:
+                // a second chance.
                 _ => clock.push_back(weak),
             }
         }
-        drop(clock);
-        tracing::trace!(count = victims.len(), "evicting cached values");
-        invalidate_all(victims);
+        evicted
+    }
+
+    /// Evicts, depth first while the cache holds more than `target` values, the `nodes` (the
+    /// dependencies of a value just evicted) and their own dependencies that no live value
+    /// depends on and that were not read since the hand passed. Returns how many it evicted.
+    fn evict_unused(&self, mut nodes: Nodes, target: usize) -> usize {
+        let mut evicted = 0;
+        while self.len() > target {
+            let Some(node) = nodes.pop() else {
+                break;
+            };
+            let core = node.core();
+            if core.state() != CONSISTENT || core.accessed() || core.has_live_dependents() {
+                continue;
+            }
+            if let Some(dependencies) = evict(node.as_ref()) {
+                evicted += 1;
+                nodes.extend(dependencies);
+            }
+        }
+        evicted
     }
 
     /// Invalidates every cached value.

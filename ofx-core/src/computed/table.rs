@@ -7,6 +7,7 @@ use std::sync::{Arc, Weak};
 
 use super::ComputeKey;
 use super::node::{ErasedNode, Node};
+use crate::event::{HubEvent, HubEventListener};
 
 type Map<S, K, T> = papaya::HashMap<K, Arc<Node<S, K, T>>, foldhash::fast::RandomState>;
 
@@ -15,6 +16,8 @@ pub(crate) struct MethodTable<S, K, T> {
     map: Map<S, K, T>,
     /// The hub-wide entry count, shared by all of its tables.
     len: Arc<AtomicUsize>,
+    /// The hub's event listener.
+    listener: Option<Arc<dyn HubEventListener>>,
     this: Weak<Self>,
     _service: PhantomData<fn() -> S>,
 }
@@ -25,13 +28,17 @@ where
     K: ComputeKey,
     T: Clone + Send + Sync + 'static,
 {
-    pub(crate) fn new(len: Arc<AtomicUsize>) -> Arc<Self> {
+    pub(crate) fn new(
+        len: Arc<AtomicUsize>,
+        listener: Option<Arc<dyn HubEventListener>>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             this: this.clone(),
             map: papaya::HashMap::builder()
                 .hasher(foldhash::fast::RandomState::default())
                 .build(),
             len,
+            listener,
             _service: PhantomData,
         })
     }
@@ -68,6 +75,12 @@ where
         if matches!(removed, Ok(Some(_))) {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Tells `event` to the hub's event listener, if there is one (and builds it only then).
+    #[inline]
+    pub(crate) fn emit(&self, event: impl FnOnce() -> HubEvent) {
+        crate::event::emit(self.listener.as_ref(), event);
     }
 
     /// The node cached for `key`, if any.

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::Operation;
 use super::invalidation::{self, PassError};
+use crate::event::HubEvent;
 use crate::{Error, Hub};
 
 /// How many completed operations the notifier remembers, to ignore a second notification.
@@ -152,6 +153,11 @@ impl OperationCompletionNotifier {
                 PassError::Undecodable(error) => ReplayError::Undecodable(error),
                 PassError::Unavailable(error) => ReplayError::Unavailable(error),
             };
+            hub.emit(|| HubEvent::ReplayFailed {
+                operation: operation.uuid,
+                command: operation.command_name.clone(),
+                error: error.to_string(),
+            });
             return Err(error);
         }
         self.tell(hub, &operation, false);
@@ -163,11 +169,20 @@ impl OperationCompletionNotifier {
             return;
         }
         self.panics.fetch_add(panics, Ordering::Relaxed);
-        let _ = (hub, operation);
+        for _ in 0..panics {
+            hub.emit(|| HubEvent::InvalidationPanicked {
+                operation: operation.uuid,
+                command: operation.command_name.clone(),
+            });
+        }
     }
 
     fn tell(&self, hub: &Hub, operation: &Operation, local: bool) {
-        let _ = hub;
+        hub.emit(|| HubEvent::OperationCompleted {
+            operation: operation.uuid,
+            command: operation.command_name.clone(),
+            local,
+        });
         for listener in &self.listeners {
             listener.on_operation_completed(operation, local);
         }

@@ -541,3 +541,29 @@ async fn a_background_task_that_panics_is_marked_crashed_never_silent() {
     spawn_supervised("test task", finishing.clone(), async {});
     assert_eq!(finishing.ended().await, TaskState::Stopped);
 }
+
+#[tokio::test]
+async fn operations_tell_the_hubs_event_listener() {
+    use ofx_core::{EventCounter, HubEventKind};
+    let events = EventCounter::new();
+    let journal = Journal::default();
+    let a = store(Hub::builder().event_listener(events.clone()), &journal);
+    let panicking = Write {
+        key: 11,
+        outcome: Outcome::InMemory,
+        panic: true,
+    };
+    a.hub.commander().call(panicking).await.unwrap();
+    assert_eq!(events.completed("lifecycle.write"), 1);
+    assert_eq!(events.count(HubEventKind::InvalidationPanicked), 1);
+
+    let b_events = EventCounter::new();
+    let b_hub = Hub::builder()
+        .event_listener(b_events.clone())
+        .build()
+        .unwrap();
+    let operation = operation_of(&a, write(12, Outcome::InMemory)).await;
+    b_hub.commander().replay(operation).await.unwrap_err();
+    assert_eq!(b_events.count(HubEventKind::ReplayFailed), 1);
+    assert_eq!(b_events.count(HubEventKind::OperationCompleted), 0);
+}

@@ -8,7 +8,7 @@ use crate::common::Store;
 
 #[tokio::test]
 async fn dropping_the_leader_hands_the_computation_to_a_waiter() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     // Boxed, so that `drop(leader)` drops the future itself.
     let mut leader = Box::pin(store.gated(3));
     let waiter = store.gated(3);
@@ -16,23 +16,23 @@ async fn dropping_the_leader_hands_the_computation_to_a_waiter() {
     // Poll each once: the leader starts the body and blocks on the gate; the waiter waits.
     tokio::select! { biased; _ = &mut leader => panic!("the gate is closed"), () = async {} => {} }
     tokio::select! { biased; _ = &mut waiter => panic!("the gate is closed"), () = async {} => {} }
-    assert_eq!(Store::runs(&store.gated_runs), 1);
+    assert_eq!(store.runs("gated"), 1);
 
     drop(leader);
     store.gate.add_permits(1);
     assert_eq!(waiter.await, 3, "the waiter still gets a value");
     assert_eq!(
-        Store::runs(&store.gated_runs),
+        store.runs("gated"),
         2,
         "it computed it after the leader left"
     );
     store.gated(3).await;
-    assert_eq!(Store::runs(&store.gated_runs), 2, "and it was cached");
+    assert_eq!(store.runs("gated"), 2, "and it was cached");
 }
 
 #[tokio::test]
 async fn a_dropped_sole_caller_leaves_no_computing_entry() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     {
         let caller = store.gated(5);
         tokio::pin!(caller);
@@ -50,7 +50,7 @@ async fn a_dropped_sole_caller_leaves_no_computing_entry() {
 
 #[tokio::test]
 async fn a_panicking_body_does_not_poison_the_key() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     store.panicking.store(true, Ordering::SeqCst);
     let panicked = tokio::spawn({
         let store = store.clone();
@@ -62,5 +62,5 @@ async fn a_panicking_body_does_not_poison_the_key() {
 
     store.panicking.store(false, Ordering::SeqCst);
     assert_eq!(store.panicky(8).await, 8);
-    assert_eq!(Store::runs(&store.panicky_runs), 2);
+    assert_eq!(store.runs("panicky"), 2);
 }

@@ -1,25 +1,25 @@
 //! Caching, dependency capture and transitive invalidation.
 
-use std::sync::atomic::Ordering;
-
-use ofx_core::{ComputeScope, ComputedState, Hub, capture, invalidate};
+use ofx_core::{ComputeScope, ComputedState, Hub, HubEventKind, capture, invalidate};
 
 use crate::common::Store;
 
 #[tokio::test]
 async fn a_second_call_is_served_from_the_cache() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     assert_eq!(store.value(3).await, 3);
     store.set(3, 30);
     assert_eq!(store.value(3).await, 3, "the cached value is served");
-    assert_eq!(Store::runs(&store.value_runs), 1);
+    assert_eq!(store.runs("value"), 1);
+    assert_eq!(store.events.cache_hits("Store::value"), 1);
     assert_eq!(store.value(4).await, 4, "other arguments are other entries");
-    assert_eq!(Store::runs(&store.value_runs), 2);
+    assert_eq!(store.runs("value"), 2);
+    assert_eq!(store.events.cache_hits("Store::value"), 1);
 }
 
 #[tokio::test]
 async fn calls_made_while_computing_become_dependencies_across_awaits() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     let (sum, computed) = capture(store.sum(0, 1)).await.unwrap();
     assert_eq!(sum, 1);
     let dependencies = computed.dependencies();
@@ -42,7 +42,7 @@ async fn calls_made_while_computing_become_dependencies_across_awaits() {
 
 #[tokio::test]
 async fn invalidating_a_dependency_invalidates_its_dependents_transitively() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     assert_eq!(store.total().await, 3);
     let (_, total) = capture(store.total()).await.unwrap();
     let (_, sum) = capture(store.sum(0, 1)).await.unwrap();
@@ -53,20 +53,23 @@ async fn invalidating_a_dependency_invalidates_its_dependents_transitively() {
 
     assert_eq!(sum.state(), ComputedState::Invalidated);
     assert_eq!(total.state(), ComputedState::Invalidated);
+    assert_eq!(store.events.invalidated("Store::value"), 1);
+    assert_eq!(store.events.invalidated("Store::sum"), 1);
+    assert_eq!(store.events.invalidated("Store::total"), 1);
     assert!(
         unrelated.is_consistent(),
         "values that did not use value(0) stay"
     );
     assert_eq!(store.total().await, 103);
-    assert_eq!(Store::runs(&store.total_runs), 2);
-    assert_eq!(Store::runs(&store.sum_runs), 2);
+    assert_eq!(store.runs("total"), 2);
+    assert_eq!(store.runs("sum"), 2);
     // value(1), value(2) and value(5) were not invalidated: only value(0) ran again.
-    assert_eq!(Store::runs(&store.value_runs), 5);
+    assert_eq!(store.runs("value"), 5);
 }
 
 #[tokio::test]
 async fn invalidation_is_idempotent_and_names_exact_arguments() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     let (_, zero) = capture(store.value(0)).await.unwrap();
     let (_, one) = capture(store.value(1)).await.unwrap();
     invalidate! {
@@ -85,7 +88,7 @@ async fn invalidation_is_idempotent_and_names_exact_arguments() {
 
 #[tokio::test]
 async fn invalidate_accepts_control_flow() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     for key in 0..4 {
         store.value(key).await;
     }
@@ -100,7 +103,7 @@ async fn invalidate_accepts_control_flow() {
 
 #[tokio::test]
 async fn when_invalidated_wakes_the_waiter() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     let (_, computed) = capture(store.value(7)).await.unwrap();
     let waiter = tokio::spawn({
         let computed = computed.clone();
@@ -115,7 +118,7 @@ async fn when_invalidated_wakes_the_waiter() {
 
 #[tokio::test]
 async fn a_spawned_task_is_not_captured_unless_given_the_scope() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     let (_, computed) = capture(async {
         let uncaptured = tokio::spawn({
             let store = store.clone();
@@ -147,12 +150,13 @@ async fn capture_without_a_compute_call_is_an_error() {
 
 #[tokio::test]
 async fn invalidate_everything_clears_the_hub() {
-    let store = Store::new(Hub::new().unwrap());
+    let store = Store::new(Hub::builder());
     store.total().await;
     assert_eq!(store.hub.cached_len(), 5);
     store.hub.invalidate_everything();
     assert_eq!(store.hub.cached_len(), 0);
+    assert_eq!(store.events.count(HubEventKind::Invalidated), 5);
     store.set(2, 20);
     assert_eq!(store.total().await, 21);
-    assert_eq!(store.value_runs.load(Ordering::SeqCst), 6);
+    assert_eq!(store.runs("value"), 6);
 }

@@ -8,6 +8,9 @@ mod common;
 
 mod cancellation;
 mod capacity;
+mod events;
+mod eviction;
+mod exactness;
 mod graph;
 mod lifetime;
 mod single_flight;

@@ -3,13 +3,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ofx_core::{Hub, invalidate};
+use ofx_core::{ComputeService, Hub, compute_method, invalidate};
 
 use crate::common::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_value_survives_concurrent_writes() {
-    let store = Store::new(Hub::builder().capacity(40).build().unwrap());
+    let store = Store::new(Hub::builder().capacity(40));
     let writes = std::sync::Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for reader in 0..4_u64 {
@@ -52,4 +52,78 @@ async fn no_stale_value_survives_concurrent_writes() {
         .map(|k| store.values[k].load(Ordering::SeqCst))
         .sum::<u64>();
     assert_eq!(store.total().await, expected);
+}
+
+/// `top` waits on `middle`, which waits on `source`; each yields while computing, so calls
+/// often join computations in flight.
+struct Layers {
+    hub: Hub,
+    version: AtomicU64,
+}
+
+impl ComputeService for Layers {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Layers {
+    #[compute_method]
+    async fn source(&self) -> u64 {
+        let version = self.version.load(Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        version
+    }
+
+    #[compute_method]
+    async fn middle(&self) -> u64 {
+        let version = self.source().await;
+        tokio::task::yield_now().await;
+        version
+    }
+
+    #[compute_method]
+    async fn top(&self) -> u64 {
+        tokio::task::yield_now().await;
+        self.middle().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_started_after_an_invalidation_never_sees_what_it_invalidated() {
+    let layers = std::sync::Arc::new(Layers {
+        hub: Hub::new().unwrap(),
+        version: AtomicU64::new(0),
+    });
+    // The last version whose invalidation has returned.
+    let published = std::sync::Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let layers = layers.clone();
+        let published = published.clone();
+        tasks.spawn(async move {
+            for _ in 0..3_000 {
+                let floor = published.load(Ordering::SeqCst);
+                let seen = layers.top().await;
+                assert!(
+                    seen >= floor,
+                    "a call started after version {floor} was published got {seen}"
+                );
+            }
+        });
+    }
+    {
+        let layers = layers.clone();
+        tasks.spawn(async move {
+            for version in 1..=1_000 {
+                layers.version.store(version, Ordering::SeqCst);
+                invalidate! { layers.source(); }
+                published.store(version, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ofx_core::background::TaskState;
 use ofx_core::{
-    Command, CommandContext, ComputeService, Hub, capture, command_handler, compute_method,
-    invalidate, service,
+    Command, CommandContext, ComputeService, EventCounter, Hub, HubEventKind, capture,
+    command_handler, compute_method, invalidate, service,
 };
 use ofx_diesel::{Backend, DbHub, Error};
 use serde::{Deserialize, Serialize};
@@ -102,8 +102,17 @@ where
     Notes<B>: NotesService,
 {
     async fn start(url: &str, attach_service: bool) -> Self {
+        Self::start_with(url, attach_service, EventCounter::new()).await
+    }
+
+    async fn start_with(url: &str, attach_service: bool, events: EventCounter) -> Self {
         let db = DbHub::<B>::open(url, fast()).await.unwrap();
-        let hub = Hub::builder().with(db.clone()).start().await.unwrap();
+        let hub = Hub::builder()
+            .event_listener(events)
+            .with(db.clone())
+            .start()
+            .await
+            .unwrap();
         let notes = Arc::new(Notes {
             hub: hub.clone(),
             db: db.clone(),
@@ -134,17 +143,6 @@ where
     fn reader(&self) -> ofx_diesel::LogReader {
         self.db.log_reader(self.hub()).unwrap()
     }
-}
-
-/// Waits (bounded) until `done` holds: for counters that no event announces.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !done() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{what} within 10 s"));
 }
 
 pub(crate) async fn a_restarted_reader_resumes_where_it_stopped<B: Backend>(url: &str)
@@ -236,14 +234,18 @@ where
 {
     let a = NotesHost::<B>::start(url, true).await;
     // Host B's reader runs; its service is not attached yet (it still computes).
-    let b = NotesHost::<B>::start(url, false).await;
+    let events = EventCounter::new();
+    let b = NotesHost::<B>::start_with(url, false, events.clone()).await;
     let (_, cached) = capture(b.notes.count_of(3)).await.unwrap();
     let sequence = a.note(3, false).await;
     let reader = b.reader();
-    eventually("the replay fails and is retried", || {
-        reader.stats().replay_retries.load(Ordering::Relaxed) >= 2
-    })
-    .await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        events.wait_until(|events| events.count(HubEventKind::ReplayFailed) >= 2),
+    )
+    .await
+    .expect("the replay fails, and is tried again");
+    assert!(reader.stats().replay_retries.load(Ordering::Relaxed) >= 2);
     assert!(cached.is_consistent(), "not replayed yet");
     let error = reader
         .wait_replayed(sequence, Duration::from_millis(20))
