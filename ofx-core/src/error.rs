@@ -108,6 +108,55 @@ pub enum Error {
     #[error("{0}")]
     Rejected(String),
 
+    /// The operation's commit failed in a way its scope could not resolve: the operation may
+    /// or may not be stored. Check (for example the operation log, by uuid) before running a
+    /// command that is not idempotent again. Nothing was invalidated here; if it was stored,
+    /// the log reader replays it.
+    #[error("the commit of operation {operation} is in doubt: {source}")]
+    CommitInDoubt {
+        /// The operation's uuid.
+        operation: uuid::Uuid,
+        /// The scope's error.
+        #[source]
+        source: Arc<Error>,
+    },
+
+    /// A command of one operation asked for a second storing scope (for instance a second
+    /// database): one operation commits to one storage, atomically.
+    #[error("the operation already writes to `{active}`; it cannot also write to `{requested}`")]
+    ScopeConflict {
+        /// The storage the operation writes to.
+        active: &'static str,
+        /// The other storage asked for.
+        requested: &'static str,
+    },
+
+    /// An operation's storage was asked for outside a main branch (in an invalidation branch,
+    /// which must do no I/O).
+    #[error("the command `{command}` asked for its operation's storage outside its main branch")]
+    NotInOperation {
+        /// The command's name.
+        command: &'static str,
+    },
+
+    /// A hub with extensions (storages, watchers) was built with `build()`: start it with
+    /// `HubBuilder::start().await`, which attaches them in order.
+    #[error("this hub has extensions ({extensions}): build it with `HubBuilder::start().await`")]
+    ExtensionsNeedStart {
+        /// Their names.
+        extensions: String,
+    },
+
+    /// An extension could not attach to the hub (its server unreachable, for instance).
+    #[error("the extension `{extension}` could not start: {source}")]
+    Extension {
+        /// Its name.
+        extension: &'static str,
+        /// Why.
+        #[source]
+        source: HandlerError,
+    },
+
     /// The operation scope failed: the operation could not be stored or committed (a database
     /// scope's error is here, boxed: downcast it with [`Error::scope_error`]). Nothing was
     /// invalidated.

@@ -54,3 +54,16 @@ impl fmt::Debug for HostId {
         write!(f, "HostId({})", self.0)
     }
 }
+
+impl serde::Serialize for HostId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HostId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(Self(Arc::from(text.as_ref())))
+    }
+}

@@ -10,12 +10,10 @@ use std::sync::Weak;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::registry::{ErasedCommand, HandlerRegistration};
-use crate::commander::filters::{
-    InMemoryOperationScope, InvalidateOnCompletion, NestedOperationLogger,
-};
 use crate::commander::{CommandFilter, Commander, pipeline};
 use crate::computed::Registry;
-use crate::operation::{CompletionListener, OperationCompletionNotifier};
+use crate::extension::HubExtension;
+use crate::operation::{AfterCommitHook, CompletionListener, OperationCompletionNotifier};
 use crate::{ComputeService, Error, HostId};
 
 /// How many computed values a hub caches unless told otherwise.
@@ -50,7 +48,10 @@ struct HubInner {
     /// The services attached with `add_service`, by type; weak, as services hold their hub.
     services: papaya::HashMap<TypeId, Weak<ErasedCommand>>,
     filters: Vec<Arc<dyn CommandFilter>>,
+    after_commit: Vec<Arc<dyn AfterCommitHook>>,
     notifier: OperationCompletionNotifier,
+    /// What extensions keep on this hub (a log reader's cursor, a watcher), by type and key.
+    attachments: papaya::HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>,
 }
 
 impl Drop for HubInner {
@@ -144,6 +145,31 @@ impl Hub {
         &self.inner.filters
     }
 
+    pub(crate) fn after_commit_hooks(&self) -> &[Arc<dyn AfterCommitHook>] {
+        &self.inner.after_commit
+    }
+
+    /// The value of type `T` an extension keeps on this hub under `key`, made by `init` on
+    /// first use (for example ofx-diesel keeps each database's log reader here, so that a
+    /// reader started again resumes from its cursor).
+    pub fn attachment<T: Any + Send + Sync>(&self, key: &str, init: impl FnOnce() -> T) -> Arc<T> {
+        let map = self.inner.attachments.pin();
+        let value = map.get_or_insert_with((TypeId::of::<T>(), key.to_owned()), || {
+            Arc::new(init()) as Arc<dyn Any + Send + Sync>
+        });
+        match Arc::clone(value).downcast::<T>() {
+            Ok(value) => value,
+            Err(_) => unreachable!("attachments are keyed by their type"),
+        }
+    }
+
+    /// The value of type `T` kept under `key`, if any.
+    pub fn existing_attachment<T: Any + Send + Sync>(&self, key: &str) -> Option<Arc<T>> {
+        let map = self.inner.attachments.pin();
+        let value = map.get(&(TypeId::of::<T>(), key.to_owned()))?;
+        Arc::clone(value).downcast::<T>().ok()
+    }
+
     /// The hub's completion notifier.
     pub fn notifier(&self) -> &OperationCompletionNotifier {
         &self.inner.notifier
@@ -200,6 +226,8 @@ pub struct HubBuilder {
     host_id: Option<HostId>,
     filters: Vec<Arc<dyn CommandFilter>>,
     listeners: Vec<Arc<dyn CompletionListener>>,
+    after_commit: Vec<Arc<dyn AfterCommitHook>>,
+    extensions: Vec<Arc<dyn HubExtension>>,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -209,6 +237,11 @@ impl fmt::Debug for HubBuilder {
             .field("host_id", &self.host_id)
             .field("filters", &self.filters.len())
             .field("listeners", &self.listeners.len())
+            .field("after_commit", &self.after_commit.len())
+            .field(
+                "extensions",
+                &self.extensions.iter().map(|ext| ext.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -220,6 +253,8 @@ impl Default for HubBuilder {
             host_id: None,
             filters: Vec::new(),
             listeners: Vec::new(),
+            after_commit: Vec::new(),
+            extensions: Vec::new(),
         }
     }
 }
@@ -250,19 +285,59 @@ impl HubBuilder {
         self
     }
 
-    /// Builds the hub.
+    /// Adds a hook run after every operation this hub commits (in the order added).
+    pub fn after_commit(mut self, hook: impl AfterCommitHook) -> Self {
+        self.after_commit.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds an extension (a storage such as ofx-diesel's `DbHub`, with its log reader,
+    /// trimmer and watcher), attached in the order added by [`start`](Self::start).
+    pub fn with(mut self, extension: impl HubExtension) -> Self {
+        self.extensions.push(Arc::new(extension));
+        self
+    }
+
+    /// Builds a hub without extensions.
     ///
     /// # Errors
     /// [`Error::DuplicateCommandName`] or [`Error::DuplicateHandler`] when the program's
-    /// commands are ambiguous: two types with one name, or two handlers for one command.
+    /// commands are ambiguous: two types with one name, or two handlers for one command;
+    /// [`Error::ExtensionsNeedStart`] when extensions were added: they attach in
+    /// [`start`](Self::start).
     pub fn build(self) -> Result<Hub, Error> {
+        if !self.extensions.is_empty() {
+            return Err(Error::ExtensionsNeedStart {
+                extensions: self
+                    .extensions
+                    .iter()
+                    .map(|ext| ext.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        self.build_hub()
+    }
+
+    /// Builds the hub, then attaches its extensions in the order they were added (each starts
+    /// its background work: log readers, trimmers, watchers, with the hub's host id and
+    /// shutdown token). Add services after: a replay that reaches a service not attached yet
+    /// is retried.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build), and [`Error::Extension`] when an extension cannot start (the
+    /// hub is dropped then, stopping what the others started).
+    pub async fn start(mut self) -> Result<Hub, Error> {
+        let extensions = std::mem::take(&mut self.extensions);
+        let hub = self.build_hub()?;
+        for extension in extensions {
+            extension.attach(&hub).await?;
+        }
+        Ok(hub)
+    }
+
+    fn build_hub(self) -> Result<Hub, Error> {
         crate::command::registry::registry()?;
-        let mut filters: Vec<Arc<dyn CommandFilter>> = vec![
-            Arc::new(NestedOperationLogger),
-            Arc::new(InMemoryOperationScope),
-            Arc::new(InvalidateOnCompletion),
-        ];
-        filters.extend(self.filters);
         Ok(Hub {
             inner: Arc::new(HubInner {
                 host_id: self.host_id.unwrap_or_default(),
@@ -270,8 +345,10 @@ impl HubBuilder {
                 versions: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
                 services: papaya::HashMap::new(),
-                filters: pipeline::sorted(filters),
+                filters: pipeline::sorted(self.filters),
+                after_commit: self.after_commit,
                 notifier: OperationCompletionNotifier::new(self.listeners),
+                attachments: papaya::HashMap::new(),
             }),
         })
     }

@@ -119,6 +119,7 @@ pub mod command;
 pub mod commander;
 pub mod computed;
 mod error;
+mod extension;
 mod host_id;
 mod hub;
 pub mod operation;
@@ -130,12 +131,16 @@ pub mod __private;
 
 pub use command::registry::CommandFuture;
 pub use command::{CallKind, Command, CommandContext, ContextItems, OperationItem, OperationItems};
-pub use commander::{CommandCall, CommandFilter, Commander, Next};
+pub use commander::{CommandCall, CommandFilter, Commander, Executed, Next};
 pub use computed::{ComputeScope, Computed, ComputedState, capture};
 pub use error::{Error, HandlerError, Result};
+pub use extension::HubExtension;
 pub use host_id::HostId;
 pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder, WeakHub};
-pub use operation::{NestedOperation, Operation, OperationCompletionNotifier};
+pub use operation::{
+    AfterCommitHook, CommitOutcome, Committed, NestedOperation, Operation,
+    OperationCompletionNotifier, OperationScope, ReplayError, ScopeFuture,
+};
 pub use service::ComputeService;
 pub use watcher::LogWatcher;
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::OperationItems;
 use crate::Hub;
-use crate::operation::OperationRecorder;
+use crate::operation::{OperationRecorder, OperationScope};
 
 /// How a handler is being called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,9 @@ pub enum CallKind {
     /// A command called from inside another handler: its main branch runs, inside the outer
     /// command's operation, and it is recorded as a nested operation.
     Nested,
-    /// A completed operation's command being replayed: only its invalidation branch runs.
+    /// The invalidation pass of a completed operation (here after its commit, or replayed from
+    /// another host's log): only the command's invalidation branch runs, with this context.
+    /// Filters never see it.
     Invalidation,
 }
 
@@ -112,9 +114,36 @@ impl CommandContext {
         self.kind
     }
 
-    /// Whether this is an invalidation replay.
+    /// Whether this is the invalidation pass (only invalidation branches see it).
     pub fn is_invalidating(&self) -> bool {
         self.kind == CallKind::Invalidation
+    }
+
+    /// The state of the storing [`OperationScope`] of this call's operation, begun with
+    /// `begin` by the first command of the operation that asks (nested commands share it).
+    /// `key` tells storages of one type apart (two databases); `name` is for errors. This is
+    /// how a storage such as ofx-diesel's `DbHub::operation_connection` joins an operation.
+    ///
+    /// # Errors
+    /// [`Error::ScopeConflict`](crate::Error::ScopeConflict) when the operation already has
+    /// another storing scope (one operation commits to one storage), and
+    /// [`Error::NotInOperation`](crate::Error::NotInOperation) in an invalidation pass.
+    pub fn operation_scope<T, S>(
+        &self,
+        key: usize,
+        name: &'static str,
+        begin: impl FnOnce() -> (Arc<T>, Arc<S>),
+    ) -> Result<Arc<T>, crate::Error>
+    where
+        T: Any + Send + Sync,
+        S: OperationScope,
+    {
+        if self.kind == CallKind::Invalidation {
+            return Err(crate::Error::NotInOperation {
+                command: self.command_name,
+            });
+        }
+        self.operation.scope(key, name, begin)
     }
 
     /// Whether the command came from a client (see

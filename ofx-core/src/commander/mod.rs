@@ -1,17 +1,19 @@
-//! The [`Commander`]: runs commands through the filter pipeline to their handlers.
+//! The [`Commander`]: runs commands through the filter pipeline to their handlers, and an
+//! outermost command's operation through its commit and completion.
 
-pub mod filters;
 mod handler;
 pub mod pipeline;
 
 use std::any::TypeId;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 pub use pipeline::{CommandFilter, Next};
 
 use crate::command::registry::{ErasedCommand, HandlerRegistration, registry};
 use crate::command::{CallKind, Command, CommandContext, ContextItems, OperationItems};
-use crate::operation::{Operation, OperationRecorder};
+use crate::operation::recorder::RecordedNested;
+use crate::operation::{CommitOutcome, Committed, NestedOperation, Operation, OperationRecorder};
 use crate::{Error, Hub};
 
 tokio::task_local! {
@@ -21,13 +23,29 @@ tokio::task_local! {
 
 /// Runs commands on one hub. Get it with [`Hub::commander`].
 ///
-/// See [`pipeline`] for the filters a call goes through.
+/// See [`pipeline`] for the filters a call goes through, and [`operation`](crate::operation)
+/// for the life of the operation it records.
 #[derive(Clone, Debug)]
 pub struct Commander {
     hub: Hub,
 }
 
-/// One command on its way through the pipeline: what filters see.
+/// What a successful [`Commander::execute`] returns: the handler's output, and where its
+/// operation was committed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Executed<O> {
+    /// The handler's output.
+    pub output: O,
+    /// The uuid of the operation.
+    pub operation: uuid::Uuid,
+    /// Where and when the operation was committed; `None` for a nested command, which commits
+    /// with its outermost command.
+    pub committed: Option<Committed>,
+}
+
+/// One command on its way through the pipeline: what filters see. Filters only ever see main
+/// branches: an outermost command, or a command nested in one.
 pub struct CommandCall {
     pub(crate) registration: &'static HandlerRegistration,
     pub(crate) command: Arc<ErasedCommand>,
@@ -51,20 +69,19 @@ impl CommandCall {
         &self.context
     }
 
-    /// The operation of this outermost call, once its handler succeeded: what an operation
-    /// scope stores before committing. Built once; the in-memory scope reuses it.
-    ///
-    /// # Errors
-    /// [`Error::CommandJson`] if the command cannot be serialized.
-    pub fn finish_operation(&self) -> Result<Operation, Error> {
+    fn encode(&self) -> Result<serde_json::Value, Error> {
         let registration = self.registration;
-        let command =
-            (registration.encode)(&*self.command).map_err(|source| Error::CommandJson {
-                command: registration.command_name.to_owned(),
-                source: source.into(),
-            })?;
+        (registration.encode)(&*self.command).map_err(|source| Error::CommandJson {
+            command: registration.command_name.to_owned(),
+            source: source.into(),
+        })
+    }
+
+    /// The operation of this outermost call, once its main branch succeeded.
+    fn finish_operation(&self) -> Result<Operation, Error> {
+        let command = self.encode()?;
         Ok(self.context.operation.finish(
-            registration.command_name,
+            self.registration.command_name,
             command,
             Arc::clone(&self.command),
             self.context.items.clone(),
@@ -86,14 +103,25 @@ impl Commander {
         Self { hub }
     }
 
-    /// Runs `command`: its main branch once, then (on success) the invalidation branches of
-    /// its nested commands and its own, before returning. Called from inside a handler, the
-    /// command joins the running operation as a nested command.
+    /// Runs `command`: its main branch once, then (on success) commits its operation and runs
+    /// the invalidation branches of its nested commands and its own, before returning. Called
+    /// from inside a handler, the command joins the running operation as a nested command.
     ///
     /// # Errors
-    /// The handler's error ([`Error::Handler`], or [`Error::HandlerPanicked`]), or why the
-    /// command could not run ([`Error::NoHandler`], [`Error::ServiceNotAttached`], ...).
+    /// The handler's error ([`Error::Handler`], or [`Error::HandlerPanicked`]), why the command
+    /// could not run ([`Error::NoHandler`], [`Error::ServiceNotAttached`], ...), or why its
+    /// operation was not committed (the scope's error), or [`Error::CommitInDoubt`].
     pub async fn call<C: Command>(&self, command: C) -> Result<C::Output, Error> {
+        Ok(self.run(command, false, ContextItems::default()).await?.output)
+    }
+
+    /// Like [`call`](Self::call), also telling where the operation was committed: its
+    /// sequence number in the operation log lets a caller wait until another host replayed
+    /// it (read-your-writes across hosts).
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    pub async fn execute<C: Command>(&self, command: C) -> Result<Executed<C::Output>, Error> {
         self.run(command, false, ContextItems::default()).await
     }
 
@@ -106,7 +134,7 @@ impl Commander {
         if C::BACKEND {
             return Err(Error::BackendCommand { command: C::NAME });
         }
-        self.run(command, true, ContextItems::default()).await
+        Ok(self.run(command, true, ContextItems::default()).await?.output)
     }
 
     /// Runs `command` with context items set beforehand (for filters and the handler).
@@ -118,7 +146,7 @@ impl Commander {
         command: C,
         items: ContextItems,
     ) -> Result<C::Output, Error> {
-        self.run(command, false, items).await
+        Ok(self.run(command, false, items).await?.output)
     }
 
     async fn run<C: Command>(
@@ -126,7 +154,7 @@ impl Commander {
         command: C,
         from_client: bool,
         context_items: ContextItems,
-    ) -> Result<C::Output, Error> {
+    ) -> Result<Executed<C::Output>, Error> {
         let registration = registry()?
             .by_type(TypeId::of::<C>())
             .ok_or(Error::NoHandler { command: C::NAME })?;
@@ -136,8 +164,8 @@ impl Commander {
             .ok()
             .filter(|parent| parent.hub.ptr_eq(&self.hub) && parent.kind != CallKind::Invalidation);
         let context = match parent {
-            // A nested command shares its parent's context items (and so its operation scope,
-            // such as a database transaction); items given to `call_with` are added to them.
+            // A nested command shares its parent's operation (and so its scope, such as a
+            // database transaction) and context items; items given to `call_with` are added.
             Some(parent) => CommandContext {
                 hub: self.hub.clone(),
                 operation: parent.operation,
@@ -163,110 +191,112 @@ impl Commander {
             service,
             context,
         };
-        let output = Next::new(self.hub.filters()).run(&call).await?;
+        let result = Next::new(self.hub.filters()).run(&call).await;
+        let operation = call.context.operation.uuid;
+        let succeeded = result.is_ok();
+        let committed = if call.context.kind == CallKind::Nested {
+            record_nested(&call, succeeded)?;
+            None
+        } else {
+            Some(self.commit(&call, succeeded).await?)
+        };
+        let output = result?;
         match output.downcast::<C::Output>() {
-            Ok(output) => Ok(*output),
+            Ok(output) => Ok(Executed {
+                output: *output,
+                operation,
+                committed,
+            }),
             Err(_) => unreachable!("a handler's output is its command's output type"),
         }
     }
 
+    /// The outermost command's end: its operation built once, committed by its scope, the
+    /// after-commit hooks, then local completion (the invalidation pass). When the main branch
+    /// failed, the scope is rolled back and nothing is recorded or invalidated.
+    async fn commit(&self, call: &CommandCall, succeeded: bool) -> Result<Committed, Error> {
+        let recorder = &call.context.operation;
+        let scope = recorder.take_scope();
+        if !succeeded {
+            if let Some(scope) = scope {
+                scope.rollback().await;
+            }
+            // The caller gets the main branch's error.
+            return Ok(Committed::new(None, SystemTime::now()));
+        }
+        let mut operation = match call.finish_operation() {
+            Ok(operation) => operation,
+            Err(error) => {
+                if let Some(scope) = scope {
+                    scope.rollback().await;
+                }
+                return Err(error);
+            }
+        };
+        let outcome = match &scope {
+            Some(scope) => scope.commit(&operation).await,
+            None => CommitOutcome::Committed(Committed::new(None, SystemTime::now())),
+        };
+        let committed = match outcome {
+            CommitOutcome::Committed(committed) => committed,
+            CommitOutcome::NotCommitted(error) => return Err(error),
+            CommitOutcome::InDoubt(error) => {
+                return Err(Error::CommitInDoubt {
+                    operation: operation.uuid,
+                    source: Arc::new(error),
+                });
+            }
+        };
+        operation.sequence = committed.sequence;
+        operation.committed_at = Some(committed.at);
+        if let Some(scope) = &scope {
+            scope.after_commit(&self.hub, &operation);
+        }
+        for hook in self.hub.after_commit_hooks() {
+            hook.after_commit(&self.hub, &operation);
+        }
+        self.hub
+            .notifier()
+            .complete_local(&self.hub, operation)
+            .await;
+        Ok(committed)
+    }
+
     /// Replays an operation completed on another host: runs only the invalidation branches of
     /// its nested commands and of its command, decoded through the registry by name. An
-    /// operation this hub completed already is skipped (returns `false`).
+    /// operation this hub completed already is skipped (returns `false`). The same as
+    /// [`OperationCompletionNotifier::complete_remote`](crate::OperationCompletionNotifier::complete_remote).
     ///
     /// # Errors
-    /// [`Error::UnknownCommand`] or [`Error::CommandJson`] for a command this program cannot
-    /// decode (the other commands of the operation are still invalidated).
-    pub async fn replay(&self, operation: &Operation) -> Result<bool, Error> {
-        let mut operation = operation.clone();
+    /// [`ReplayError`](crate::operation::ReplayError): undecodable, or not replayable yet.
+    pub async fn replay(
+        &self,
+        operation: Operation,
+    ) -> Result<bool, crate::operation::ReplayError> {
+        let mut operation = operation;
         operation.local = None;
         self.hub
             .notifier()
-            .notify(&self.hub, &operation, false)
+            .complete_remote(&self.hub, operation)
             .await
     }
 }
 
-/// The invalidation pass of an operation: its nested commands in order, then its command.
-/// A command that cannot be decoded is reported, after the others ran.
-pub(crate) async fn invalidate_operation(hub: &Hub, operation: &Operation) -> Result<(), Error> {
-    let registry = registry()?;
-    let mut steps = Vec::with_capacity(operation.nested.len() + 1);
-    let mut first_error = None;
-    if let Some(local) = &operation.local {
-        for (command, items) in local.nested.iter().chain(std::iter::once(&local.outer)) {
-            steps.push((Arc::clone(command), items.clone()));
-        }
-    } else {
-        let records = operation
-            .nested
-            .iter()
-            .map(|nested| (&nested.command_name, &nested.command, &nested.items));
-        let outer = std::iter::once((
-            &operation.command_name,
-            &operation.command,
-            &operation.items,
-        ));
-        for (name, json, items) in records.chain(outer) {
-            match decode(registry, operation, name, json) {
-                Ok(command) => {
-                    steps.push((Arc::from(command), OperationItems::from_json(items.clone())))
-                }
-                Err(error) => {
-                    tracing::warn!(operation = %operation.uuid, command = %name, %error, "cannot replay a command");
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
+/// Records a nested command that succeeded, with its own items, in the outer operation, so that
+/// every host replays its invalidation too. A nested command that failed is not recorded.
+fn record_nested(call: &CommandCall, succeeded: bool) -> Result<(), Error> {
+    if !succeeded {
+        return Ok(());
     }
-    let recorder = Arc::new(OperationRecorder::replaying(operation));
-    for (command, items) in steps {
-        let Some(registration) = registry.by_type((*command).type_id()) else {
-            continue;
-        };
-        let service = match hub.service(registration) {
-            Ok(service) => service,
-            Err(error) => {
-                first_error.get_or_insert(error);
-                continue;
-            }
-        };
-        let call = CommandCall {
-            registration,
+    let command = call.encode()?;
+    call.context.operation.push_nested(RecordedNested {
+        record: NestedOperation::new(
+            call.registration.command_name,
             command,
-            service,
-            context: CommandContext {
-                hub: hub.clone(),
-                operation: Arc::clone(&recorder),
-                items,
-                context_items: ContextItems::default(),
-                kind: CallKind::Invalidation,
-                from_client: false,
-                command_name: registration.command_name,
-            },
-        };
-        if let Err(error) = Next::new(hub.filters()).run(&call).await {
-            tracing::warn!(operation = %operation.uuid, command = registration.command_name, %error, "invalidation failed");
-            first_error.get_or_insert(error);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
-fn decode(
-    registry: &crate::command::registry::CommandRegistry,
-    operation: &Operation,
-    name: &str,
-    json: &serde_json::Value,
-) -> Result<Box<ErasedCommand>, Error> {
-    let registration = registry
-        .by_name(name)
-        .ok_or_else(|| Error::UnknownCommand {
-            name: name.to_owned(),
-            operation: operation.uuid,
-        })?;
-    (registration.decode)(json.clone()).map_err(|source| Error::CommandJson {
-        command: name.to_owned(),
-        source: source.into(),
-    })
+            call.context.items.to_json(),
+        ),
+        command: Arc::clone(&call.command),
+        items: call.context.items.clone(),
+    });
+    Ok(())
 }

@@ -3,18 +3,14 @@
 //! # Order
 //!
 //! Filters run by **priority, highest first**; each decides whether and when to call the rest
-//! of the pipeline ([`Next::run`]), and the handler runs last. The built-in filters:
+//! of the pipeline ([`Next::run`]), and the handler's main branch runs last. ofx has no filter
+//! of its own: an operation's scope, commit and invalidation pass are moments of the
+//! [operation's life](crate::operation), not filters.
 //!
-//! | priority | filter | what it does |
-//! |---|---|---|
-//! | [`NESTED_OPERATION_LOGGER`](super::filters::NESTED_OPERATION_LOGGER) (1 000 000) | [`NestedOperationLogger`](super::filters::NestedOperationLogger) | records a nested command, with its own items, in the outer operation |
-//! | [`IN_MEMORY_OPERATION_SCOPE`](super::filters::IN_MEMORY_OPERATION_SCOPE) (100 000) | [`InMemoryOperationScope`](super::filters::InMemoryOperationScope) | completes the outermost command's operation: notifies completion, which runs the invalidation pass |
-//! | [`INVALIDATE_ON_COMPLETION`](super::filters::INVALIDATE_ON_COMPLETION) (10 000) | [`InvalidateOnCompletion`](super::filters::InvalidateOnCompletion) | in the invalidation pass, runs the handler's invalidation branch instead of its main branch |
-//!
-//! A filter of priority 50 000 (between the scope and the invalidation filter) sees the main
-//! branch's calls inside the operation, and the invalidation pass's calls too
-//! ([`CommandContext::is_invalidating`](crate::CommandContext::is_invalidating)); one above
-//! 1 000 000 sees every call first.
+//! A filter sees **main branches only**: each outermost command, and each command nested in
+//! one (see [`CommandContext::kind`](crate::CommandContext::kind)). It never sees an
+//! invalidation pass, so it needs no guard for one. A filter's error (or its refusal) fails the
+//! call like a handler's: the operation's scope is rolled back and nothing is invalidated.
 
 use std::sync::Arc;
 
@@ -34,9 +30,6 @@ use crate::command::registry::CommandFuture;
 ///     fn priority(&self) -> i32 { 50_000 }
 ///
 ///     fn run<'a>(&'a self, call: &'a CommandCall, next: Next<'a>) -> CommandFuture<'a> {
-///         if call.context().is_invalidating() {
-///             return next.run(call); // invalidation passes are never refused
-///         }
 ///         Box::pin(async move {
 ///             Err(ofx_core::Error::Rejected(format!("read-only: {}", call.command_name())))
 ///         })

@@ -1,4 +1,5 @@
-//! [`OperationCompletionNotifier`]: the one place that learns an operation completed.
+//! [`OperationCompletionNotifier`]: the one place that learns an operation completed, and runs
+//! its invalidation pass.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::Operation;
+use super::invalidation::{self, PassError};
 use crate::{Error, Hub};
 
 /// How many completed operations the notifier remembers, to ignore a second notification.
@@ -21,13 +23,28 @@ pub trait CompletionListener: Send + Sync + 'static {
     fn on_operation_completed(&self, operation: &Operation, local: bool);
 }
 
+/// Why an operation from another host could not be replayed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// A command of the operation cannot be decoded by this program (unknown name, or JSON
+    /// that is not the command): retrying cannot help. The other commands were invalidated.
+    #[error("the operation cannot be decoded: {0}")]
+    Undecodable(#[source] Error),
+    /// A command's handler or service is not on this hub (yet): retrying may help, for
+    /// instance once the service is attached. The other commands were invalidated.
+    #[error("the operation cannot be replayed yet: {0}")]
+    Unavailable(#[source] Error),
+}
+
 /// Learns that operations completed, on this host (after commit) or on others (from the log),
-/// ignores an operation it has seen already, runs the operation's invalidation, then tells the
-/// listeners.
+/// ignores an operation it has seen already, runs the operation's invalidation pass, then tells
+/// the listeners.
 pub struct OperationCompletionNotifier {
     recent: Mutex<Recent>,
     listeners: Vec<Arc<dyn CompletionListener>>,
     failures: AtomicU64,
+    panics: AtomicU64,
 }
 
 #[derive(Default)]
@@ -42,6 +59,7 @@ impl OperationCompletionNotifier {
             recent: Mutex::new(Recent::default()),
             listeners,
             failures: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
         }
     }
 
@@ -80,37 +98,75 @@ impl OperationCompletionNotifier {
             .contains(&uuid)
     }
 
-    /// How many invalidation passes of operations this host executed failed (each is logged).
+    /// How many invalidation passes of operations this host executed failed (each is logged;
+    /// the log reader replays them).
     pub fn failure_count(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Handles one completed operation. Returns `false` if it was known already.
-    pub(crate) async fn notify(
-        &self,
-        hub: &Hub,
-        operation: &Operation,
-        local: bool,
-    ) -> Result<bool, Error> {
+    /// How many invalidation branches panicked, here or in replays (each is logged with its
+    /// operation and command; the pass went on).
+    pub fn panic_count(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Completes an operation this hub executed and committed: runs its invalidation pass
+    /// (read-your-writes), then tells the listeners. Never fails: the commit happened. A pass
+    /// that could not invalidate every command is logged and counted, and the uuid forgotten so
+    /// that the log reader replays it.
+    pub async fn complete_local(&self, hub: &Hub, operation: Operation) {
+        if !self.remember(operation.uuid) {
+            return;
+        }
+        let report = invalidation::run(hub, &operation);
+        self.count_panics(hub, &operation, report.panics);
+        if let Some(error) = report.error {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.forget(operation.uuid);
+            let error = error.into_error();
+            tracing::error!(operation = %operation.uuid, command = %operation.command_name, %error, "invalidation after a local command failed; the log reader will replay it");
+            return;
+        }
+        self.tell(hub, &operation, true);
+    }
+
+    /// Completes an operation another host committed (read from the log): runs its
+    /// invalidation pass, then tells the listeners. Returns `false` for an operation completed
+    /// here already.
+    ///
+    /// # Errors
+    /// [`ReplayError`]: whether retrying may help. The uuid is forgotten, so a retry runs.
+    pub async fn complete_remote(&self, hub: &Hub, operation: Operation) -> Result<bool, ReplayError> {
         if !self.remember(operation.uuid) {
             return Ok(false);
         }
-        if let Err(error) = crate::commander::invalidate_operation(hub, operation).await {
-            if local {
-                // The commit happened: the caller gets its result. The log reader will replay
-                // the operation (it skips only what completed here, and this did not).
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                self.forget(operation.uuid);
-                tracing::error!(operation = %operation.uuid, %error, "invalidation after a local command failed");
-                return Ok(true);
-            }
+        let report = invalidation::run(hub, &operation);
+        self.count_panics(hub, &operation, report.panics);
+        if let Some(error) = report.error {
             self.forget(operation.uuid);
+            let error = match error {
+                PassError::Undecodable(error) => ReplayError::Undecodable(error),
+                PassError::Unavailable(error) => ReplayError::Unavailable(error),
+            };
             return Err(error);
         }
+        self.tell(hub, &operation, false);
+        Ok(true)
+    }
+
+    fn count_panics(&self, hub: &Hub, operation: &Operation, panics: u64) {
+        if panics == 0 {
+            return;
+        }
+        self.panics.fetch_add(panics, Ordering::Relaxed);
+        let _ = (hub, operation);
+    }
+
+    fn tell(&self, hub: &Hub, operation: &Operation, local: bool) {
+        let _ = hub;
         for listener in &self.listeners {
             listener.on_operation_completed(operation, local);
         }
-        Ok(true)
     }
 }
 
@@ -119,6 +175,7 @@ impl std::fmt::Debug for OperationCompletionNotifier {
         f.debug_struct("OperationCompletionNotifier")
             .field("listeners", &self.listeners.len())
             .field("failures", &self.failure_count())
+            .field("panics", &self.panic_count())
             .finish_non_exhaustive()
     }
 }

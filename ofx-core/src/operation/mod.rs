@@ -1,9 +1,32 @@
-//! Operations: the record of one executed command, with its items and nested commands.
+//! Operations: the record of one executed command, with its items and nested commands, and the
+//! moments of its life.
+//!
+//! # The life of an operation
+//!
+//! An outermost [`Commander::call`](crate::Commander::call) runs:
+//!
+//! 1. the **main branch**, through the filter pipeline (which only ever runs main branches);
+//!    the first storage the handler touches begins its [`OperationScope`] lazily (for example a
+//!    database transaction), and nested commands join it;
+//! 2. the [`Operation`] is built once, then committed by the scope
+//!    ([`OperationScope::commit`]), which answers with a [`CommitOutcome`]: committed (with the
+//!    log's sequence number), certainly not committed, or in doubt;
+//! 3. after the commit, the scope's and the hub's **after-commit hooks** run, in order (waking
+//!    other hosts, for instance);
+//! 4. **completion** ([`OperationCompletionNotifier`]) runs the invalidation pass: the
+//!    invalidation branches of the nested commands in execution order, then the outer one,
+//!    before `call` returns.
+//!
+//! On other hosts the log reader builds the `Operation` from its stored row and hands it to
+//! [`OperationCompletionNotifier::complete_remote`]: the same invalidation pass.
 
 mod completion;
+pub(crate) mod invalidation;
+pub(crate) mod recorder;
+mod scope;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -11,20 +34,34 @@ use uuid::Uuid;
 
 pub use completion::{
     CompletionListener, MAX_KNOWN_OPERATION_AGE, MAX_KNOWN_OPERATIONS, OperationCompletionNotifier,
+    ReplayError,
 };
+pub(crate) use recorder::{LocalCommands, OperationRecorder};
+pub use scope::{AfterCommitHook, CommitOutcome, Committed, OperationScope, ScopeFuture};
 
 use crate::HostId;
-use crate::command::OperationItems;
-use crate::command::registry::ErasedCommand;
 
 /// The record of one executed command: what every host needs to replay its invalidation.
+///
+/// ```
+/// use ofx_core::{HostId, Operation};
+///
+/// let operation = Operation::new(
+///     uuid::Uuid::now_v7(),
+///     HostId::from_string("host-a"),
+///     "todos.complete",
+///     serde_json::json!({ "id": 1 }),
+/// )
+/// .with_commit(Some(42), std::time::SystemTime::now());
+/// assert_eq!(operation.sequence, Some(42));
+/// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Operation {
     /// Unique and time-ordered (UUID v7).
     pub uuid: Uuid,
     /// The host that executed it.
-    pub host_id: String,
+    pub host_id: HostId,
     /// When it was started.
     pub logged_at: SystemTime,
     /// The command's name.
@@ -35,6 +72,13 @@ pub struct Operation {
     pub items: BTreeMap<String, serde_json::Value>,
     /// The commands it called, in the order they completed, each with its own items.
     pub nested: Vec<NestedOperation>,
+    /// Its position in the operation log it was committed to (`None` for an operation that was
+    /// not stored, or before its commit).
+    #[serde(default)]
+    pub sequence: Option<i64>,
+    /// When it was committed (`None` before its commit).
+    #[serde(default)]
+    pub committed_at: Option<SystemTime>,
     /// The typed commands, on the host that executed them (never serialized).
     #[serde(skip)]
     pub(crate) local: Option<Arc<LocalCommands>>,
@@ -52,8 +96,81 @@ pub struct NestedOperation {
     pub items: BTreeMap<String, serde_json::Value>,
 }
 
+impl NestedOperation {
+    /// A nested command from its parts.
+    pub fn new(
+        command_name: impl Into<String>,
+        command: serde_json::Value,
+        items: BTreeMap<String, serde_json::Value>,
+    ) -> Self {
+        Self {
+            command_name: command_name.into(),
+            command,
+            items,
+        }
+    }
+}
+
 impl Operation {
-    /// The operation as JSON, as stored in an operation log.
+    /// An operation from its parts, as a log reader builds it from a stored row: no items, no
+    /// nested commands, logged now and not committed until said otherwise (see the `with_`
+    /// methods).
+    pub fn new(
+        uuid: Uuid,
+        host_id: HostId,
+        command_name: impl Into<String>,
+        command: serde_json::Value,
+    ) -> Self {
+        Self {
+            uuid,
+            host_id,
+            logged_at: SystemTime::now(),
+            command_name: command_name.into(),
+            command,
+            items: BTreeMap::new(),
+            nested: Vec::new(),
+            sequence: None,
+            committed_at: None,
+            local: None,
+        }
+    }
+
+    /// Sets when the operation started.
+    #[must_use]
+    pub fn with_logged_at(mut self, logged_at: SystemTime) -> Self {
+        self.logged_at = logged_at;
+        self
+    }
+
+    /// Sets the operation items of its command.
+    #[must_use]
+    pub fn with_items(mut self, items: BTreeMap<String, serde_json::Value>) -> Self {
+        self.items = items;
+        self
+    }
+
+    /// Sets its nested commands.
+    #[must_use]
+    pub fn with_nested(mut self, nested: Vec<NestedOperation>) -> Self {
+        self.nested = nested;
+        self
+    }
+
+    /// Sets where and when it was committed.
+    #[must_use]
+    pub fn with_commit(mut self, sequence: Option<i64>, committed_at: SystemTime) -> Self {
+        self.sequence = sequence;
+        self.committed_at = Some(committed_at);
+        self
+    }
+
+    /// Whether this is the operation as its executing host recorded it (with its typed
+    /// commands), rather than one read back from a log.
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// The operation as JSON.
     ///
     /// # Errors
     /// Never in practice: every field is plain JSON.
@@ -67,102 +184,5 @@ impl Operation {
     /// When the text is not an operation.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)
-    }
-}
-
-/// The typed commands of an operation, kept on the executing host so that its own invalidation
-/// does not decode what it just encoded.
-pub(crate) struct LocalCommands {
-    pub(crate) outer: (Arc<ErasedCommand>, OperationItems),
-    pub(crate) nested: Vec<(Arc<ErasedCommand>, OperationItems)>,
-}
-
-impl std::fmt::Debug for LocalCommands {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalCommands")
-            .field("nested", &self.nested.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// An operation being executed: shared by the outermost command and the commands it calls.
-pub(crate) struct OperationRecorder {
-    pub(crate) uuid: Uuid,
-    pub(crate) host_id: HostId,
-    pub(crate) logged_at: SystemTime,
-    nested: Mutex<Vec<RecordedNested>>,
-    /// The finished operation, once built (a database scope builds it before its commit, the
-    /// in-memory scope reuses it).
-    finished: Mutex<Option<Operation>>,
-}
-
-pub(crate) struct RecordedNested {
-    pub(crate) record: NestedOperation,
-    pub(crate) command: Arc<ErasedCommand>,
-    pub(crate) items: OperationItems,
-}
-
-impl OperationRecorder {
-    pub(crate) fn new(host_id: HostId) -> Self {
-        Self {
-            uuid: Uuid::now_v7(),
-            host_id,
-            logged_at: SystemTime::now(),
-            nested: Mutex::new(Vec::new()),
-            finished: Mutex::new(None),
-        }
-    }
-
-    /// A recorder for replaying `operation`'s invalidation (records nothing).
-    pub(crate) fn replaying(operation: &Operation) -> Self {
-        Self {
-            uuid: operation.uuid,
-            host_id: HostId::from_string(operation.host_id.as_str()),
-            logged_at: operation.logged_at,
-            nested: Mutex::new(Vec::new()),
-            finished: Mutex::new(None),
-        }
-    }
-
-    pub(crate) fn push_nested(&self, nested: RecordedNested) {
-        self.nested
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(nested);
-    }
-
-    /// The finished operation of the outermost command (built once; later calls return it).
-    pub(crate) fn finish(
-        &self,
-        command_name: &str,
-        command_json: serde_json::Value,
-        command: Arc<ErasedCommand>,
-        items: OperationItems,
-    ) -> Operation {
-        let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(operation) = &*finished {
-            return operation.clone();
-        }
-        let nested =
-            std::mem::take(&mut *self.nested.lock().unwrap_or_else(PoisonError::into_inner));
-        let (records, typed): (Vec<_>, Vec<_>) = nested
-            .into_iter()
-            .map(|nested| (nested.record, (nested.command, nested.items)))
-            .unzip();
-        let operation = Operation {
-            uuid: self.uuid,
-            host_id: self.host_id.to_string(),
-            logged_at: self.logged_at,
-            command_name: command_name.to_owned(),
-            command: command_json,
-            items: items.to_json(),
-            nested: records,
-            local: Some(Arc::new(LocalCommands {
-                outer: (command, items),
-                nested: typed,
-            })),
-        };
-        *finished = Some(operation.clone());
-        operation
     }
 }

@@ -37,7 +37,7 @@ async fn nested_commands_are_recorded_with_their_own_items_and_invalidated_first
     assert_eq!(operations.len(), 1, "one operation for the outer command");
     let operation = &operations[0];
     assert_eq!(operation.command_name, "counters.add");
-    assert_eq!(operation.host_id, host.counters.hub.host_id().as_str());
+    assert_eq!(&operation.host_id, host.counters.hub.host_id());
     assert_eq!(
         operation.items.get("counters.previous"),
         Some(&serde_json::json!(0))

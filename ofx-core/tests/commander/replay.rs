@@ -1,6 +1,6 @@
 //! Replays: an operation serialized on one hub invalidates the same keys on another.
 
-use ofx_core::{Error, Operation, capture};
+use ofx_core::{Error, Operation, ReplayError, capture};
 
 use crate::common::{Add, Host};
 
@@ -21,7 +21,7 @@ async fn a_replayed_operation_invalidates_the_same_keys_and_runs_no_main_branch(
     let json = a.operations.lock().unwrap()[0].to_json().unwrap();
 
     let operation = Operation::from_json(&json).unwrap();
-    assert!(b.counters.hub.commander().replay(&operation).await.unwrap());
+    assert!(b.counters.hub.commander().replay(operation.clone()).await.unwrap());
     assert!(!on_b.is_consistent());
     assert!(
         !audits_on_b.is_consistent(),
@@ -36,10 +36,10 @@ async fn a_replayed_operation_invalidates_the_same_keys_and_runs_no_main_branch(
     );
 
     // The same operation again is known: nothing runs.
-    assert!(!b.counters.hub.commander().replay(&operation).await.unwrap());
+    assert!(!b.counters.hub.commander().replay(operation.clone()).await.unwrap());
     assert_eq!(b.invalidations().len(), 2);
     // And the executing host ignores its own operation.
-    assert!(!a.counters.hub.commander().replay(&operation).await.unwrap());
+    assert!(!a.counters.hub.commander().replay(operation.clone()).await.unwrap());
 }
 
 #[tokio::test]
@@ -61,11 +61,11 @@ async fn an_unknown_command_is_a_typed_error_and_the_rest_is_replayed() {
         .counters
         .hub
         .commander()
-        .replay(&operation)
+        .replay(operation.clone())
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::UnknownCommand { name, .. } if name == "counters.unheard_of"),
+        matches!(&error, ReplayError::Undecodable(Error::UnknownCommand { name, .. }) if name == "counters.unheard_of"),
         "{error:?}"
     );
     assert!(
@@ -95,11 +95,11 @@ async fn a_malformed_command_is_a_typed_error() {
         .counters
         .hub
         .commander()
-        .replay(&operation)
+        .replay(operation.clone())
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::CommandJson { command, .. } if command == "counters.add"),
+        matches!(&error, ReplayError::Undecodable(Error::CommandJson { command, .. }) if command == "counters.add"),
         "{error:?}"
     );
 }

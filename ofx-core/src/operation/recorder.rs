@@ -1,0 +1,165 @@
+//! [`OperationRecorder`]: an operation being executed, shared by its outermost command and the
+//! commands it calls.
+
+use std::any::{Any, TypeId};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use super::{NestedOperation, Operation, OperationScope};
+use crate::command::OperationItems;
+use crate::command::registry::ErasedCommand;
+use crate::{Error, HostId};
+
+/// The typed commands of an operation, kept on the executing host so that its own invalidation
+/// does not decode what it just encoded.
+pub(crate) struct LocalCommands {
+    pub(crate) outer: (Arc<ErasedCommand>, OperationItems),
+    pub(crate) nested: Vec<(Arc<ErasedCommand>, OperationItems)>,
+}
+
+impl std::fmt::Debug for LocalCommands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCommands")
+            .field("nested", &self.nested.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A nested command that succeeded, recorded for the outer operation.
+pub(crate) struct RecordedNested {
+    pub(crate) record: NestedOperation,
+    pub(crate) command: Arc<ErasedCommand>,
+    pub(crate) items: OperationItems,
+}
+
+/// The storing scope an operation began, in the typed slot of its outermost context.
+struct ActiveScope {
+    /// Which storage: the state's type and the storage's own key (one database among several).
+    key: (TypeId, usize),
+    name: &'static str,
+    state: Arc<dyn Any + Send + Sync>,
+    scope: Arc<dyn OperationScope>,
+}
+
+/// An operation being executed: shared by the outermost command and the commands it calls.
+pub(crate) struct OperationRecorder {
+    pub(crate) uuid: Uuid,
+    pub(crate) host_id: HostId,
+    pub(crate) logged_at: SystemTime,
+    nested: Mutex<Vec<RecordedNested>>,
+    scope: Mutex<Option<ActiveScope>>,
+}
+
+impl OperationRecorder {
+    pub(crate) fn new(host_id: HostId) -> Self {
+        Self {
+            uuid: Uuid::now_v7(),
+            host_id,
+            logged_at: SystemTime::now(),
+            nested: Mutex::new(Vec::new()),
+            scope: Mutex::new(None),
+        }
+    }
+
+    /// A recorder for replaying `operation`'s invalidation (records nothing).
+    pub(crate) fn replaying(operation: &Operation) -> Self {
+        Self {
+            uuid: operation.uuid,
+            host_id: operation.host_id.clone(),
+            logged_at: operation.logged_at,
+            nested: Mutex::new(Vec::new()),
+            scope: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn push_nested(&self, nested: RecordedNested) {
+        self.nested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(nested);
+    }
+
+    /// The state of the storing scope keyed `key`, begun with `begin` on first use. One storing
+    /// scope per operation: a second, different one is refused (its writes could not commit
+    /// atomically with the first's).
+    pub(crate) fn scope<T, S>(
+        &self,
+        key: usize,
+        name: &'static str,
+        begin: impl FnOnce() -> (Arc<T>, Arc<S>),
+    ) -> Result<Arc<T>, Error>
+    where
+        T: Any + Send + Sync,
+        S: OperationScope,
+    {
+        let mut slot = self.scope.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (TypeId::of::<T>(), key);
+        if let Some(active) = &*slot {
+            if active.key != key {
+                return Err(Error::ScopeConflict {
+                    active: active.name,
+                    requested: name,
+                });
+            }
+            return Arc::clone(&active.state)
+                .downcast::<T>()
+                .map_err(|_| unreachable_state());
+        }
+        let (state, scope) = begin();
+        *slot = Some(ActiveScope {
+            key,
+            name,
+            state: Arc::clone(&state) as Arc<dyn Any + Send + Sync>,
+            scope,
+        });
+        Ok(state)
+    }
+
+    /// Takes the storing scope out, for its commit or rollback.
+    pub(crate) fn take_scope(&self) -> Option<Arc<dyn OperationScope>> {
+        self.scope
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|active| active.scope)
+    }
+
+    /// The finished operation of the outermost command, with the nested commands recorded so far.
+    pub(crate) fn finish(
+        &self,
+        command_name: &str,
+        command_json: serde_json::Value,
+        command: Arc<ErasedCommand>,
+        items: OperationItems,
+    ) -> Operation {
+        let nested =
+            std::mem::take(&mut *self.nested.lock().unwrap_or_else(PoisonError::into_inner));
+        let (records, typed): (Vec<_>, Vec<_>) = nested
+            .into_iter()
+            .map(|nested| (nested.record, (nested.command, nested.items)))
+            .unzip();
+        Operation {
+            uuid: self.uuid,
+            host_id: self.host_id.clone(),
+            logged_at: self.logged_at,
+            command_name: command_name.to_owned(),
+            command: command_json,
+            items: items.to_json(),
+            nested: records,
+            sequence: None,
+            committed_at: None,
+            local: Some(Arc::new(LocalCommands {
+                outer: (command, items),
+                nested: typed,
+            })),
+        }
+    }
+}
+
+#[cold]
+fn unreachable_state() -> Error {
+    // The key includes the state's type, so the downcast cannot fail.
+    Error::Rejected("an operation scope's state has another type than its key".to_owned())
+}
