@@ -53,7 +53,17 @@ async fn filters_run_by_priority_and_never_see_the_invalidation_pass() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     // Every priority a filter could take, from the lowest to the highest, added out of order:
     // the order comes from the priorities, and none of them sees an invalidation pass.
-    let priorities = [i32::MIN, -1, 0, 10_000, 50_000, 90_000, 100_000, 1_000_000, i32::MAX];
+    let priorities = [
+        i32::MIN,
+        -1,
+        0,
+        10_000,
+        50_000,
+        90_000,
+        100_000,
+        1_000_000,
+        i32::MAX,
+    ];
     let mut builder = Hub::builder();
     for (index, priority) in priorities.iter().enumerate().rev() {
         builder = builder.filter(Recorder {
@@ -72,7 +82,12 @@ async fn filters_run_by_priority_and_never_see_the_invalidation_pass() {
     let seen = seen.lock().unwrap().clone();
     let expected: Vec<_> = ["counters.add", "counters.audit"]
         .into_iter()
-        .flat_map(|command| LABELS.iter().rev().map(move |label| (*label, command, false)))
+        .flat_map(|command| {
+            LABELS
+                .iter()
+                .rev()
+                .map(move |label| (*label, command, false))
+        })
         .collect();
     assert_eq!(seen, expected);
     assert_eq!(
@@ -83,7 +98,15 @@ async fn filters_run_by_priority_and_never_see_the_invalidation_pass() {
 }
 
 const LABELS: [&str; 9] = [
-    "min", "minus-one", "zero", "10k", "50k", "90k", "100k", "1m", "max",
+    "min",
+    "minus-one",
+    "zero",
+    "10k",
+    "50k",
+    "90k",
+    "100k",
+    "1m",
+    "max",
 ];
 
 #[tokio::test]

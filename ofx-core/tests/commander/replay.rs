@@ -21,7 +21,14 @@ async fn a_replayed_operation_invalidates_the_same_keys_and_runs_no_main_branch(
     let json = a.operations.lock().unwrap()[0].to_json().unwrap();
 
     let operation = Operation::from_json(&json).unwrap();
-    assert!(b.counters.hub.commander().replay(operation.clone()).await.unwrap());
+    assert!(
+        b.counters
+            .hub
+            .commander()
+            .replay(operation.clone())
+            .await
+            .unwrap()
+    );
     assert!(!on_b.is_consistent());
     assert!(
         !audits_on_b.is_consistent(),
@@ -36,10 +43,24 @@ async fn a_replayed_operation_invalidates_the_same_keys_and_runs_no_main_branch(
     );
 
     // The same operation again is known: nothing runs.
-    assert!(!b.counters.hub.commander().replay(operation.clone()).await.unwrap());
+    assert!(
+        !b.counters
+            .hub
+            .commander()
+            .replay(operation.clone())
+            .await
+            .unwrap()
+    );
     assert_eq!(b.invalidations().len(), 2);
     // And the executing host ignores its own operation.
-    assert!(!a.counters.hub.commander().replay(operation.clone()).await.unwrap());
+    assert!(
+        !a.counters
+            .hub
+            .commander()
+            .replay(operation.clone())
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]
