@@ -7,5 +7,6 @@
 mod common;
 
 mod calls;
+mod generic;
 mod pipeline;
 mod replay;
