@@ -26,6 +26,8 @@ pub(super) struct ComputeMethod {
     name: Ident,
     vis: syn::Visibility,
     signature: Signature,
+    /// The span of `#[compute_method]`, where that macro reports what its key type misses.
+    attr_span: Span,
 }
 
 impl ComputeMethod {
@@ -44,6 +46,7 @@ impl ComputeMethod {
             name: method.sig.ident.clone(),
             vis: method.vis.clone(),
             signature: crate::compute_method::signature(args, method)?,
+            attr_span: attr.span(),
         })
     }
 
@@ -127,10 +130,11 @@ pub(super) fn descriptor_type(
         .collect();
     let arg_names: Vec<&Ident> = method.signature.args.iter().map(|(name, _)| name).collect();
     // As in `#[compute_method]`'s expansion: one argument's key type `(A,)` takes A's span, so
-    // that a bound it misses is reported once, at A.
+    // that a bound it misses is reported once, at A; a tuple of several, the span of
+    // `#[compute_method]`.
     let args_ty = match arg_types.as_slice() {
         [ty] => quote_spanned!(ty.span()=> (#ty,)),
-        _ => quote!((#(#arg_types,)*)),
+        _ => quote_spanned!(method.attr_span=> (#(#arg_types,)*)),
     };
     let output = replace_self(&method.signature.output, self_ty);
     let service = Ident::new("__ofx_service", Span::mixed_site());
