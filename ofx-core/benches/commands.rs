@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
         hub: hub.clone(),
         total: AtomicU64::new(0),
     });
-    hub.add_service(&counters);
+    hub.add_service(&counters).expect("the service is added");
     let commander = hub.commander();
 
     let mut group = c.benchmark_group("command");

@@ -2,61 +2,30 @@
 //!
 //! Not public API: no semver guarantee. Use the macros instead.
 
-pub use crate::ComputeService;
-pub use crate::command::registry::{
-    BoxedOutput, CommandFuture, CommandRegistration, ErasedCommand, HandlerRegistration,
-};
+pub use crate::command::registry::CommandRegistration;
+pub use crate::{ComputeOutput, ComputeService};
+pub use core::future::Future;
+pub use core::marker::PhantomData;
 pub use inventory;
 
-use crate::{Command, Error};
+use crate::Error;
 
-/// The service or command behind a type-erased reference, of the type the registry routed by.
-#[inline]
-pub fn downcast<T: 'static>(value: &ErasedCommand) -> &T {
-    match value.downcast_ref() {
-        Some(value) => value,
-        None => unreachable!("the registry routes by type"),
-    }
-}
-
-/// Boxes a handler's future: its output boxed, its error wrapped in [`Error::Handler`].
+/// A handler's result as the runtime's: its output, or its error wrapped in
+/// [`Error::Handler`].
 ///
 /// Generated code calls it at the span of the handler's return type `R`, with `O` its
 /// command's output named at the command's span: a wrong return type is reported at the
 /// former, a command type that is not a command at the latter, each once.
-pub fn handler_future<'a, O, R, F>(future: F) -> CommandFuture<'a>
+///
+/// # Errors
+/// The handler's error, wrapped.
+#[inline]
+pub fn handler_result<O, R>(result: R) -> Result<O, Error>
 where
-    O: Send + 'static,
     R: HandlerResult<O>,
     R::Error: HandlerError,
-    F: core::future::Future<Output = R> + Send + 'a,
 {
-    Box::pin(async move {
-        match future.await.into_result() {
-            Ok(output) => Ok(Box::new(output) as BoxedOutput),
-            Err(error) => Err(Error::handler(error)),
-        }
-    })
-}
-
-/// Decodes a command of type `C` from the log.
-///
-/// # Errors
-/// When the JSON is not a `C`.
-pub fn decode_command<C: Command>(
-    json: serde_json::Value,
-) -> Result<Box<ErasedCommand>, serde_json::Error> {
-    Ok(Box::new(serde_json::from_value::<C>(json)?))
-}
-
-/// Encodes a command of type `C` for the log.
-///
-/// # Errors
-/// When `C`'s `Serialize` fails.
-pub fn encode_command<C: Command>(
-    command: &ErasedCommand,
-) -> Result<serde_json::Value, serde_json::Error> {
-    serde_json::to_value(downcast::<C>(command))
+    result.into_result().map_err(Error::handler)
 }
 
 /// What a command handler returns: `Result<O, E>` with `O` its command's output.
@@ -107,16 +76,6 @@ pub const fn assert_compute_key<T: ComputeKey>() {}
 /// Checks, at the span of a compute method's return type, that its value can be cached.
 #[inline(always)]
 pub const fn assert_compute_output<T: ComputeOutput>() {}
-
-/// What a compute method returns: it is cloned to every caller and may be shared by threads.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be returned by a compute method",
-    label = "this value is cached and cloned to every caller",
-    note = "compute method results must implement `Clone + Send + Sync + 'static`; wrap it in an `Arc` if it cannot be cloned"
-)]
-pub trait ComputeOutput: Clone + Send + Sync + 'static {}
-
-impl<T: Clone + Send + Sync + 'static> ComputeOutput for T {}
 
 /// Tells whether a compute method's value is an error (kept only for the error lifetime).
 pub type IsError<T> = fn(&T) -> bool;

@@ -26,30 +26,49 @@ pub enum Error {
         second: &'static str,
     },
 
-    /// Two services handle one command. Keep one `#[command_handler]` per command type.
-    #[error("the command `{command}` has two handlers: in `{first}` and in `{second}`")]
+    /// Two services added to one hub handle one command (two types with a handler of it, or
+    /// two type arguments of one generic service). A hub routes each command to one service:
+    /// add only one of them to this hub.
+    #[error(
+        "the command `{command}` would have two handlers on this hub: in `{first}` and in `{second}`"
+    )]
     DuplicateHandler {
         /// The command's name.
         command: &'static str,
-        /// One service handling it.
+        /// The service added first.
         first: &'static str,
-        /// The other service handling it.
+        /// The service whose addition was refused.
         second: &'static str,
     },
 
-    /// No `#[command_handler]` handles this command type. Write one in a `#[service]` impl.
-    #[error("no handler for the command `{command}`")]
+    /// No service on this hub handles this command. Add the service with its
+    /// `#[command_handler]` to the hub with [`Hub::add_service`](crate::Hub::add_service).
+    #[error(
+        "no service on this hub handles the command `{command}`: add the service that has its `#[command_handler]` with `Hub::add_service`"
+    )]
     NoHandler {
         /// The command's name.
         command: &'static str,
     },
 
-    /// The hub has no live instance of the service that handles the command. Attach one with
-    /// [`Hub::add_service`](crate::Hub::add_service), and keep it alive.
-    #[error("the command `{command}` is handled by `{service}`, which is not attached to this hub")]
-    ServiceNotAttached {
+    /// The service that handles the command on this hub was dropped: a hub holds its services
+    /// weakly (they hold the hub), so keep the `Arc` given to
+    /// [`Hub::add_service`](crate::Hub::add_service) alive.
+    #[error("the command `{command}` is handled by `{service}`, which was dropped")]
+    ServiceDropped {
         /// The command's name.
         command: &'static str,
+        /// The service type.
+        service: &'static str,
+    },
+
+    /// A service was added to a hub other than the one its
+    /// [`ComputeService::hub`](crate::ComputeService::hub) returns: its handlers would run on
+    /// this hub and invalidate values cached on the other.
+    #[error(
+        "`{service}` belongs to another hub: add it to the hub its `ComputeService::hub` returns"
+    )]
+    ServiceOfAnotherHub {
         /// The service type.
         service: &'static str,
     },

@@ -1,21 +1,22 @@
 //! [`Hub`]: one host's runtime.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use std::any::{Any, TypeId};
 use std::sync::Weak;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::command::registry::{ErasedCommand, HandlerRegistration};
+use crate::command::ServiceHandlers;
+use crate::command::handler::{ErasedService, HandlerEntry, HandlerFns};
 use crate::commander::{CommandFilter, Commander, pipeline};
 use crate::computed::Registry;
 use crate::event::{HubEvent, HubEventListener};
 use crate::extension::HubExtension;
 use crate::operation::{AfterCommitHook, CompletionListener, OperationCompletionNotifier};
-use crate::{ComputeService, Error, HostId};
+use crate::{Error, HostId, Service};
 
 /// How many computed values a hub caches unless told otherwise.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -46,8 +47,10 @@ struct HubInner {
     registry: Registry,
     versions: AtomicU64,
     shutdown: CancellationToken,
-    /// The services attached with `add_service`, by type; weak, as services hold their hub.
-    services: papaya::HashMap<TypeId, Weak<ErasedCommand>>,
+    /// The command handlers of the services added with `add_service`, by command type.
+    handlers: papaya::HashMap<TypeId, HandlerEntry, foldhash::fast::RandomState>,
+    /// Held while a service is added, so that its handlers are checked and added together.
+    adding: Mutex<()>,
     filters: Vec<Arc<dyn CommandFilter>>,
     after_commit: Vec<Arc<dyn AfterCommitHook>>,
     notifier: OperationCompletionNotifier,
@@ -122,31 +125,72 @@ impl Hub {
         Commander::new(self.clone())
     }
 
-    /// Attaches a service: commands it handles are routed to it, on this hub. The hub keeps a
-    /// weak reference (the service holds the hub): keep the `Arc` alive. Attaching another
-    /// instance of the same type replaces the first.
-    pub fn add_service<S: ComputeService>(&self, service: &Arc<S>) {
-        let service: Arc<ErasedCommand> = Arc::clone(service) as Arc<dyn Any + Send + Sync>;
-        self.inner
-            .services
-            .pin()
-            .insert(TypeId::of::<S>(), Arc::downgrade(&service));
+    /// Adds a service to this hub: the commands its `#[command_handler]`s take are routed to
+    /// this instance, on this hub (a generic service's instance, `Todos<Sqlite>`, brings the
+    /// handlers of its type). The hub keeps a weak reference (the service holds the hub): keep
+    /// the `Arc` alive.
+    ///
+    /// Adding another instance of a type already added replaces it (the handlers of a type are
+    /// the same for every instance). Adding a service that handles a command another service
+    /// of this hub handles is an error, and adds nothing; a service that was dropped does not
+    /// count.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateHandler`] naming both service types, and
+    /// [`Error::ServiceOfAnotherHub`] when the service's [`hub`](crate::ComputeService::hub)
+    /// is another hub.
+    pub fn add_service<S: Service>(&self, service: &Arc<S>) -> Result<(), Error> {
+        if !service.hub().ptr_eq(self) {
+            return Err(Error::ServiceOfAnotherHub {
+                service: std::any::type_name::<S>(),
+            });
+        }
+        let mut handlers = ServiceHandlers::new(service);
+        S::handlers(&mut handlers);
+        let entries = handlers.into_entries();
+        let _adding = self
+            .inner
+            .adding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let map = self.inner.handlers.pin();
+        for (command, entry) in &entries {
+            if let Some(existing) = map.get(command)
+                && existing.fns.service_type != entry.fns.service_type
+                && existing.service.strong_count() > 0
+            {
+                return Err(Error::DuplicateHandler {
+                    command: entry.fns.command_name,
+                    first: existing.fns.service_name,
+                    second: entry.fns.service_name,
+                });
+            }
+        }
+        for (command, entry) in entries {
+            map.insert(command, entry);
+        }
+        Ok(())
     }
 
-    /// The service instance that handles `registration`'s command.
-    pub(crate) fn service(
+    /// The handler of the command type `command` on this hub, and its service; `name` names the
+    /// command in the error when there is none.
+    #[inline]
+    pub(crate) fn handler(
         &self,
-        registration: &HandlerRegistration,
-    ) -> Result<Arc<ErasedCommand>, Error> {
-        self.inner
-            .services
-            .pin()
-            .get(&(registration.service_type)())
-            .and_then(Weak::upgrade)
-            .ok_or(Error::ServiceNotAttached {
-                command: registration.command_name,
-                service: (registration.service_type_name)(),
-            })
+        command: TypeId,
+        name: impl FnOnce() -> &'static str,
+    ) -> Result<(HandlerFns, Arc<ErasedService>), Error> {
+        let map = self.inner.handlers.pin();
+        let Some(entry) = map.get(&command) else {
+            return Err(Error::NoHandler { command: name() });
+        };
+        match entry.service.upgrade() {
+            Some(service) => Ok((entry.fns, service)),
+            None => Err(Error::ServiceDropped {
+                command: entry.fns.command_name,
+                service: entry.fns.service_name,
+            }),
+        }
     }
 
     pub(crate) fn filters(&self) -> &[Arc<dyn CommandFilter>] {
@@ -324,9 +368,8 @@ impl HubBuilder {
     /// Builds a hub without extensions.
     ///
     /// # Errors
-    /// [`Error::DuplicateCommandName`] or [`Error::DuplicateHandler`] when the program's
-    /// commands are ambiguous: two types with one name, or two handlers for one command;
-    /// [`Error::ExtensionsNeedStart`] when extensions were added: they attach in
+    /// [`Error::DuplicateCommandName`] when the program's commands are ambiguous: two types
+    /// with one name; [`Error::ExtensionsNeedStart`] when extensions were added: they attach in
     /// [`start`](Self::start).
     pub fn build(self) -> Result<Hub, Error> {
         if !self.extensions.is_empty() {
@@ -367,7 +410,8 @@ impl HubBuilder {
                 registry: Registry::new(self.capacity, self.event_listener),
                 versions: AtomicU64::new(0),
                 shutdown: CancellationToken::new(),
-                services: papaya::HashMap::new(),
+                handlers: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+                adding: Mutex::new(()),
                 filters: pipeline::sorted(self.filters),
                 after_commit: self.after_commit,
                 notifier: OperationCompletionNotifier::new(self.listeners),

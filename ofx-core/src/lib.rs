@@ -19,7 +19,8 @@
 //! | dependency | a compute method called while another computes (in the same task) is a dependency of it: invalidating the dependency invalidates the dependent. |
 //! | [`invalidate!`] | names compute method calls to invalidate instead of compute: `invalidate! { self.get(id); }`. |
 //! | [`Command`] | a serializable request that changes state, with a stable name (`#[derive(Command)]`). |
-//! | command handler | `#[command_handler] async fn(&self, command: C, ctx: &CommandContext) -> Result<C::Output, E>` in a [`#[service]`](service) impl. Its leading `invalidate! { .. }` is the **invalidation branch** (run after success on every host); the rest is the **main branch** (run once). |
+//! | command handler | `#[command_handler] async fn(&self, command: C, ctx: &CommandContext) -> Result<C::Output, E>` in a [`#[service]`](service) impl. Its leading `invalidate! { .. }` is the **invalidation branch** (run after success on every host); the rest is the **main branch** (run once). It becomes a [`CommandHandler<C>`] of the service. |
+//! | [`Service`] | a type with a [`#[service]`](service) impl, possibly generic: [`Hub::add_service`] routes its commands to an instance, on that hub. Each of its compute methods is also a type, a [`ComputeMethod`]. |
 //! | [`Commander`] | runs a command through the [filter pipeline](commander::pipeline) to its handler; a command called inside a handler is **nested**. |
 //! | [`Operation`] | the record of one executed command: uuid, host, command, [operation items](OperationItems), nested commands, its log sequence and commit time. |
 //! | [`OperationScope`] | where an operation commits: begun lazily by the storage a handler uses (ofx-diesel's database transaction), answering a typed [`CommitOutcome`]: committed (with its sequence), not committed, or in doubt. Without one, an operation commits in memory. |
@@ -91,7 +92,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), ofx_core::Error> {
 //! let hub = Hub::new()?;
 //! let prices = Arc::new(Prices { hub: hub.clone(), base: AtomicU64::new(100) });
-//! hub.add_service(&prices);                      // one line per service
+//! hub.add_service(&prices)?;                     // one line per service
 //! assert_eq!(prices.base().await, 100);
 //! assert_eq!(hub.commander().call(SetBase { base: 150 }).await?, 100);
 //! assert_eq!(prices.base().await, 150);          // invalidated before `call` returned
@@ -149,7 +150,10 @@ pub mod watcher;
 pub mod __private;
 
 pub use command::registry::CommandFuture;
-pub use command::{CallKind, Command, CommandContext, ContextItems, OperationItem, OperationItems};
+pub use command::{
+    CallKind, Command, CommandContext, CommandHandler, ContextItems, OperationItem, OperationItems,
+    ServiceHandlers,
+};
 pub use commander::{CommandCall, CommandFilter, Commander, Executed, Next};
 pub use computed::{ComputeScope, Computed, ComputedState, capture};
 pub use error::{Error, HandlerError, Result};
@@ -161,7 +165,7 @@ pub use operation::{
     AfterCommitHook, CommitOutcome, Committed, NestedOperation, Operation,
     OperationCompletionNotifier, OperationScope, ReplayError, ScopeFuture,
 };
-pub use service::ComputeService;
+pub use service::{ComputeMethod, ComputeOutput, ComputeService, Service};
 pub use watcher::{LogWatcher, LogWatcherFactory};
 
 #[cfg(feature = "macros")]

@@ -35,6 +35,7 @@
 //! Run: `cargo bench -p ofx-diesel --all-features --bench outbox` (about 1.5 minutes on two
 //! cores).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -185,6 +186,15 @@ enum BenchError {
     Query(#[from] diesel::result::Error),
 }
 
+/// The command creating entry `id`.
+fn create(id: i64) -> CreateEntry {
+    CreateEntry {
+        id,
+        owner: id % 64,
+        note: NOTE.to_owned(),
+    }
+}
+
 /// The entries service of one backend.
 struct Entries<B: Backend> {
     hub: Hub,
@@ -201,13 +211,17 @@ impl<B: Backend> ComputeService for Entries<B> {
 trait Target: Backend + Sized {
     /// For benchmark names.
     const LABEL: &'static str;
-    /// The command's name in the log.
-    const COMMAND_NAME: &'static str;
-    /// The command that creates an entry.
-    type Create: Command<Output = ()> + Serialize;
+    /// An entry's note.
+    fn read_note(
+        connection: &mut Self::Connection,
+        id: i64,
+    ) -> impl Future<Output = diesel::QueryResult<Option<String>>> + Send;
 
-    /// The command creating entry `id`.
-    fn create(id: i64) -> Self::Create;
+    /// Inserts an entry.
+    fn insert_entry(
+        connection: &mut Self::Connection,
+        command: &CreateEntry,
+    ) -> impl Future<Output = diesel::QueryResult<()>> + Send;
 
     /// (a): the business insert alone, in a transaction.
     async fn raw_business(db: &DbHub<Self>, id: i64);
@@ -219,74 +233,79 @@ trait Target: Backend + Sized {
     async fn max_index(db: &DbHub<Self>) -> i64;
 }
 
-/// The command, the service and the baselines of backend `$backend`, with the same code on
-/// each (one handler per command type in a binary).
-macro_rules! target {
-    ($backend:ty, $label:literal, $service:ident, $create:ident, $name:literal) => {
-        /// Creates an entry.
-        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
-        #[command(output = (), name = $name)]
-        struct $create {
-            id: i64,
-            owner: i64,
-            note: String,
+/// Creates an entry.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = (), name = "bench.create_entry")]
+struct CreateEntry {
+    id: i64,
+    owner: i64,
+    note: String,
+}
+
+/// One entries service for every backend; the queries are the backend's (see [`Target`]).
+#[service]
+impl<B: Target> Entries<B> {
+    /// An entry's note.
+    #[compute_method]
+    async fn entry(&self, id: i64) -> Result<Option<String>, String> {
+        let mut connection = self
+            .db
+            .connection()
+            .await
+            .map_err(|error| error.to_string())?;
+        B::read_note(&mut connection, id)
+            .await
+            .map_err(|error| error.to_string())
+    }
+
+    /// Inserts the entry through the operation's connection.
+    #[command_handler]
+    async fn create_entry(
+        &self,
+        command: CreateEntry,
+        ctx: &CommandContext,
+    ) -> Result<(), BenchError> {
+        invalidate! {
+            self.entry(command.id);
         }
+        let mut connection = self.db.operation_connection(ctx).await?;
+        B::insert_entry(&mut connection, &command).await?;
+        Ok(())
+    }
+}
 
-        type $service = Entries<$backend>;
+/// The baselines and queries of backend `$backend`, with the same code on each (Diesel's query
+/// types are per backend).
+macro_rules! target {
+    ($backend:ty, $label:literal) => {
+        impl Target for $backend {
+            const LABEL: &'static str = $label;
 
-        #[service]
-        impl $service {
-            /// An entry's note.
-            #[compute_method]
-            async fn entry(&self, id: i64) -> Result<Option<String>, String> {
-                let mut connection = self
-                    .db
-                    .connection()
-                    .await
-                    .map_err(|error| error.to_string())?;
+            async fn read_note(
+                connection: &mut Self::Connection,
+                id: i64,
+            ) -> diesel::QueryResult<Option<String>> {
                 bench_entries::table
                     .find(id)
                     .select(bench_entries::note)
-                    .first(&mut *connection)
+                    .first(connection)
                     .await
                     .optional()
-                    .map_err(|error| error.to_string())
             }
 
-            /// Inserts the entry through the operation's connection.
-            #[command_handler]
-            async fn create_entry(
-                &self,
-                command: $create,
-                ctx: &CommandContext,
-            ) -> Result<(), BenchError> {
-                invalidate! {
-                    self.entry(command.id);
-                }
-                let mut connection = self.db.operation_connection(ctx).await?;
+            async fn insert_entry(
+                connection: &mut Self::Connection,
+                command: &CreateEntry,
+            ) -> diesel::QueryResult<()> {
                 diesel::insert_into(bench_entries::table)
                     .values((
                         bench_entries::id.eq(command.id),
                         bench_entries::owner.eq(command.owner),
                         bench_entries::note.eq(&command.note),
                     ))
-                    .execute(&mut *connection)
+                    .execute(connection)
                     .await?;
                 Ok(())
-            }
-        }
-
-        impl Target for $backend {
-            const LABEL: &'static str = $label;
-            const COMMAND_NAME: &'static str = $name;
-            type Create = $create;
-
-            fn create(id: i64) -> $create {
-                $create {
-                    id,
-                    owner: id % 64,
-                    note: NOTE.to_owned(),
-                }
             }
 
             async fn raw_business(db: &DbHub<Self>, id: i64) {
@@ -309,7 +328,7 @@ macro_rules! target {
             }
 
             async fn raw_outbox(db: &DbHub<Self>, id: i64, host_id: &str) {
-                let command = Self::create(id);
+                let command = create(id);
                 let command_json = serde_json::to_string(&command).expect("the command serializes");
                 let uuid = uuid::Uuid::now_v7().to_string();
                 let logged_at = micros_now();
@@ -331,7 +350,7 @@ macro_rules! target {
                                 ofx_operations::host_id.eq(host_id),
                                 ofx_operations::logged_at.eq(logged_at),
                                 ofx_operations::committed_at.eq(micros_now()),
-                                ofx_operations::command_name.eq($name),
+                                ofx_operations::command_name.eq(<CreateEntry as Command>::NAME),
                                 ofx_operations::command_json.eq(&command_json),
                                 ofx_operations::items_json.eq("{}"),
                                 ofx_operations::nested_json.eq("[]"),
@@ -358,20 +377,8 @@ macro_rules! target {
     };
 }
 
-target!(
-    Sqlite,
-    "sqlite",
-    SqliteEntries,
-    SqliteCreate,
-    "bench_sqlite.create_entry"
-);
-target!(
-    Postgres,
-    "postgres",
-    PgEntries,
-    PgCreate,
-    "bench_pg.create_entry"
-);
+target!(Sqlite, "sqlite");
+target!(Postgres, "postgres");
 
 /// A hub with the database scope and the entries service (kept alive by the returned `Arc`).
 async fn host<B: Target>(db: &DbHub<B>) -> (Hub, Arc<Entries<B>>) {
@@ -384,7 +391,7 @@ async fn host<B: Target>(db: &DbHub<B>) -> (Hub, Arc<Entries<B>>) {
         hub: hub.clone(),
         db: db.clone(),
     });
-    hub.add_service(&entries);
+    hub.add_service(&entries).expect("the service is added");
     (hub, entries)
 }
 
@@ -402,7 +409,7 @@ async fn run_variant<B: Target>(
         0 => B::raw_business(db, next_id()).await,
         1 => B::raw_outbox(db, next_id(), host_id).await,
         _ => commander
-            .call(B::create(next_id()))
+            .call(create(next_id()))
             .await
             .expect("the command succeeds"),
     }
@@ -566,13 +573,12 @@ async fn fill_log<B: Target>(db: &DbHub<B>) -> i64 {
             );
             for row in 0..FILL_ROWS_PER_INSERT {
                 id += 1;
-                let command =
-                    serde_json::to_string(&B::create(id)).expect("the command serializes");
+                let command = serde_json::to_string(&create(id)).expect("the command serializes");
                 let separator = if row == 0 { "" } else { "," };
                 sql.push_str(&format!(
                     "{separator}('{}', 'elsewhere', {logged_at}, {logged_at}, '{}', '{command}', '{{}}', '[]')",
                     uuid::Uuid::now_v7(),
-                    B::COMMAND_NAME,
+                    <CreateEntry as Command>::NAME,
                 ));
             }
             sql.push(';');

@@ -1,4 +1,5 @@
-//! `#[derive(Command)]`: implements `ofx_core::Command` and registers the command's name.
+//! `#[derive(Command)]`: implements `ofx_core::Command` and registers the command's decoder
+//! under its name.
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -97,10 +98,7 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
 
         const _: () = {
             ::ofx_core::__private::inventory::submit! {
-                ::ofx_core::__private::CommandRegistration {
-                    name: #name,
-                    type_name: ::core::any::type_name::<#ident>,
-                }
+                ::ofx_core::__private::CommandRegistration::of::<#ident>()
             }
         };
     };

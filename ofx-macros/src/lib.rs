@@ -1,7 +1,13 @@
 //! Procedural macros of ofx.
 //!
 //! An implementation detail of `ofx_core`, which re-exports them with their documentation:
-//! depend on `ofx_core` and use `ofx_core::compute_method` and `ofx_core::invalidate!`.
+//! depend on `ofx_core` and use `ofx_core::compute_method`, `ofx_core::invalidate!`,
+//! `ofx_core::service`, `ofx_core::command_handler` and `ofx_core::Command`.
+//!
+//! Generated code names runtime items by absolute path (`::ofx_core::...`, hidden ones under
+//! `::ofx_core::__private`), and its own locals with mixed-site hygiene, so that the user's
+//! imports and names neither break it nor see it. Its errors are reported at the user's tokens.
+//! `OFX_MACROS_DEBUG=<item name>` (or `*`) prints an expansion while compiling.
 
 mod command_derive;
 mod compute_method;
@@ -17,10 +23,15 @@ use proc_macro::TokenStream;
 /// argument set, with the compute methods it calls recorded as its dependencies.
 ///
 /// The method must be an `async fn` with a `&self` receiver, in an `impl` of a type that
-/// implements `ComputeService`, with no generic parameters. Each argument is part of the cache
-/// key (`Hash + Eq + Clone + Send + Sync + 'static`); the result is cloned to every caller
-/// (`Clone + Send + Sync + 'static`). A `Result` that is `Err` stays cached only for the error
-/// lifetime.
+/// implements `ComputeService`, with no generic parameters of its own (the `impl` may have
+/// some). Each argument is part of the cache key (`Hash + Eq + Clone + Send + Sync + 'static`);
+/// the result is cloned to every caller (`Clone + Send + Sync + 'static`). A `Result` that is
+/// `Err` stays cached only for the error lifetime.
+///
+/// In a [`#[service]`](macro@service) impl, the method is also a type (see there); its
+/// future must then be `Send`.
+///
+/// Every compute method counts its calls and computations in its descriptor.
 ///
 /// Options:
 ///
@@ -54,22 +65,47 @@ pub fn invalidate(input: TokenStream) -> TokenStream {
 }
 
 /// Implements `ofx_core::Command`: `#[command(output = Type, name = "stable.name")]`, plus
-/// `backend` for commands clients may not call.
+/// `backend` for commands clients may not call. Registers the command's decoder under its name,
+/// so that every host can replay it from the operation log.
 #[proc_macro_derive(Command, attributes(command))]
 pub fn derive_command(input: TokenStream) -> TokenStream {
     command_derive::expand(input.into()).into()
 }
 
-/// Makes an `impl` block a service whose `#[command_handler]`s are registered: each handler's
-/// leading `invalidate! { ... }` becomes its invalidation branch (run after the commit, on
-/// every host), the rest its main branch (run once, where the command was called).
+/// Makes an `impl` block a service: its `#[command_handler]`s handle their commands on every
+/// hub the service is added to (`Hub::add_service`), and each of its `#[compute_method]`s is
+/// also a type.
+///
+/// The `impl` may be generic (`impl<B: Backend> Todos<B>`): everything below is generated with
+/// its generics and `where` clause, so each type argument is a service of its own.
+///
+/// - Each handler's leading `invalidate! { ... }` becomes its invalidation branch (run after
+///   the commit, on every host), the rest its main branch (run once, where the command was
+///   called); the method keeps its name and signature. It becomes an
+///   `impl CommandHandler<C> for Todos<B>`.
+/// - The type gets `impl Service for Todos<B>`, which lists the handlers for
+///   `Hub::add_service` and the compute methods' descriptors (`Todos::compute_methods()`).
+/// - Each compute method `get` becomes a value: a type named after the service and the method,
+///   `TodosGetMethod<S>` (with the method's visibility; `S` is the service type, `Todos<B>`, so
+///   that the type is never more visible than the service), returned by `Todos::get_method()`.
+///   It implements `ComputeMethod`: `Todos::get_method().call(&todos, (id,))`,
+///   `.invalidate(&todos, &(id,))` and `.descriptor()`.
+///
+/// The names `#[service]` adds are the method's name with `_method` (an associated function)
+/// and the service's and method's names in `CamelCase` with `Method` (a type beside the
+/// `impl`). Another item of the `impl` with the first name is an error at that item; another
+/// item of the module with the second is reported by the compiler at the method's name.
+///
+/// A type has one `#[service]` impl; commands decode from the operation log through
+/// `#[derive(Command)]`, which registers each command type by name.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
     service::expand(args.into(), item.into()).into()
 }
 
 /// Marks a command handler in a `#[service]` impl: `async fn(&self, command: C, ctx:
-/// &CommandContext) -> Result<C::Output, E>`.
+/// &CommandContext) -> Result<C::Output, E>`, whose future is `Send`. One handler per command
+/// type in a service.
 #[proc_macro_attribute]
 pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     service::lone_handler(args.into(), item.into()).into()

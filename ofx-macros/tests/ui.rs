@@ -31,3 +31,10 @@ fn command_handler() {
     cases.compile_fail("tests/ui/command_handler/fail/*.rs");
     cases.pass("tests/ui/command_handler/pass/*.rs");
 }
+
+#[test]
+fn service() {
+    let cases = trybuild::TestCases::new();
+    cases.compile_fail("tests/ui/service/fail/*.rs");
+    cases.pass("tests/ui/service/pass/*.rs");
+}

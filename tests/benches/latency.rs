@@ -122,78 +122,101 @@ impl<B: Backend> ComputeService for Counters<B> {
     }
 }
 
-/// Reading and bumping counters, whatever the backend (a `#[service]` impl is per concrete type).
+/// Reading and bumping counters, whatever the backend.
 trait CounterService: ComputeService + Send + Sync + 'static {
     fn value_of(&self, key: i64) -> impl Future<Output = Result<i64, String>> + Send;
     fn bump(&self, key: i64) -> impl Future<Output = Result<i64, ofx_core::Error>> + Send;
 }
 
-macro_rules! counter_service {
-    ($backend:ty, $bump:ident, $name:literal) => {
-        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
-        #[command(output = i64, name = $name)]
-        struct $bump {
-            key: i64,
-        }
+/// The counter queries of one backend (Diesel's query types are per backend); the service
+/// over them is one generic `#[service]`.
+trait CounterQueries: Backend {
+    fn read(
+        connection: &mut Self::Connection,
+        key: i64,
+    ) -> impl Future<Output = diesel::QueryResult<Option<i64>>> + Send;
+    fn increment(
+        connection: &mut Self::Connection,
+        key: i64,
+    ) -> impl Future<Output = diesel::QueryResult<i64>> + Send;
+}
 
-        #[service]
-        impl Counters<$backend> {
-            #[compute_method]
-            async fn value(&self, key: i64) -> Result<i64, String> {
-                let mut connection = self
-                    .db
-                    .connection()
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let value: Option<i64> = bench_counters::table
+macro_rules! counter_queries {
+    ($backend:ty) => {
+        impl CounterQueries for $backend {
+            async fn read(
+                connection: &mut Self::Connection,
+                key: i64,
+            ) -> diesel::QueryResult<Option<i64>> {
+                bench_counters::table
                     .find(key)
                     .select(bench_counters::value)
-                    .first(&mut *connection)
+                    .first(connection)
                     .await
                     .optional()
-                    .map_err(|error| error.to_string())?;
-                Ok(value.unwrap_or(0))
             }
 
-            #[command_handler]
-            async fn bump(
-                &self,
-                command: $bump,
-                ctx: &CommandContext,
-            ) -> Result<i64, CounterError> {
-                invalidate! {
-                    self.value(command.key);
-                }
-                let mut connection = self.db.operation_connection(ctx).await?;
-                let value = diesel::insert_into(bench_counters::table)
-                    .values((
-                        bench_counters::key.eq(command.key),
-                        bench_counters::value.eq(1),
-                    ))
+            async fn increment(
+                connection: &mut Self::Connection,
+                key: i64,
+            ) -> diesel::QueryResult<i64> {
+                diesel::insert_into(bench_counters::table)
+                    .values((bench_counters::key.eq(key), bench_counters::value.eq(1)))
                     .on_conflict(bench_counters::key)
                     .do_update()
                     .set(bench_counters::value.eq(bench_counters::value + 1))
                     .returning(bench_counters::value)
-                    .get_result(&mut *connection)
-                    .await?;
-                Ok(value)
-            }
-        }
-
-        impl CounterService for Counters<$backend> {
-            async fn value_of(&self, key: i64) -> Result<i64, String> {
-                self.value(key).await
-            }
-
-            async fn bump(&self, key: i64) -> Result<i64, ofx_core::Error> {
-                self.hub.commander().call($bump { key }).await
+                    .get_result(connection)
+                    .await
             }
         }
     };
 }
 
-counter_service!(Sqlite, SqliteBump, "latency_bench.sqlite_bump");
-counter_service!(Postgres, PgBump, "latency_bench.pg_bump");
+counter_queries!(Sqlite);
+counter_queries!(Postgres);
+
+/// Bumps a counter.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = i64, name = "latency_bench.bump")]
+struct Bump {
+    key: i64,
+}
+
+#[service]
+impl<B: CounterQueries> Counters<B> {
+    #[compute_method]
+    async fn value(&self, key: i64) -> Result<i64, String> {
+        let mut connection = self
+            .db
+            .connection()
+            .await
+            .map_err(|error| error.to_string())?;
+        let value = B::read(&mut connection, key)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(value.unwrap_or(0))
+    }
+
+    #[command_handler]
+    async fn apply_bump(&self, command: Bump, ctx: &CommandContext) -> Result<i64, CounterError> {
+        invalidate! {
+            self.value(command.key);
+        }
+        let mut connection = self.db.operation_connection(ctx).await?;
+        Ok(B::increment(&mut connection, command.key).await?)
+    }
+}
+
+impl<B: CounterQueries> CounterService for Counters<B> {
+    async fn value_of(&self, key: i64) -> Result<i64, String> {
+        self.value(key).await
+    }
+
+    async fn bump(&self, key: i64) -> Result<i64, ofx_core::Error> {
+        self.hub.commander().call(Bump { key }).await
+    }
+}
 
 // ===== hosts =====
 
@@ -255,10 +278,7 @@ struct Host<B: Backend> {
     _reader: Option<LogReader>,
 }
 
-impl<B: Backend> Host<B>
-where
-    Counters<B>: CounterService,
-{
+impl<B: CounterQueries> Host<B> {
     /// A host on `url`; with a log reader (woken as `wakeup` says) when `read` is set.
     async fn start(url: &str, wakeup: &Wakeup, log: &str, read: bool) -> Self {
         let mut settings = DbSettings::default();
@@ -284,7 +304,7 @@ where
             hub: hub.clone(),
             db: db.clone(),
         });
-        hub.add_service(&counters);
+        hub.add_service(&counters).expect("the service is added");
         let reader = db.log_reader(&hub);
         Self {
             counters,
@@ -320,10 +340,7 @@ struct Sample {
     command: f64,
 }
 
-impl<B: Backend> Pair<B>
-where
-    Counters<B>: CounterService,
-{
+impl<B: CounterQueries> Pair<B> {
     async fn start(url: &str, wakeup: Wakeup) -> Self {
         let log = format!("latency-{}", uuid::Uuid::new_v4().simple());
         let a = Host::<B>::start(url, &wakeup, &log, true).await;
@@ -770,7 +787,7 @@ struct Diagnostic {
 }
 
 /// `raws` and the ofx samples of `pair`, in interleaved rounds.
-async fn measure<B: Backend>(
+async fn measure<B: CounterQueries>(
     name: &'static str,
     p99_target: Option<f64>,
     pair: &Pair<B>,
@@ -867,7 +884,7 @@ where
 }
 
 /// The diagnostic phase of a watcher run (see the module's documentation).
-async fn diagnose<B: Backend>(pair: &Pair<B>) -> Diagnostic
+async fn diagnose<B: CounterQueries>(pair: &Pair<B>) -> Diagnostic
 where
     Counters<B>: CounterService,
 {

@@ -63,96 +63,110 @@ pub(crate) trait CounterService: ComputeService {
     ) -> impl std::future::Future<Output = Result<i64, ofx_core::Error>> + Send;
 }
 
-macro_rules! counter_service {
-    ($backend:ty, $bump:ident, $name:literal) => {
-        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
-        #[command(output = i64, name = $name)]
-        pub(crate) struct $bump {
-            key: i64,
-            by: i64,
-        }
+/// The counter queries of one backend: Diesel's query types are per backend, so the queries
+/// are written once per backend; the service over them is one generic `#[service]`.
+pub(crate) trait CounterQueries: Backend {
+    /// The counter's value, if it was ever bumped.
+    fn read(
+        connection: &mut Self::Connection,
+        key: i64,
+    ) -> impl std::future::Future<Output = QueryResult<Option<i64>>> + Send;
+    /// Adds `by` to the counter; returns its new value.
+    fn add(
+        connection: &mut Self::Connection,
+        key: i64,
+        by: i64,
+    ) -> impl std::future::Future<Output = QueryResult<i64>> + Send;
+}
 
-        #[service]
-        impl Counters<$backend> {
-            #[compute_method]
-            async fn value(&self, key: i64) -> Result<i64, String> {
-                let mut connection = self
-                    .db
-                    .connection()
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let value: Option<i64> = counters::table
-                    .find(key)
-                    .select(counters::value)
-                    .first(&mut *connection)
-                    .await
-                    .optional()
-                    .map_err(|error| error.to_string())?;
-                Ok(value.unwrap_or(0))
-            }
-
-            /// Depends on two values: stale if either is.
-            #[compute_method]
-            async fn pair(&self, a: i64, b: i64) -> Result<i64, String> {
-                Ok(self.value(a).await? * 1000 + self.value(b).await?)
-            }
-
-            #[command_handler]
-            async fn bump(
-                &self,
-                command: $bump,
-                ctx: &CommandContext,
-            ) -> Result<i64, CounterError> {
-                invalidate! {
-                    self.value(command.key);
-                }
-                self.main_runs.fetch_add(1, Ordering::SeqCst);
-                let mut connection = self.db.operation_connection(ctx).await?;
-                let value = diesel::insert_into(counters::table)
-                    .values((
-                        counters::key.eq(command.key),
-                        counters::value.eq(command.by),
-                    ))
-                    .on_conflict(counters::key)
-                    .do_update()
-                    .set(counters::value.eq(counters::value + command.by))
-                    .returning(counters::value)
-                    .get_result(&mut *connection)
-                    .await?;
-                Ok(value)
-            }
-        }
-
-        impl CounterService for Counters<$backend> {
-            async fn value_of(&self, key: i64) -> Result<i64, String> {
-                self.value(key).await
-            }
-
-            async fn pair_of(&self, a: i64, b: i64) -> Result<i64, String> {
-                self.pair(a, b).await
-            }
-
-            async fn fresh(&self, key: i64) -> i64 {
-                let mut connection = self.db.connection().await.unwrap();
+macro_rules! counter_queries {
+    ($backend:ty) => {
+        impl CounterQueries for $backend {
+            async fn read(connection: &mut Self::Connection, key: i64) -> QueryResult<Option<i64>> {
                 counters::table
                     .find(key)
                     .select(counters::value)
-                    .first(&mut *connection)
+                    .first(connection)
                     .await
                     .optional()
-                    .unwrap()
-                    .unwrap_or(0)
             }
 
-            async fn bump(&self, key: i64, by: i64) -> Result<i64, ofx_core::Error> {
-                self.hub.commander().call($bump { key, by }).await
+            async fn add(connection: &mut Self::Connection, key: i64, by: i64) -> QueryResult<i64> {
+                diesel::insert_into(counters::table)
+                    .values((counters::key.eq(key), counters::value.eq(by)))
+                    .on_conflict(counters::key)
+                    .do_update()
+                    .set(counters::value.eq(counters::value + by))
+                    .returning(counters::value)
+                    .get_result(connection)
+                    .await
             }
         }
     };
 }
 
-counter_service!(ofx_diesel::Sqlite, SqliteBump, "multi_host.sqlite_bump");
-counter_service!(ofx_diesel::Postgres, PgBump, "multi_host.pg_bump");
+counter_queries!(ofx_diesel::Sqlite);
+counter_queries!(ofx_diesel::Postgres);
+
+/// Adds to a counter.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = i64, name = "multi_host.bump")]
+pub(crate) struct Bump {
+    key: i64,
+    by: i64,
+}
+
+/// One service for every backend.
+#[service]
+impl<B: CounterQueries> Counters<B> {
+    #[compute_method]
+    async fn value(&self, key: i64) -> Result<i64, String> {
+        let mut connection = self
+            .db
+            .connection()
+            .await
+            .map_err(|error| error.to_string())?;
+        let value = B::read(&mut connection, key)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(value.unwrap_or(0))
+    }
+
+    /// Depends on two values: stale if either is.
+    #[compute_method]
+    async fn pair(&self, a: i64, b: i64) -> Result<i64, String> {
+        Ok(self.value(a).await? * 1000 + self.value(b).await?)
+    }
+
+    #[command_handler]
+    async fn bump(&self, command: Bump, ctx: &CommandContext) -> Result<i64, CounterError> {
+        invalidate! {
+            self.value(command.key);
+        }
+        self.main_runs.fetch_add(1, Ordering::SeqCst);
+        let mut connection = self.db.operation_connection(ctx).await?;
+        Ok(B::add(&mut connection, command.key, command.by).await?)
+    }
+}
+
+impl<B: CounterQueries> CounterService for Counters<B> {
+    async fn value_of(&self, key: i64) -> Result<i64, String> {
+        self.value(key).await
+    }
+
+    async fn pair_of(&self, a: i64, b: i64) -> Result<i64, String> {
+        self.pair(a, b).await
+    }
+
+    async fn fresh(&self, key: i64) -> i64 {
+        let mut connection = self.db.connection().await.unwrap();
+        B::read(&mut connection, key).await.unwrap().unwrap_or(0)
+    }
+
+    async fn bump(&self, key: i64, by: i64) -> Result<i64, ofx_core::Error> {
+        self.hub.commander().call(Bump { key, by }).await
+    }
+}
 
 /// One host of a cluster.
 pub(crate) struct Host<B: Backend> {
@@ -183,10 +197,7 @@ pub(crate) enum Wakeup {
 /// does the work (it still bounds the delay of a lost wake-up).
 pub(crate) const SAFETY_NET_POLL: Duration = Duration::from_secs(2);
 
-impl<B: Backend> Cluster<B>
-where
-    Counters<B>: CounterService,
-{
+impl<B: CounterQueries> Cluster<B> {
     /// `count` hosts on the database at `url`, woken as `wakeup` says.
     pub(crate) async fn start(url: &str, count: usize, wakeup: &Wakeup) -> Self {
         let main_runs = Arc::new(AtomicU64::new(0));
@@ -227,7 +238,7 @@ where
                 db: db.clone(),
                 main_runs: Arc::clone(&main_runs),
             });
-            hub.add_service(&counters);
+            hub.add_service(&counters).unwrap();
             let reader = db.log_reader(&hub).unwrap();
             hosts.push(Host { counters, reader });
         }

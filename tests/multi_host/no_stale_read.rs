@@ -7,19 +7,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-use ofx_diesel::Backend;
 use rand::Rng;
 
-use crate::cluster::{Cluster, CounterService, Counters, KEYS, Wakeup};
+use crate::cluster::{Cluster, CounterQueries, CounterService, KEYS, Wakeup};
 
 const HOSTS: usize = 3;
 const WRITERS: usize = 8;
 const COMMANDS: usize = 2_000;
 
-async fn run<B: Backend>(url: &str, wakeup: &Wakeup)
-where
-    Counters<B>: CounterService,
-{
+async fn run<B: CounterQueries>(url: &str, wakeup: &Wakeup) {
     let cluster = Arc::new(Cluster::<B>::start(url, HOSTS, wakeup).await);
     let mut tasks = tokio::task::JoinSet::new();
     // Writers, spread over the hosts.

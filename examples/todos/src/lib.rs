@@ -187,7 +187,7 @@ impl Todos {
             db,
             reads: AtomicU64::new(0),
         });
-        hub.add_service(&todos);
+        hub.add_service(&todos)?;
         Ok(todos)
     }
 

@@ -1,6 +1,8 @@
-//! Commands: serializable requests that change state, and what their handlers register.
+//! Commands: serializable requests that change state, their handlers, and the registry that
+//! decodes them from the operation log by name.
 
 mod context;
+pub(crate) mod handler;
 mod items;
 #[doc(hidden)]
 pub mod registry;
@@ -9,10 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use context::{CallKind, CommandContext, ContextItems};
+pub use handler::{CommandHandler, ServiceHandlers};
 pub use items::{OperationItem, OperationItems};
-pub use registry::{
-    BoxedOutput, CommandFuture, CommandRegistration, ErasedCommand, HandlerRegistration,
-};
+pub use registry::{BoxedOutput, CommandFuture, CommandRegistration, ErasedCommand};
 
 /// A request that changes state. Derive it with `#[derive(Command)]`:
 ///
@@ -29,7 +30,9 @@ pub use registry::{
 ///
 /// The **name** is the command's identity in the operation log, read by every host: keep it
 /// stable when the type moves or is renamed. Two command types with one name are refused when a
-/// hub starts. A **backend** command (`#[command(backend)]`) may not come from a client: see
+/// hub starts. The derive also registers the command's decoder under its name (in a registry
+/// closed at compile time): that is how other hosts replay it, so implement this trait with the
+/// derive, never by hand. A **backend** command (`#[command(backend)]`) may not come from a client: see
 /// [`Commander::call_from_client`](crate::Commander::call_from_client).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a command",

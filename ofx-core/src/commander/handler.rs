@@ -12,12 +12,12 @@ use crate::command::registry::{BoxedOutput, CommandFuture};
 /// Runs the main branch of the call's handler, with the call as the task's current command (so
 /// that commands it calls are nested).
 pub(crate) fn run_main_branch(call: &CommandCall) -> CommandFuture<'_> {
-    let registration = call.registration;
-    let future = (registration.run)(&*call.service, &*call.command, &call.context);
+    let handler = call.handler;
+    let future = (handler.run)(&*call.service, &*call.command, &call.context);
     let future = CURRENT_CALL.scope(call.context.clone(), future);
     Box::pin(CatchUnwind {
         future: Box::pin(future),
-        command: registration.command_name,
+        command: handler.command_name,
     })
 }
 

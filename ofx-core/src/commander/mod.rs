@@ -10,7 +10,8 @@ use std::time::SystemTime;
 
 pub use pipeline::{CommandFilter, Next};
 
-use crate::command::registry::{ErasedCommand, HandlerRegistration, registry};
+use crate::command::handler::{ErasedService, HandlerFns};
+use crate::command::registry::{self, ErasedCommand};
 use crate::command::{CallKind, Command, CommandContext, ContextItems, OperationItems};
 use crate::operation::recorder::RecordedNested;
 use crate::operation::{CommitOutcome, Committed, NestedOperation, Operation, OperationRecorder};
@@ -47,16 +48,17 @@ pub struct Executed<O> {
 /// One command on its way through the pipeline: what filters see. Filters only ever see main
 /// branches: an outermost command, or a command nested in one.
 pub struct CommandCall {
-    pub(crate) registration: &'static HandlerRegistration,
+    pub(crate) handler: HandlerFns,
+    pub(crate) encode: fn(&ErasedCommand) -> Result<serde_json::Value, serde_json::Error>,
     pub(crate) command: Arc<ErasedCommand>,
-    pub(crate) service: Arc<ErasedCommand>,
+    pub(crate) service: Arc<ErasedService>,
     pub(crate) context: CommandContext,
 }
 
 impl CommandCall {
     /// The command's name.
     pub fn command_name(&self) -> &'static str {
-        self.registration.command_name
+        self.handler.command_name
     }
 
     /// The command, if it is a `C`.
@@ -70,9 +72,8 @@ impl CommandCall {
     }
 
     fn encode(&self) -> Result<serde_json::Value, Error> {
-        let registration = self.registration;
-        (registration.encode)(&*self.command).map_err(|source| Error::CommandJson {
-            command: registration.command_name.to_owned(),
+        (self.encode)(&*self.command).map_err(|source| Error::CommandJson {
+            command: self.handler.command_name.to_owned(),
             source: source.into(),
         })
     }
@@ -81,7 +82,7 @@ impl CommandCall {
     fn finish_operation(&self) -> Result<Operation, Error> {
         let command = self.encode()?;
         Ok(self.context.operation.finish(
-            self.registration.command_name,
+            self.handler.command_name,
             command,
             Arc::clone(&self.command),
             self.context.items.clone(),
@@ -92,7 +93,7 @@ impl CommandCall {
 impl std::fmt::Debug for CommandCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandCall")
-            .field("command", &self.registration.command_name)
+            .field("command", &self.handler.command_name)
             .field("context", &self.context)
             .finish_non_exhaustive()
     }
@@ -109,7 +110,7 @@ impl Commander {
     ///
     /// # Errors
     /// The handler's error ([`Error::Handler`], or [`Error::HandlerPanicked`]), why the command
-    /// could not run ([`Error::NoHandler`], [`Error::ServiceNotAttached`], ...), or why its
+    /// could not run ([`Error::NoHandler`], [`Error::ServiceDropped`], ...), or why its
     /// operation was not committed (the scope's error), or [`Error::CommitInDoubt`].
     pub async fn call<C: Command>(&self, command: C) -> Result<C::Output, Error> {
         Ok(self
@@ -164,10 +165,7 @@ impl Commander {
         from_client: bool,
         context_items: ContextItems,
     ) -> Result<Executed<C::Output>, Error> {
-        let registration = registry()?
-            .by_type(TypeId::of::<C>())
-            .ok_or(Error::NoHandler { command: C::NAME })?;
-        let service = self.hub.service(registration)?;
+        let (handler, service) = self.hub.handler(TypeId::of::<C>(), || C::NAME)?;
         let parent = CURRENT_CALL
             .try_with(Clone::clone)
             .ok()
@@ -195,7 +193,8 @@ impl Commander {
             },
         };
         let call = CommandCall {
-            registration,
+            handler,
+            encode: registry::encode::<C>,
             command: Arc::new(command),
             service,
             context,
@@ -300,7 +299,7 @@ fn record_nested(call: &CommandCall, succeeded: bool) -> Result<(), Error> {
     let command = call.encode()?;
     call.context.operation.push_nested(RecordedNested {
         record: NestedOperation::new(
-            call.registration.command_name,
+            call.handler.command_name,
             command,
             call.context.items.to_json(),
         ),

@@ -51,11 +51,16 @@ pub(crate) fn run(hub: &Hub, operation: &Operation) -> PassReport {
     let steps = steps(registry, operation, &mut report);
     let recorder = Arc::new(OperationRecorder::replaying(operation));
     for (command, items) in steps {
-        let Some(registration) = registry.by_type((*command).type_id()) else {
-            continue;
-        };
-        let service = match hub.service(registration) {
-            Ok(service) => service,
+        let type_id = (*command).type_id();
+        let found = hub.handler(type_id, || {
+            registry
+                .by_type(type_id)
+                .map_or("(a command type without `#[derive(Command)]`)", |command| {
+                    command.name
+                })
+        });
+        let (handler, service) = match found {
+            Ok(found) => found,
             Err(error) => {
                 report.error.get_or_insert(PassError::Unavailable(error));
                 continue;
@@ -68,14 +73,14 @@ pub(crate) fn run(hub: &Hub, operation: &Operation) -> PassReport {
             context_items: ContextItems::default(),
             kind: CallKind::Invalidation,
             from_client: false,
-            command_name: registration.command_name,
+            command_name: handler.command_name,
         };
-        let branch = AssertUnwindSafe(|| (registration.invalidate)(&*service, &*command, &context));
+        let branch = AssertUnwindSafe(|| (handler.invalidate)(&*service, &*command, &context));
         if std::panic::catch_unwind(branch).is_err() {
             report.panics += 1;
             tracing::error!(
                 operation = %operation.uuid,
-                command = registration.command_name,
+                command = handler.command_name,
                 "an invalidation branch panicked; the pass goes on"
             );
         }

@@ -132,21 +132,35 @@ async fn a_backend_command_is_refused_to_clients() {
 }
 
 #[tokio::test]
-async fn a_service_must_be_attached() {
+async fn a_command_needs_a_service_on_the_hub() {
     let host = Host::new();
     let other = ofx_core::Hub::new().unwrap();
     let error = other.commander().call(Audit { key: 0 }).await.unwrap_err();
     assert!(
         matches!(
             error,
-            Error::ServiceNotAttached {
-                command: "counters.audit",
-                ..
+            Error::NoHandler {
+                command: "counters.audit"
             }
         ),
         "{error:?}"
     );
+    assert!(error.to_string().contains("Hub::add_service"), "{error}");
+
+    // A service the hub holds but that was dropped.
+    let commander = host.counters.hub.commander();
     drop(host);
+    let error = commander.call(Audit { key: 0 }).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::ServiceDropped {
+                command: "counters.audit",
+                service,
+            } if service.ends_with("Counters")
+        ),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]

@@ -195,7 +195,7 @@ impl Host {
             invalidations: Mutex::new(Vec::new()),
             reads: AtomicU64::new(0),
         });
-        hub.add_service(&counters);
+        hub.add_service(&counters).unwrap();
         Self {
             counters,
             operations,

@@ -158,7 +158,7 @@ fn store(builder: ofx_core::HubBuilder, journal: &Journal) -> Arc<Store> {
         journal: journal.clone(),
         writes: AtomicU64::new(0),
     });
-    hub.add_service(&store);
+    hub.add_service(&store).unwrap();
     store
 }
 
@@ -302,7 +302,7 @@ async fn a_second_storing_scope_in_one_operation_is_refused() {
         journal: journal.clone(),
         writes: AtomicU64::new(0),
     });
-    hub.add_service(&store);
+    hub.add_service(&store).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Mutex::new(Some(tx));
     // A filter that asks for another storage's scope inside the operation.
@@ -348,7 +348,7 @@ async fn a_second_storing_scope_in_one_operation_is_refused() {
         journal,
         writes: AtomicU64::new(0),
     });
-    hub2.add_service(&store2);
+    hub2.add_service(&store2).unwrap();
     hub2.commander()
         .call(write(6, Outcome::Committed))
         .await
@@ -435,10 +435,7 @@ async fn a_replay_fails_until_its_service_is_attached_then_succeeds() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            error,
-            ReplayError::Unavailable(Error::ServiceNotAttached { .. })
-        ),
+        matches!(error, ReplayError::Unavailable(Error::NoHandler { .. })),
         "{error:?}"
     );
     assert!(
@@ -451,7 +448,7 @@ async fn a_replay_fails_until_its_service_is_attached_then_succeeds() {
         journal: journal.clone(),
         writes: AtomicU64::new(0),
     });
-    b_hub.add_service(&b);
+    b_hub.add_service(&b).unwrap();
     assert!(b_hub.commander().replay(operation).await.unwrap());
     assert_eq!(take(&journal), ["invalidate nested 10", "invalidate 10"]);
 }
@@ -468,7 +465,7 @@ async fn operation_of(store: &Store, command: Write) -> Operation {
         journal: Journal::default(),
         writes: AtomicU64::new(0),
     });
-    hub.add_service(&writer);
+    hub.add_service(&writer).unwrap();
     let _ = hub.commander().call(command).await;
     let _ = store;
     let operation = keep.0.lock().unwrap().pop().unwrap();

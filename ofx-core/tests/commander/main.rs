@@ -7,6 +7,7 @@
 mod common;
 
 mod calls;
+mod generic;
 mod lifecycle;
 mod pipeline;
 mod replay;

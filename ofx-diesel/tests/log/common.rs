@@ -19,86 +19,117 @@ diesel::table! {
     }
 }
 
-/// An accounts service on backend `$backend`, with its own deposit command (one handler per
-/// command type), so that the same tests run on every backend.
-macro_rules! accounts_service {
-    ($service:ident, $backend:ty, $deposit:ident, $name:literal) => {
-        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
-        #[command(output = i64, name = $name)]
-        pub(crate) struct $deposit {
-            pub(crate) id: i64,
-            pub(crate) amount: i64,
-            /// Fail after writing, to prove the write is rolled back.
-            pub(crate) fail: bool,
-        }
+/// The account queries of one backend: Diesel's query types are per backend, so the queries
+/// are written once per backend; the service over them is one generic `#[service]`.
+pub(crate) trait AccountQueries: Backend {
+    /// The balance, if the account exists.
+    fn read_balance(
+        connection: &mut Self::Connection,
+        id: i64,
+    ) -> impl std::future::Future<Output = QueryResult<Option<i64>>> + Send;
+    /// Adds `amount` to the account, creating it.
+    fn add_to(
+        connection: &mut Self::Connection,
+        id: i64,
+        amount: i64,
+    ) -> impl std::future::Future<Output = QueryResult<usize>> + Send;
+}
 
-        impl Deposit for $deposit {
-            fn new(id: i64, amount: i64, fail: bool) -> Self {
-                Self { id, amount, fail }
-            }
-        }
-
-        pub(crate) type $service = Accounts<$backend>;
-
-        #[service]
-        impl $service {
-            #[compute_method]
-            pub(crate) async fn balance(&self, id: i64) -> Result<i64, String> {
-                let mut connection = self
-                    .db
-                    .connection()
-                    .await
-                    .map_err(|error| error.to_string())?;
-                let balance: Option<i64> = accounts::table
+macro_rules! account_queries {
+    ($backend:ty) => {
+        impl AccountQueries for $backend {
+            async fn read_balance(
+                connection: &mut Self::Connection,
+                id: i64,
+            ) -> QueryResult<Option<i64>> {
+                accounts::table
                     .find(id)
                     .select(accounts::balance)
-                    .first(&mut *connection)
+                    .first(connection)
                     .await
                     .optional()
-                    .map_err(|error| error.to_string())?;
-                Ok(balance.unwrap_or(0))
             }
 
-            #[command_handler]
-            pub(crate) async fn deposit(
-                &self,
-                command: $deposit,
-                ctx: &CommandContext,
-            ) -> Result<i64, AccountError> {
-                invalidate! {
-                    self.balance(command.id);
-                }
-                let mut connection = self.db.operation_connection(ctx).await?;
+            async fn add_to(
+                connection: &mut Self::Connection,
+                id: i64,
+                amount: i64,
+            ) -> QueryResult<usize> {
                 diesel::insert_into(accounts::table)
-                    .values((
-                        accounts::id.eq(command.id),
-                        accounts::balance.eq(command.amount),
-                    ))
+                    .values((accounts::id.eq(id), accounts::balance.eq(amount)))
                     .on_conflict(accounts::id)
                     .do_update()
-                    .set(accounts::balance.eq(accounts::balance + command.amount))
-                    .execute(&mut *connection)
-                    .await?;
-                if command.fail {
-                    return Err(AccountError::Refused);
-                }
-                let balance = accounts::table
-                    .find(command.id)
-                    .select(accounts::balance)
-                    .first(&mut *connection)
-                    .await?;
-                Ok(balance)
-            }
-        }
-
-        impl HostService for $service {
-            type Deposit = $deposit;
-
-            async fn balance_of(&self, id: i64) -> Result<i64, String> {
-                self.balance(id).await
+                    .set(accounts::balance.eq(accounts::balance + amount))
+                    .execute(connection)
+                    .await
             }
         }
     };
+}
+
+#[cfg(feature = "sqlite")]
+account_queries!(ofx_diesel::Sqlite);
+#[cfg(feature = "postgres")]
+account_queries!(ofx_diesel::Postgres);
+
+/// Deposits into an account (or fails after writing, to prove the write is rolled back).
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = i64, name = "accounts.deposit")]
+pub(crate) struct AccountDeposit {
+    pub(crate) id: i64,
+    pub(crate) amount: i64,
+    /// Fail after writing.
+    pub(crate) fail: bool,
+}
+
+impl Deposit for AccountDeposit {
+    fn new(id: i64, amount: i64, fail: bool) -> Self {
+        Self { id, amount, fail }
+    }
+}
+
+/// One accounts service for every backend.
+#[service]
+impl<B: AccountQueries> Accounts<B> {
+    #[compute_method]
+    pub(crate) async fn balance(&self, id: i64) -> Result<i64, String> {
+        let mut connection = self
+            .db
+            .connection()
+            .await
+            .map_err(|error| error.to_string())?;
+        let balance = B::read_balance(&mut connection, id)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(balance.unwrap_or(0))
+    }
+
+    #[command_handler]
+    pub(crate) async fn deposit(
+        &self,
+        command: AccountDeposit,
+        ctx: &CommandContext,
+    ) -> Result<i64, AccountError> {
+        invalidate! {
+            self.balance(command.id);
+        }
+        let mut connection = self.db.operation_connection(ctx).await?;
+        B::add_to(&mut connection, command.id, command.amount).await?;
+        if command.fail {
+            return Err(AccountError::Refused);
+        }
+        Ok(B::read_balance(&mut connection, command.id)
+            .await?
+            .unwrap_or(0))
+    }
+}
+
+impl<B: AccountQueries> HostService for Accounts<B> {
+    type Deposit = AccountDeposit;
+
+    async fn balance_of(&self, id: i64) -> Result<i64, String> {
+        self.balance(id).await
+    }
 }
 
 /// A deposit command of one backend.
@@ -133,21 +164,6 @@ impl<B: Backend> ComputeService for Accounts<B> {
     }
 }
 
-#[cfg(feature = "sqlite")]
-accounts_service!(
-    SqliteAccounts,
-    ofx_diesel::Sqlite,
-    SqliteDeposit,
-    "sqlite_accounts.deposit"
-);
-#[cfg(feature = "postgres")]
-accounts_service!(
-    PgAccounts,
-    ofx_diesel::Postgres,
-    PgDeposit,
-    "pg_accounts.deposit"
-);
-
 /// A watcher started already, shared by the hosts of a test.
 #[derive(Debug)]
 pub(crate) struct Started(pub(crate) Arc<dyn ofx_core::LogWatcher>);
@@ -172,10 +188,7 @@ pub(crate) struct Host<B: Backend> {
     pub(crate) reader: Option<LogReader>,
 }
 
-impl<B: Backend> Host<B>
-where
-    Accounts<B>: HostService,
-{
+impl<B: AccountQueries> Host<B> {
     pub(crate) async fn open(url: &str, settings: DbSettings, read: bool) -> Self {
         Self::open_with(url, settings, read, None).await
     }
@@ -198,7 +211,7 @@ where
             hub: hub.clone(),
             db: db.clone(),
         });
-        hub.add_service(&accounts);
+        hub.add_service(&accounts).unwrap();
         let reader = db.log_reader(&hub);
         Self { accounts, reader }
     }

@@ -17,63 +17,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{fast, invalidated};
 
-/// A notes service on backend `$backend`: a note is logged through the database scope, and
-/// its invalidation branch panics when told to.
-macro_rules! notes_service {
-    ($backend:ty, $note:ident, $name:literal) => {
-        #[derive(Debug, Clone, Serialize, Deserialize, Command)]
-        #[command(output = i64, name = $name)]
-        pub(crate) struct $note {
-            id: i64,
-            panic: bool,
-        }
-
-        impl NoteCommand for $note {
-            fn new(id: i64, panic: bool) -> Self {
-                Self { id, panic }
-            }
-        }
-
-        #[service]
-        impl Notes<$backend> {
-            #[compute_method]
-            async fn count(&self, id: i64) -> u64 {
-                let _ = id;
-                self.written.load(Ordering::SeqCst)
-            }
-
-            #[command_handler]
-            async fn note(&self, command: $note, ctx: &CommandContext) -> Result<i64, Error> {
-                invalidate! {
-                    self.count(command.id);
-                    if command.panic { panic!("this invalidation branch panics"); }
-                }
-                let _ = command.panic; // read by the invalidation branch
-                drop(self.db.operation_connection(ctx).await?);
-                self.written.fetch_add(1, Ordering::SeqCst);
-                Ok(command.id)
-            }
-        }
-
-        impl NotesService for Notes<$backend> {
-            type Note = $note;
-
-            async fn count_of(&self, id: i64) -> u64 {
-                self.count(id).await
-            }
-        }
-    };
+/// Notes `id`: logged through the database scope; its invalidation branch panics when told to.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = i64, name = "lifecycle.note")]
+pub(crate) struct Note {
+    id: i64,
+    panic: bool,
 }
 
-pub(crate) trait NoteCommand: Command<Output = i64> {
-    fn new(id: i64, panic: bool) -> Self;
-}
-
-pub(crate) trait NotesService: ComputeService {
-    type Note: NoteCommand;
-    fn count_of(&self, id: i64) -> impl std::future::Future<Output = u64> + Send;
-}
-
+/// Notes, on any backend: one generic service.
 pub(crate) struct Notes<B: Backend> {
     hub: Hub,
     db: DbHub<B>,
@@ -86,10 +38,26 @@ impl<B: Backend> ComputeService for Notes<B> {
     }
 }
 
-#[cfg(feature = "sqlite")]
-notes_service!(ofx_diesel::Sqlite, SqliteNote, "lifecycle.sqlite_note");
-#[cfg(feature = "postgres")]
-notes_service!(ofx_diesel::Postgres, PgNote, "lifecycle.pg_note");
+#[service]
+impl<B: Backend> Notes<B> {
+    #[compute_method]
+    async fn count(&self, id: i64) -> u64 {
+        let _ = id;
+        self.written.load(Ordering::SeqCst)
+    }
+
+    #[command_handler]
+    async fn note(&self, command: Note, ctx: &CommandContext) -> Result<i64, Error> {
+        invalidate! {
+            self.count(command.id);
+            if command.panic { panic!("this invalidation branch panics"); }
+        }
+        let _ = command.panic; // read by the invalidation branch
+        drop(self.db.operation_connection(ctx).await?);
+        self.written.fetch_add(1, Ordering::SeqCst);
+        Ok(command.id)
+    }
+}
 
 /// A host: the database attached to a hub, the notes service (attached unless told not to).
 struct NotesHost<B: Backend> {
@@ -97,10 +65,7 @@ struct NotesHost<B: Backend> {
     notes: Arc<Notes<B>>,
 }
 
-impl<B: Backend> NotesHost<B>
-where
-    Notes<B>: NotesService,
-{
+impl<B: Backend> NotesHost<B> {
     async fn start(url: &str, attach_service: bool) -> Self {
         Self::start_with(url, attach_service, EventCounter::new()).await
     }
@@ -119,7 +84,7 @@ where
             written: AtomicU64::new(0),
         });
         if attach_service {
-            hub.add_service(&notes);
+            hub.add_service(&notes).unwrap();
         }
         Self { db, notes }
     }
@@ -130,7 +95,7 @@ where
 
     /// Notes `id`; returns the operation's log sequence.
     async fn note(&self, id: i64, panic: bool) -> i64 {
-        let command = <Notes<B> as NotesService>::Note::new(id, panic);
+        let command = Note { id, panic };
         let executed = self
             .hub()
             .commander()
@@ -145,15 +110,12 @@ where
     }
 }
 
-pub(crate) async fn a_restarted_reader_resumes_where_it_stopped<B: Backend>(url: &str)
-where
-    Notes<B>: NotesService,
-{
+pub(crate) async fn a_restarted_reader_resumes_where_it_stopped<B: Backend>(url: &str) {
     let a = NotesHost::<B>::start(url, true).await;
     let b = NotesHost::<B>::start(url, true).await;
     let mut cached = Vec::new();
     for id in 0..5 {
-        cached.push(capture(b.notes.count_of(id)).await.unwrap().1);
+        cached.push(capture(b.notes.count(id)).await.unwrap().1);
     }
     let reader = b.reader();
     reader.stop();
@@ -182,13 +144,10 @@ where
     );
 }
 
-pub(crate) async fn a_caller_waits_until_another_host_replayed_its_commit<B: Backend>(url: &str)
-where
-    Notes<B>: NotesService,
-{
+pub(crate) async fn a_caller_waits_until_another_host_replayed_its_commit<B: Backend>(url: &str) {
     let a = NotesHost::<B>::start(url, true).await;
     let b = NotesHost::<B>::start(url, true).await;
-    let (_, cached) = capture(b.notes.count_of(1)).await.unwrap();
+    let (_, cached) = capture(b.notes.count(1)).await.unwrap();
     let sequence = a.note(1, false).await;
     b.db.wait_replayed(b.hub(), sequence, Duration::from_secs(10))
         .await
@@ -204,14 +163,13 @@ where
     );
 }
 
-pub(crate) async fn a_panicking_invalidation_branch_does_not_stop_the_reader<B: Backend>(url: &str)
-where
-    Notes<B>: NotesService,
-{
+pub(crate) async fn a_panicking_invalidation_branch_does_not_stop_the_reader<B: Backend>(
+    url: &str,
+) {
     let a = NotesHost::<B>::start(url, true).await;
     let b = NotesHost::<B>::start(url, true).await;
-    let (_, first) = capture(b.notes.count_of(1)).await.unwrap();
-    let (_, second) = capture(b.notes.count_of(2)).await.unwrap();
+    let (_, first) = capture(b.notes.count(1)).await.unwrap();
+    let (_, second) = capture(b.notes.count(2)).await.unwrap();
     a.note(1, true).await; // host A's own pass panics too: the caller still gets its result
     assert_eq!(a.hub().notifier().panic_count(), 1);
     invalidated(&first).await;
@@ -228,15 +186,12 @@ where
     assert_eq!(b.reader().stats().health.state(), TaskState::Running);
 }
 
-pub(crate) async fn a_replay_is_retried_until_its_service_is_attached<B: Backend>(url: &str)
-where
-    Notes<B>: NotesService,
-{
+pub(crate) async fn a_replay_is_retried_until_its_service_is_attached<B: Backend>(url: &str) {
     let a = NotesHost::<B>::start(url, true).await;
     // Host B's reader runs; its service is not attached yet (it still computes).
     let events = EventCounter::new();
     let b = NotesHost::<B>::start_with(url, false, events.clone()).await;
-    let (_, cached) = capture(b.notes.count_of(3)).await.unwrap();
+    let (_, cached) = capture(b.notes.count(3)).await.unwrap();
     let sequence = a.note(3, false).await;
     let reader = b.reader();
     tokio::time::timeout(
@@ -255,7 +210,7 @@ where
         matches!(error, Error::ReplayTimeout { .. }),
         "not counted as replayed"
     );
-    b.hub().add_service(&b.notes);
+    b.hub().add_service(&b.notes).unwrap();
     reader
         .wait_replayed(sequence, Duration::from_secs(10))
         .await
@@ -413,7 +368,7 @@ mod two_databases {
             hub: hub.clone(),
             dbs,
         });
-        hub.add_service(&ledger);
+        hub.add_service(&ledger).unwrap();
         ledger
     }
 

@@ -27,7 +27,7 @@ async fn a_handler_that_fails_after_writing_leaves_nothing() {
 async fn bad_rows_are_logged_and_skipped() {
     scenarios::bad_rows_are_logged_and_skipped::<Postgres>(
         &postgres_database().await,
-        "pg_accounts.deposit",
+        "accounts.deposit",
     )
     .await;
 }
@@ -112,7 +112,7 @@ async fn a_row_that_commits_late_with_a_lower_index_is_not_skipped() {
     let insert = |id: i64| {
         format!(
             "INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json) \
-             VALUES ('{}', 'elsewhere', 0, 0, 'pg_accounts.deposit', '{{\"id\": {id}, \"amount\": 1, \"fail\": false}}', '{{}}', '[]')",
+             VALUES ('{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": {id}, \"amount\": 1, \"fail\": false}}', '{{}}', '[]')",
             uuid::Uuid::now_v7()
         )
     };

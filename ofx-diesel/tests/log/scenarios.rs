@@ -3,13 +3,12 @@
 use std::sync::atomic::Ordering;
 
 use ofx_core::capture;
-use ofx_diesel::{Backend, DbHub};
+use ofx_diesel::DbHub;
 
-use crate::common::{AccountError, Accounts, Host, HostService, RawSql, fast, invalidated};
+use crate::common::{AccountError, AccountQueries, Host, RawSql, fast, invalidated};
 
-pub(crate) async fn a_command_on_host_a_invalidates_host_b<B: Backend>(url: &str)
+pub(crate) async fn a_command_on_host_a_invalidates_host_b<B: AccountQueries>(url: &str)
 where
-    Accounts<B>: HostService,
     DbHub<B>: RawSql,
 {
     let a = Host::<B>::open(url, fast(), false).await;
@@ -32,9 +31,8 @@ where
     );
 }
 
-pub(crate) async fn a_handler_that_fails_after_writing_leaves_nothing<B: Backend>(url: &str)
+pub(crate) async fn a_handler_that_fails_after_writing_leaves_nothing<B: AccountQueries>(url: &str)
 where
-    Accounts<B>: HostService,
     DbHub<B>: RawSql,
 {
     let a = Host::<B>::open(url, fast(), false).await;
@@ -63,9 +61,8 @@ where
     assert_eq!(a.accounts.db.count("accounts").await, 1);
 }
 
-pub(crate) async fn bad_rows_are_logged_and_skipped<B: Backend>(url: &str, name: &str)
+pub(crate) async fn bad_rows_are_logged_and_skipped<B: AccountQueries>(url: &str, name: &str)
 where
-    Accounts<B>: HostService,
     DbHub<B>: RawSql,
 {
     let a = Host::<B>::open(url, fast(), false).await;
@@ -98,9 +95,8 @@ where
     assert_eq!(b.balance(3).await, Ok(5));
 }
 
-pub(crate) async fn the_trimmer_deletes_only_old_operations<B: Backend>(url: &str)
+pub(crate) async fn the_trimmer_deletes_only_old_operations<B: AccountQueries>(url: &str)
 where
-    Accounts<B>: HostService,
     DbHub<B>: RawSql,
 {
     let a = Host::<B>::open(url, fast(), false).await;
@@ -118,9 +114,9 @@ where
     assert_eq!(trimmer.trim().await.unwrap(), 0);
 }
 
-pub(crate) async fn a_reader_behind_the_trimmed_log_invalidates_everything<B: Backend>(url: &str)
-where
-    Accounts<B>: HostService,
+pub(crate) async fn a_reader_behind_the_trimmed_log_invalidates_everything<B: AccountQueries>(
+    url: &str,
+) where
     DbHub<B>: RawSql,
 {
     let a = Host::<B>::open(url, fast(), false).await;

@@ -18,11 +18,8 @@ async fn a_handler_that_fails_after_writing_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rows_are_logged_and_skipped() {
-    scenarios::bad_rows_are_logged_and_skipped::<Sqlite>(
-        &sqlite_file().await,
-        "sqlite_accounts.deposit",
-    )
-    .await;
+    scenarios::bad_rows_are_logged_and_skipped::<Sqlite>(&sqlite_file().await, "accounts.deposit")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

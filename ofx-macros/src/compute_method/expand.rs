@@ -58,6 +58,8 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
         (&&::ofx_core::__private::ErrorProbe::<#output>::NEW).is_error_fn()
     }};
     let options = options(model);
+    // Hygienic: the user's arguments may have any name.
+    let method_var = syn::Ident::new("__ofx_method", Span::mixed_site());
     let name_text = name.to_string();
     let wrapper_args = model.args.iter().map(|arg| {
         let (name, ty) = (&arg.name, arg.ty);
@@ -70,12 +72,17 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
             #service_assert
             #(#key_asserts)*
             #output_assert
+            let #method_var = Self::#descriptor_fn();
+            #method_var.count_call();
             ::ofx_core::__private::compute(
                 self,
-                Self::#descriptor_fn(),
+                #method_var,
                 (#(#arg_names,)*),
                 #is_error,
-                |(#(#arg_names,)*)| self.#body_fn(#(#arg_names),*),
+                |(#(#arg_names,)*)| {
+                    #method_var.count_computation();
+                    self.#body_fn(#(#arg_names),*)
+                },
             )
             .await
         }

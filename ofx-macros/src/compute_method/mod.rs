@@ -37,6 +37,31 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// What `#[service]` needs of a compute method of its `impl`: its arguments and its return
+/// type. `None` when `#[compute_method]` will report the method as invalid (then `#[service]`
+/// adds nothing for it: one mistake, one error).
+pub(crate) struct Signature {
+    /// The arguments after `&self`: the names the wrapper binds them to, and their types.
+    pub(crate) args: Vec<(syn::Ident, syn::Type)>,
+    /// The return type; `()` when none.
+    pub(crate) output: syn::Type,
+}
+
+pub(crate) fn signature(args: TokenStream, method: &syn::ImplItemFn) -> Option<Signature> {
+    let cx = Ctxt::new();
+    let model = parse::ComputeMethod::from_syn(&cx, args, method);
+    validate::check(&cx, method);
+    let signature = Signature {
+        args: model
+            .args
+            .iter()
+            .map(|arg| (arg.name.clone(), arg.ty.clone()))
+            .collect(),
+        output: model.output.clone(),
+    };
+    cx.check().ok().map(|()| signature)
+}
+
 fn with_error(item: TokenStream, error: &syn::Error) -> TokenStream {
     let error = error.to_compile_error();
     quote!(#item #error)

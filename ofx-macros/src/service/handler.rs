@@ -1,6 +1,7 @@
 //! One `#[command_handler]`: its parts, checked, and its body split into two branches.
 
 use proc_macro2::TokenStream;
+use quote::ToTokens;
 use syn::visit::Visit;
 use syn::{Block, Expr, FnArg, ImplItemFn, Pat, PatType, ReturnType, Stmt, Type};
 
@@ -139,6 +140,27 @@ impl Handler {
             output: output?,
             invalidation,
         })
+    }
+}
+
+/// Reports a command handled twice in one `impl`, at the second handler's command type (types
+/// compared as written; an alias of the same type is reported by the compiler, as conflicting
+/// `impl`s of `CommandHandler`).
+pub(super) fn check_distinct(cx: &Ctxt, handlers: &[Handler]) {
+    for (index, handler) in handlers.iter().enumerate() {
+        let ty = handler.command.ty.to_token_stream().to_string();
+        if let Some(first) = handlers[..index]
+            .iter()
+            .find(|first| first.command.ty.to_token_stream().to_string() == ty)
+        {
+            cx.error_spanned_by(
+                &handler.command.ty,
+                format!(
+                    "`{}` already handles this command: a service has one handler per command type",
+                    first.main.sig.ident
+                ),
+            );
+        }
     }
 }
 

@@ -1,13 +1,35 @@
-//! `#[service]` on an `impl` block: splits its `#[command_handler]`s into main and invalidation
-//! branches and registers them.
+//! `#[service]` on an `impl` block: implements `CommandHandler<C>` for each of its
+//! `#[command_handler]`s and `Service` for the type, and makes a type for each of its
+//! `#[compute_method]`s.
 //!
-//! Why on the `impl` and not only on the method: a handler is registered in a `static` that
-//! must name the service type, and an attribute on a method cannot see the type of its `impl`
-//! (items nested in a method cannot name `Self`). The `impl` attribute sees it, and a
-//! `#[command_handler]` without it is a compile error saying so.
+//! Why on the `impl` and not only on the method: a handler's trait `impl` and a compute
+//! method's type must name the service type, and an attribute on a method cannot see the type
+//! of its `impl` (items nested in a method cannot name `Self`). The `impl` attribute sees it,
+//! with the `impl`'s generics, and a `#[command_handler]` without it is a compile error saying
+//! so.
+//!
+//! # What it generates
+//!
+//! For `#[service] impl<B: Backend> Todos<B> { .. }` (generics and `where` clause carried over
+//! to every `impl` below):
+//!
+//! - per `#[command_handler] async fn add(&self, command: AddTodo, ctx: &CommandContext)`:
+//!   `impl<B: Backend> CommandHandler<AddTodo> for Todos<B>`, whose `handle` calls `add` (the
+//!   main branch: the method keeps its name, signature and body, minus the leading
+//!   `invalidate! { .. }`) and whose `invalidate` runs that `invalidate!` block (the
+//!   invalidation branch);
+//! - per `#[compute_method] async fn get(&self, id: u64) -> T`: a type named after the service
+//!   and the method, `TodosGetMethod<S>`, with the method's visibility, that implements
+//!   `ComputeMethod` for `S = Todos<B>`, and an associated function `Todos::get_method()`
+//!   that returns it. The type is generic over the service type so that it is no more visible
+//!   than the service: it can name a private service in a public `impl`;
+//! - `impl<B: Backend> Service for Todos<B>`, listing the handlers (for `Hub::add_service`)
+//!   and the compute methods' descriptors.
 
 mod expand;
 mod handler;
+mod methods;
+mod self_type;
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -34,27 +56,22 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             "`#[service]` goes on an inherent `impl`, not a trait `impl`",
         );
     }
-    if !item.generics.params.is_empty() {
-        cx.error_spanned_by(
-            &item.generics,
-            "`#[service]` cannot be on a generic `impl`: its command handlers are registered for one service type",
-        );
-    }
-    // On a trait or generic `impl`, handlers are left as written: methods generated beside them
-    // would only add errors (a trait `impl` cannot have them).
-    let expand_handlers = item.trait_.is_none() && item.generics.params.is_empty();
+    // On a trait `impl`, handlers are left as written: methods generated beside them would only
+    // add errors (a trait `impl` cannot have them).
+    let expand_items = item.trait_.is_none();
     let mut handlers = Vec::new();
+    let mut compute_methods = Vec::new();
     let mut items = Vec::with_capacity(item.items.len());
     for impl_item in std::mem::take(&mut item.items) {
         match impl_item {
             ImplItem::Fn(method) if handler::is_handler(&method) => {
-                let parsed = if expand_handlers {
+                let parsed = if expand_items {
                     handler::Handler::parse(&cx, method.clone())
                 } else {
                     None
                 };
                 if let Some(parsed) = parsed {
-                    items.extend(expand::methods(&parsed));
+                    items.push(ImplItem::Fn(expand::main_branch(&parsed)));
                     handlers.push(parsed);
                 } else {
                     // Invalid: kept as written, its attribute marked as handled, so one mistake
@@ -65,22 +82,53 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                     items.push(ImplItem::Fn(method));
                 }
             }
+            ImplItem::Fn(method) if expand_items && methods::is_compute_method(&method) => {
+                if let Some(parsed) = methods::ComputeMethod::parse(&method) {
+                    compute_methods.push(parsed);
+                }
+                items.push(ImplItem::Fn(method));
+            }
             other => items.push(other),
         }
     }
+    handler::check_distinct(&cx, &handlers);
+    let service_name = if compute_methods.is_empty() {
+        None
+    } else {
+        self_type::name(&cx, &item.self_ty)
+    };
+    methods::check_names(&cx, &items, &compute_methods);
     item.items = items;
     if let Err(error) = cx.check() {
         let error = error.to_compile_error();
         return quote!(#item #error);
     }
-    let registrations = handlers
+    let descriptor_types = match &service_name {
+        Some(service_name) => compute_methods
+            .iter()
+            .map(|method| methods::descriptor_type(&item, service_name, method))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut accessors = Vec::new();
+    let mut method_types = TokenStream::new();
+    for (accessor, types) in descriptor_types {
+        accessors.push(accessor);
+        method_types.extend(types);
+    }
+    item.items.extend(accessors);
+    let handler_impls = handlers
         .iter()
-        .map(|handler| expand::registration(&item.self_ty, handler));
+        .map(|handler| expand::handler_impl(&item, handler));
+    let service_impl = expand::service_impl(&item, &handlers, &compute_methods);
     let expansion = quote! {
         #item
-        #(#registrations)*
+        #(#handler_impls)*
+        #service_impl
+        #method_types
     };
-    crate::debug::dump("service", &quote!(#item.self_ty).to_string(), &expansion);
+    let self_ty = &item.self_ty;
+    crate::debug::dump("service", &quote!(#self_ty).to_string(), &expansion);
     expansion
 }
 

@@ -134,7 +134,7 @@ async fn main() {
         audits: AtomicU64::new(0),
         previous_seen: Mutex::new(Vec::new()),
     });
-    hub.add_service(&todos);
+    hub.add_service(&todos).unwrap();
     assert_eq!(todos.owners(), 4);
 
     assert_eq!(todos.count(1).await, 0);

@@ -1,5 +1,7 @@
 //! Modules and types named like the crates and prelude items the expansion uses do not break
 //! `#[service]` and `#[derive(Command)]`: generated code names everything by absolute path.
+//! Handlers and compute methods named like the methods of the traits `#[service]` implements
+//! (`handle`, `invalidate`, `call`, `descriptor`) are called as the user's methods.
 
 #![allow(dead_code, non_camel_case_types)]
 
@@ -29,6 +31,12 @@ struct ErasedCommand;
 struct CommandFuture;
 struct HandlerRegistration;
 struct CommandRegistration;
+struct PhantomData;
+struct Service;
+struct ServiceHandlers;
+struct ComputeMethodDescriptor;
+trait CommandHandler {}
+trait ComputeMethod {}
 trait Clone {}
 trait Send {}
 trait Sync {}
@@ -44,6 +52,7 @@ fn assert_handler_result() {}
 fn invalidate() {}
 fn __ofx_run() {}
 fn __ofx_invalidate() {}
+fn handler_result() {}
 
 #[derive(::core::clone::Clone, ::serde::Serialize, ::serde::Deserialize, ::ofx_core::Command)]
 #[command(output = ::std::vec::Vec<u64>, name = "hygiene.add")]
@@ -83,33 +92,51 @@ impl Users {
         owner
     }
 
+    #[::ofx_core::compute_method]
+    async fn call(&self, __ofx_service: u64, __ofx_args: u64) -> u64 {
+        __ofx_service + __ofx_args
+    }
+
+    #[::ofx_core::compute_method]
+    async fn descriptor(&self) -> u64 {
+        0
+    }
+
     #[::ofx_core::command_handler]
-    async fn add(
+    async fn handle(
         &self,
         command: Add,
         ctx: &::ofx_core::CommandContext,
     ) -> ::core::result::Result<::std::vec::Vec<u64>, Refused> {
         ::ofx_core::invalidate! {
             self.count(command.owner);
+            self.call(command.owner, 1);
+            self.descriptor();
         }
         let _ = ctx.command_name();
         ::core::result::Result::Ok(::std::vec![command.owner])
     }
 
     #[::ofx_core::command_handler]
-    async fn clear(
+    async fn invalidate(
         &self,
-        _command: Clear,
-        _ctx: &::ofx_core::CommandContext,
+        __ofx_command: Clear,
+        __ofx_ctx: &::ofx_core::CommandContext,
     ) -> ::core::result::Result<
         (),
         ::std::boxed::Box<dyn ::std::error::Error + ::core::marker::Send + ::core::marker::Sync>,
     > {
+        ::ofx_core::invalidate! {
+            let _ = (&__ofx_command, __ofx_ctx.command_name());
+            self.descriptor();
+        }
         ::core::result::Result::Ok(())
     }
 }
 
 fn main() {
-    let _ = Users::add;
-    let _ = Users::clear;
+    let _ = Users::handle;
+    let _ = Users::invalidate;
+    let _ = Users::call_method();
+    let _ = Users::descriptor_method();
 }

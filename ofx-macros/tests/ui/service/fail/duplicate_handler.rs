@@ -7,26 +7,29 @@ struct AddTodo {
     title: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("refused")]
-struct Refused;
-
-struct Todos<T> {
+struct Todos {
     hub: Hub,
-    store: T,
 }
 
-impl<T: Send + Sync + 'static> ComputeService for Todos<T> {
+impl ComputeService for Todos {
     fn hub(&self) -> &Hub {
         &self.hub
     }
 }
 
 #[service]
-impl<T: Send + Sync + 'static> Todos<T> {
+impl Todos {
     #[command_handler]
-    async fn add(&self, command: AddTodo, _ctx: &CommandContext) -> Result<u64, Refused> {
-        let _ = &self.store;
+    async fn add(&self, command: AddTodo, _ctx: &CommandContext) -> Result<u64, ofx_core::Error> {
+        Ok(command.title.len() as u64)
+    }
+
+    #[command_handler]
+    async fn add_again(
+        &self,
+        command: AddTodo,
+        _ctx: &CommandContext,
+    ) -> Result<u64, ofx_core::Error> {
         Ok(command.title.len() as u64)
     }
 }
