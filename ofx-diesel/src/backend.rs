@@ -7,7 +7,7 @@ use std::ops::DerefMut;
 use diesel_async::AsyncConnection;
 
 use crate::Result;
-use crate::row::{NewOperationRow, OperationRow};
+use crate::row::{Inserted, NewOperationRow, OperationRow};
 
 /// A database the operation log runs on: [`Sqlite`](crate::Sqlite) or `Postgres`. Sealed.
 ///
@@ -48,11 +48,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// Applies the embedded migrations that have not run yet. Idempotent.
     fn migrate(url: &str) -> impl Future<Output = Result<()>> + Send;
 
-    /// Inserts one operation row.
+    /// Inserts one operation row; returns its index and (PostgreSQL) the id of its transaction,
+    /// taken before the index is drawn and stored in the row's `xid`.
     fn insert_operation(
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<Inserted>> + Send;
 
     /// Rows with an index above `after`, in index order, at most `limit`.
     fn read_after(

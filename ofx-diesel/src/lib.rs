@@ -68,7 +68,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 pub use reader::{LogReader, MAX_GAPS, ReaderStats};
-pub use row::{BadRow, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
+pub use row::{BadRow, Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
 pub use scope::{DATABASE_OPERATION_SCOPE, DbOperationScope, OperationConnection};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Sqlite, SqliteAsyncConnection};

@@ -35,6 +35,17 @@ pub struct OperationRow {
     pub nested_json: String,
 }
 
+/// What inserting an operation row returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// The row's index: its place in the log (the readers' cursor).
+    pub idx: i64,
+    /// PostgreSQL: the id of the transaction that inserted the row (`pg_current_xact_id()`,
+    /// taken before `idx` was drawn), which commit verification asks the server about. `None` on
+    /// SQLite.
+    pub xid: Option<i64>,
+}
+
 /// A row to insert.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = ofx_operations)]

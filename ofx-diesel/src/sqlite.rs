@@ -10,7 +10,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::backend::{Backend, sealed};
-use crate::row::{NewOperationRow, OperationRow};
+use crate::row::{Inserted, NewOperationRow, OperationRow};
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
 use crate::{Error, Result};
@@ -65,6 +65,29 @@ impl Backend for Sqlite {
         })
         .await
         .map_err(|error| Error::Migration(error.to_string()))?
+    }
+
+    async fn insert_operation(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> Result<Inserted> {
+        // Written as a tuple, not `.values(&row)`: the derived `Insertable` form is not cached
+        // as a prepared statement. `xid` stays NULL.
+        let idx = diesel::insert_into(dsl::ofx_operations)
+            .values((
+                dsl::uuid.eq(row.uuid),
+                dsl::host_id.eq(row.host_id),
+                dsl::logged_at.eq(row.logged_at),
+                dsl::committed_at.eq(row.committed_at),
+                dsl::command_name.eq(row.command_name),
+                dsl::command_json.eq(row.command_json),
+                dsl::items_json.eq(row.items_json),
+                dsl::nested_json.eq(row.nested_json),
+            ))
+            .returning(dsl::idx)
+            .get_result(connection)
+            .await?;
+        Ok(Inserted { idx, xid: None })
     }
 
     crate::queries::log_queries!();

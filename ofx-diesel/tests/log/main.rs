@@ -4,6 +4,7 @@
 // Tests state their expectations with `unwrap`/`expect`: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
+mod commit_verification;
 mod common;
 mod scenarios;
 
