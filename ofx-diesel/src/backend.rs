@@ -30,6 +30,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// that readers must track gaps.
     const HAS_GAPS: bool;
 
+    /// Whether a `COMMIT` that returned an error on our connection is final, so that once that
+    /// connection is closed, an operation not found in the log never commits (SQLite: one
+    /// process-local writer). Otherwise (PostgreSQL) the server's session may still be
+    /// committing, and only the transaction's status settles it.
+    const FAILED_COMMIT_IS_FINAL: bool;
+
     /// Opens a connection with the backend's session settings.
     fn connect(
         url: &str,
@@ -54,6 +60,14 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
     ) -> impl Future<Output = Result<Inserted>> + Send;
+
+    /// The status of transaction `xid` (an [`Inserted::xid`]); `None` when the server no longer
+    /// knows it (PostgreSQL's `pg_xact_status`). On a backend without transaction ids (SQLite)
+    /// the answer is always `None`.
+    fn transaction_status(
+        connection: &mut Self::Connection,
+        xid: i64,
+    ) -> impl Future<Output = Result<Option<TransactionStatus>>> + Send;
 
     /// Rows with an index above `after`, in index order, at most `limit`.
     fn read_after(
@@ -100,6 +114,17 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         cutoff: i64,
         limit: i64,
     ) -> impl Future<Output = Result<usize>> + Send;
+}
+
+/// What the server says about a transaction (PostgreSQL's `pg_xact_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStatus {
+    /// It committed.
+    Committed,
+    /// It aborted (rolled back, or its session ended before `COMMIT` was processed).
+    Aborted,
+    /// It is still running: its session may still commit or abort it.
+    InProgress,
 }
 
 pub(crate) mod sealed {

@@ -10,7 +10,7 @@
 //! | piece | what it does |
 //! |---|---|
 //! | [`DbHub`] | one database: its pool, settings and migrations ([`DbHub::open`]) |
-//! | [`DbOperationScope`] | the command filter (priority [`DATABASE_OPERATION_SCOPE`]): the first [`DbHub::operation_connection`] of a command begins a transaction that its nested commands share; on success the operation row is inserted and the transaction committed (an ambiguous commit is verified by uuid), on failure everything is rolled back |
+//! | [`DbOperationScope`] | the command filter (priority [`DATABASE_OPERATION_SCOPE`]): the first [`DbHub::operation_connection`] of a command begins a transaction that its nested commands share; on success the operation row is inserted and the transaction committed (a failed `COMMIT` is verified: see below), on failure everything is rolled back |
 //! | [`LogReader`] | polls the log (jittered, or when woken), skips what this hub completed (by uuid), decodes each operation through the compile-time registry and replays its invalidation; unreadable rows are logged and skipped |
 //! | [`Trimmer`] | deletes operations older than the log's max age, in bounded batches |
 //!
@@ -34,6 +34,16 @@
 //! a gap up after [`DbSettings::gap_retention`] (a rolled-back transaction leaves a gap that
 //! never fills). SQLite has one writer and `AUTOINCREMENT`: rows commit in index order.
 //!
+//! ## A `COMMIT` that fails
+//!
+//! A `COMMIT` whose reply was lost may have committed. The scope then finds out, on a fresh
+//! connection and within [`DbSettings::commit_verification`], and says "not committed"
+//! ([`Error::CommitFailed`]) only when that is certain; otherwise the call succeeds (it did
+//! commit) or fails with [`Error::CommitInDoubt`]. On PostgreSQL each operation row records the
+//! id of its transaction (`xid`), and `pg_xact_status` tells a transaction that aborted from one
+//! whose session is still committing; on SQLite, one process-local writer, the operation's
+//! presence in the log settles it once the failed connection is closed.
+//!
 //! ## Coverage loss
 //!
 //! The trimmer records how far it deleted (`ofx_log_trims`) before deleting. A reader whose
@@ -49,6 +59,7 @@
 //! | `postgres` | no | `Postgres`: diesel-async's `AsyncPgConnection` with a deadpool pool |
 
 mod backend;
+mod commit;
 mod db_hub;
 mod error;
 #[cfg(feature = "postgres")]
@@ -62,9 +73,9 @@ mod scope;
 mod sqlite;
 mod trimmer;
 
-pub use backend::Backend;
+pub use backend::{Backend, TransactionStatus};
 pub use db_hub::{CommitFaultHook, DbHub, DbSettings};
-pub use error::{Error, Result};
+pub use error::{Doubt, Error, Result};
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 pub use reader::{LogReader, MAX_GAPS, ReaderStats};

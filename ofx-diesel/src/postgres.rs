@@ -10,7 +10,7 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::backend::{Backend, sealed};
+use crate::backend::{Backend, TransactionStatus, sealed};
 use crate::row::{Inserted, NewOperationRow, OperationRow};
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
@@ -34,6 +34,9 @@ impl Backend for Postgres {
 
     const NAME: &'static str = "postgres";
     const HAS_GAPS: bool = true;
+    // The server session that received COMMIT may still be committing after our connection
+    // broke: only `pg_xact_status` settles it.
+    const FAILED_COMMIT_IS_FINAL: bool = false;
 
     async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
         AsyncPgConnection::establish(url).await
@@ -64,6 +67,30 @@ impl Backend for Postgres {
             .get_result::<(i64, Option<i64>)>(connection)
             .await?;
         Ok(Inserted { idx, xid })
+    }
+
+    async fn transaction_status(
+        connection: &mut Self::Connection,
+        xid: i64,
+    ) -> Result<Option<TransactionStatus>> {
+        #[derive(QueryableByName)]
+        struct Status {
+            #[diesel(sql_type = Nullable<Text>)]
+            status: Option<String>,
+        }
+        // Run only to verify a failed commit: not worth a prepared statement.
+        let status =
+            diesel::sql_query("SELECT pg_xact_status(CAST(CAST($1 AS TEXT) AS xid8)) AS status")
+                .bind::<BigInt, _>(xid)
+                .get_result::<Status>(connection)
+                .await?
+                .status;
+        Ok(match status.as_deref() {
+            Some("committed") => Some(TransactionStatus::Committed),
+            Some("aborted") => Some(TransactionStatus::Aborted),
+            Some("in progress") => Some(TransactionStatus::InProgress),
+            _ => None,
+        })
     }
 
     crate::queries::log_queries!();

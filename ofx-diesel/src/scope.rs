@@ -3,7 +3,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use diesel_async::{AsyncConnection, TransactionManager};
 use ofx_core::{CallKind, CommandCall, CommandFilter, CommandFuture, Next};
@@ -23,10 +23,10 @@ pub const DATABASE_OPERATION_SCOPE: i32 = 90_000;
 /// transaction; on any failure it rolls back, so that no business row, no operation row and no
 /// invalidation remain. A command that touched no database is left to the in-memory scope.
 ///
-/// When `COMMIT` fails with an unknown outcome, it looks the operation's uuid up on a fresh
-/// connection (a few times over [`DbSettings::commit_verification`](crate::DbSettings)), even if
-/// the caller gave up meanwhile, and reports the truth: success, [`Error::CommitFailed`] or
-/// [`Error::CommitInDoubt`].
+/// When `COMMIT` fails, it finds out on a fresh connection (for up to
+/// [`DbSettings::commit_verification`](crate::DbSettings), even if the caller gave up meanwhile)
+/// whether the operation committed, and reports it: success, [`Error::CommitFailed`] (certainly
+/// not committed: on PostgreSQL, its transaction aborted) or [`Error::CommitInDoubt`].
 pub struct DbOperationScope<B: Backend> {
     db: DbHub<B>,
 }
@@ -148,7 +148,7 @@ impl<B: Backend> CommandFilter for DbOperationScope<B> {
                     return Err(error);
                 }
             };
-            match self.commit(call, &mut connection).await {
+            match self.commit(call, connection).await {
                 Ok(()) => Ok(output),
                 Err(error) => Err(error.into()),
             }
@@ -158,7 +158,8 @@ impl<B: Backend> CommandFilter for DbOperationScope<B> {
 
 impl<B: Backend> DbOperationScope<B> {
     /// Inserts the operation row and commits, verifying an ambiguous commit.
-    async fn commit(&self, call: &CommandCall, connection: &mut B::Pooled) -> Result<()> {
+    async fn commit(&self, call: &CommandCall, mut pooled: B::Pooled) -> Result<()> {
+        let connection = &mut pooled;
         let operation = match call.finish_operation() {
             Ok(operation) => operation,
             Err(error) => {
@@ -188,10 +189,13 @@ impl<B: Backend> DbOperationScope<B> {
             items_json: &items_json,
             nested_json: &nested_json,
         };
-        if let Err(error) = B::insert_operation(connection, row).await {
-            rollback::<B>(connection).await;
-            return Err(error);
-        }
+        let inserted = match B::insert_operation(connection, row).await {
+            Ok(inserted) => inserted,
+            Err(error) => {
+                rollback::<B>(connection).await;
+                return Err(error);
+            }
+        };
         let fault = self
             .db
             .inner
@@ -202,36 +206,12 @@ impl<B: Backend> DbOperationScope<B> {
         if let Some(fault) = fault {
             fault(connection).await;
         }
-        let committed =
-            match <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(
-                connection,
-            )
+        // --- commit, and verify a failed COMMIT: see `crate::commit` ---
+        let committed = crate::commit::commit(&self.db, pooled, operation.uuid, inserted)
             .await
-            {
-                Ok(()) => Ok(()),
-                Err(source) => {
-                    tracing::warn!(operation = %operation.uuid, %source, "commit failed; verifying");
-                    // The answer decides whether the command happened: ask even if our caller is
-                    // cancelled meanwhile.
-                    let db = self.db.clone();
-                    let verification = tokio::spawn(async move { verify_commit(&db, &uuid).await });
-                    match verification.await {
-                        Ok(Ok(true)) => Ok(()),
-                        Ok(Ok(false)) => Err(Error::CommitFailed {
-                            operation: operation.uuid,
-                            source,
-                        }),
-                        Ok(Err(reason)) => Err(Error::CommitInDoubt {
-                            operation: operation.uuid,
-                            reason,
-                        }),
-                        Err(join) => Err(Error::CommitInDoubt {
-                            operation: operation.uuid,
-                            reason: join.to_string(),
-                        }),
-                    }
-                }
-            };
+            .into_result()
+            .map(|_sequence| ());
+        // --- end of commit ---
         if committed.is_ok()
             && let Some(watcher) = self.db.watcher()
         {
@@ -241,25 +221,6 @@ impl<B: Backend> DbOperationScope<B> {
         }
         committed
     }
-}
-
-/// Looks the operation up on fresh connections, three times over the verification period.
-async fn verify_commit<B: Backend>(db: &DbHub<B>, uuid: &str) -> std::result::Result<bool, String> {
-    let pause = db.settings().commit_verification / 3;
-    let mut last_error = String::new();
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(pause.min(Duration::from_secs(1)) * attempt).await;
-        }
-        match db.connection().await {
-            Ok(mut connection) => match B::contains(&mut connection, uuid).await {
-                Ok(found) => return Ok(found),
-                Err(error) => last_error = error.to_string(),
-            },
-            Err(error) => last_error = error.to_string(),
-        }
-    }
-    Err(last_error)
 }
 
 /// Rolls back; a connection that cannot roll back is dropped from the pool.

@@ -9,7 +9,7 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::backend::{Backend, sealed};
+use crate::backend::{Backend, TransactionStatus, sealed};
 use crate::row::{Inserted, NewOperationRow, OperationRow};
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
@@ -40,6 +40,9 @@ impl Backend for Sqlite {
     const NAME: &'static str = "sqlite";
     // One writer at a time, and AUTOINCREMENT: rows commit in index order.
     const HAS_GAPS: bool = false;
+    // One writer, in this process: a transaction whose COMMIT failed on a connection we then
+    // close can no longer commit.
+    const FAILED_COMMIT_IS_FINAL: bool = true;
 
     async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
         let mut connection = SqliteAsyncConnection::establish(url).await?;
@@ -88,6 +91,13 @@ impl Backend for Sqlite {
             .get_result(connection)
             .await?;
         Ok(Inserted { idx, xid: None })
+    }
+
+    async fn transaction_status(
+        _connection: &mut Self::Connection,
+        _xid: i64,
+    ) -> Result<Option<TransactionStatus>> {
+        Ok(None)
     }
 
     crate::queries::log_queries!();

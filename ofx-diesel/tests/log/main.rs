@@ -12,5 +12,7 @@ mod scenarios;
 mod postgres;
 #[cfg(feature = "postgres")]
 mod private_server;
+#[cfg(feature = "postgres")]
+mod proxy;
 #[cfg(feature = "sqlite")]
 mod sqlite;
