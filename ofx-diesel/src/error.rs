@@ -41,6 +41,29 @@ pub enum Error {
         reason: Doubt,
     },
 
+    /// The operation could not be serialized for the log (its command's `Serialize` failed).
+    /// Nothing was committed.
+    #[error("operation {operation} could not be serialized: {source}")]
+    Encode {
+        /// The operation's uuid.
+        operation: uuid::Uuid,
+        /// What failed.
+        #[source]
+        source: ofx_core::Error,
+    },
+
+    /// The operation's command, items and nested JSON together are over the log's limit.
+    /// Nothing was committed.
+    #[error("operation {operation} is {size} bytes, over the log's limit of {limit}")]
+    PayloadTooLarge {
+        /// The operation's uuid.
+        operation: uuid::Uuid,
+        /// Its command, items and nested JSON together, in bytes.
+        size: usize,
+        /// The limit, [`MAX_PAYLOAD_BYTES`](crate::MAX_PAYLOAD_BYTES).
+        limit: usize,
+    },
+
     /// `operation_connection` was called outside a command, or without the database scope
     /// filter on the hub (add it with `HubBuilder::filter(db.operation_scope())`).
     #[error(

@@ -162,9 +162,12 @@ impl<B: Backend> DbOperationScope<B> {
         let connection = &mut pooled;
         let operation = match call.finish_operation() {
             Ok(operation) => operation,
-            Err(error) => {
+            Err(source) => {
                 rollback::<B>(connection).await;
-                return Err(Error::Connect(error.to_string()));
+                return Err(Error::Encode {
+                    operation: call.context().operation_id(),
+                    source,
+                });
             }
         };
         let command_json = serde_json::to_string(&operation.command)?;
@@ -173,10 +176,11 @@ impl<B: Backend> DbOperationScope<B> {
         let size = command_json.len() + items_json.len() + nested_json.len();
         if size > MAX_PAYLOAD_BYTES {
             rollback::<B>(connection).await;
-            return Err(Error::Connect(format!(
-                "operation {} is {size} bytes, over the log's limit of {MAX_PAYLOAD_BYTES}",
-                operation.uuid
-            )));
+            return Err(Error::PayloadTooLarge {
+                operation: operation.uuid,
+                size,
+                limit: MAX_PAYLOAD_BYTES,
+            });
         }
         let uuid = operation.uuid.to_string();
         let row = NewOperationRow {

@@ -7,6 +7,7 @@
 mod commit_verification;
 mod common;
 mod scenarios;
+mod typed_errors;
 
 #[cfg(feature = "postgres")]
 mod postgres;
