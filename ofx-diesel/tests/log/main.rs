@@ -6,6 +6,7 @@
 
 mod commit_verification;
 mod common;
+mod poison_row;
 mod scenarios;
 mod typed_errors;
 
