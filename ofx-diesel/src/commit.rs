@@ -61,33 +61,15 @@ impl CommitVerdict {
 /// Commits the transaction open on `connection` (the scope's, with the operation row inserted as
 /// `inserted`) and, if `COMMIT` fails, finds out whether operation `operation` committed.
 ///
-/// Runs in a task of its own: a caller that is cancelled meanwhile cannot cut the commit or its
-/// verification short (the verdict is then only logged). On success the connection goes back
-/// to the pool; after a failed `COMMIT` it is closed before verification starts, so that the
-/// transaction cannot commit later on it.
+/// On success the connection goes back to the pool. After a failed `COMMIT` it is closed before
+/// verification starts, so that the transaction cannot commit later on it; verification runs in
+/// a task of its own, which a caller cancelled meanwhile cannot cut short (the verdict is then
+/// only logged). `COMMIT` itself runs in the caller's task (a task per command would cost every
+/// command a hand-off): a caller cancelled during `COMMIT` leaves the connection to be
+/// discarded, and an operation that committed then reaches this host's caches through its log
+/// reader, as another host's would.
 pub(crate) async fn commit<B: Backend>(
     db: &DbHub<B>,
-    connection: B::Pooled,
-    operation: Uuid,
-    inserted: Inserted,
-) -> CommitVerdict {
-    let task = tokio::spawn(commit_and_verify(
-        db.clone(),
-        connection,
-        operation,
-        inserted,
-    ));
-    match task.await {
-        Ok(verdict) => verdict,
-        Err(join) => CommitVerdict::InDoubt(Error::CommitInDoubt {
-            operation,
-            reason: Doubt::Task(join),
-        }),
-    }
-}
-
-async fn commit_and_verify<B: Backend>(
-    db: DbHub<B>,
     mut connection: B::Pooled,
     operation: Uuid,
     inserted: Inserted,
@@ -108,6 +90,23 @@ async fn commit_and_verify<B: Backend>(
     // Whatever the connection still has open must never commit: closing it rolls it back (a
     // SQLite transaction whose COMMIT failed with SQLITE_BUSY is still open).
     B::discard(connection);
+    let task = tokio::spawn(verify(db.clone(), operation, inserted, source));
+    match task.await {
+        Ok(verdict) => verdict,
+        Err(join) => CommitVerdict::InDoubt(Error::CommitInDoubt {
+            operation,
+            reason: Doubt::Task(join),
+        }),
+    }
+}
+
+/// The verdict on operation `operation`, whose `COMMIT` failed with `source`.
+async fn verify<B: Backend>(
+    db: DbHub<B>,
+    operation: Uuid,
+    inserted: Inserted,
+    source: diesel::result::Error,
+) -> CommitVerdict {
     let verdict = match resolve(&db, operation, inserted.xid).await {
         Resolution::Committed => CommitVerdict::Committed {
             sequence: inserted.idx,
