@@ -29,8 +29,10 @@ impl sealed::Sealed for Sqlite {}
 /// A SQLite connection usable from async code.
 pub type SqliteAsyncConnection = SyncConnectionWrapper<SqliteConnection>;
 
-const SESSION: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                       PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+// `busy_timeout` first: `journal_mode = WAL` on a fresh connection may need a lock that another
+// connection being set up at the same moment holds, and must wait for it rather than fail.
+const SESSION: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+                       PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 impl Backend for Sqlite {
     type Connection = SqliteAsyncConnection;
