@@ -194,10 +194,12 @@ impl Error {
         Self::Scope(Arc::from(error.into()))
     }
 
-    /// The scope's error, if this is one of type `E`.
+    /// The scope's error, if this is one of type `E` (also inside
+    /// [`CommitInDoubt`](Self::CommitInDoubt)).
     pub fn scope_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
         match self {
             Self::Scope(error) => error.downcast_ref(),
+            Self::CommitInDoubt { source, .. } => source.scope_error(),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use std::ops::DerefMut;
 use diesel_async::AsyncConnection;
 
 use crate::Result;
-use crate::row::{NewOperationRow, OperationRow};
+use crate::row::{Inserted, NewOperationRow, OperationRow};
 
 /// A database the operation log runs on: [`Sqlite`](crate::Sqlite) or `Postgres`. Sealed.
 ///
@@ -30,6 +30,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// that readers must track gaps.
     const HAS_GAPS: bool;
 
+    /// Whether a `COMMIT` that returned an error on our connection is final, so that once that
+    /// connection is closed, an operation not found in the log never commits (SQLite: one
+    /// process-local writer). Otherwise (PostgreSQL) the server's session may still be
+    /// committing, and only the transaction's status settles it.
+    const FAILED_COMMIT_IS_FINAL: bool;
+
     /// Opens a connection with the backend's session settings.
     fn connect(
         url: &str,
@@ -48,11 +54,20 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// Applies the embedded migrations that have not run yet. Idempotent.
     fn migrate(url: &str) -> impl Future<Output = Result<()>> + Send;
 
-    /// Inserts one operation row.
+    /// Inserts one operation row; returns its index and (PostgreSQL) the id of its transaction,
+    /// taken before the index is drawn and stored in the row's `xid`.
     fn insert_operation(
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<Inserted>> + Send;
+
+    /// The status of transaction `xid` (an [`Inserted::xid`]); `None` when the server no longer
+    /// knows it (PostgreSQL's `pg_xact_status`). On a backend without transaction ids (SQLite)
+    /// the answer is always `None`.
+    fn transaction_status(
+        connection: &mut Self::Connection,
+        xid: i64,
+    ) -> impl Future<Output = Result<Option<TransactionStatus>>> + Send;
 
     /// Rows with an index above `after`, in index order, at most `limit`.
     fn read_after(
@@ -122,6 +137,17 @@ pub struct StartPosition {
     /// Transactions in flight (PostgreSQL transaction ids): rows they commit later may have
     /// lower indexes than `cursor`.
     pub in_flight: Vec<i64>,
+}
+
+/// What the server says about a transaction (PostgreSQL's `pg_xact_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStatus {
+    /// It committed.
+    Committed,
+    /// It aborted (rolled back, or its session ended before `COMMIT` was processed).
+    Aborted,
+    /// It is still running: its session may still commit or abort it.
+    InProgress,
 }
 
 pub(crate) mod sealed {

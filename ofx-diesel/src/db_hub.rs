@@ -50,8 +50,8 @@ pub struct DbSettings {
     pub trim_period: Duration,
     /// Rows the trimmer deletes per statement (default 4096).
     pub trim_batch: i64,
-    /// How long commit verification keeps asking before it reports the commit in doubt (3 tries
-    /// spread over about this long; default 3 s).
+    /// How long commit verification (after a failed `COMMIT`) keeps asking whether the operation
+    /// committed, before it reports the commit in doubt (default 3 s).
     pub commit_verification: Duration,
 }
 

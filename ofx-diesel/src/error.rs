@@ -16,8 +16,9 @@ pub enum Error {
     #[error("migration failed: {0}")]
     Migration(String),
 
-    /// The commit's outcome was unknown (the connection broke during `COMMIT`) and the
-    /// operation was not found afterwards: the command did not happen.
+    /// `COMMIT` failed and the operation certainly did not commit: PostgreSQL reported its
+    /// transaction aborted, or (SQLite) the operation is not in the log after our connection's
+    /// transaction was closed. The command did not happen.
     #[error(
         "the commit of operation {operation} failed, and it was not found in the log: {source}"
     )]
@@ -29,14 +30,27 @@ pub enum Error {
         source: diesel::result::Error,
     },
 
-    /// The commit's outcome stays unknown: the database could not be asked in time whether the
-    /// operation was committed. Check the log for the operation's uuid before retrying.
+    /// `COMMIT` failed and whether the operation committed stays unknown. Check the log for the
+    /// operation's uuid before retrying.
     #[error("the commit of operation {operation} is in doubt: {reason}")]
     CommitInDoubt {
         /// The operation's uuid.
         operation: uuid::Uuid,
-        /// Why it could not be verified.
-        reason: String,
+        /// Why verification could not tell.
+        #[source]
+        reason: Doubt,
+    },
+
+    /// The operation's command, items and nested JSON together are over the log's limit.
+    /// Nothing was committed.
+    #[error("operation {operation} is {size} bytes, over the log's limit of {limit}")]
+    PayloadTooLarge {
+        /// The operation's uuid.
+        operation: uuid::Uuid,
+        /// Its command, items and nested JSON together, in bytes.
+        size: usize,
+        /// The limit, [`MAX_PAYLOAD_BYTES`](crate::MAX_PAYLOAD_BYTES).
+        limit: usize,
     },
 
     /// The operation cannot use this database: it writes to another one already (one
@@ -63,28 +77,6 @@ pub enum Error {
     #[error("operation could not be serialized: {0}")]
     Json(#[from] serde_json::Error),
 
-    /// An operation could not be encoded for the log (a command or item whose `Serialize`
-    /// failed). Nothing was stored.
-    #[error("operation {operation} could not be encoded: {source}")]
-    Encode {
-        /// The operation's uuid.
-        operation: uuid::Uuid,
-        /// What serde said.
-        #[source]
-        source: serde_json::Error,
-    },
-
-    /// An operation is larger than the log accepts. Nothing was stored.
-    #[error("operation {operation} is {size} bytes, over the log's limit of {limit}")]
-    PayloadTooLarge {
-        /// The operation's uuid.
-        operation: uuid::Uuid,
-        /// Its command, items and nested commands, in bytes of JSON.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-
     /// A watcher was set on a database already attached to a hub: it would be ignored there.
     /// Set it before `HubBuilder::start`.
     #[error("the watcher must be set before the database is attached to a hub")]
@@ -107,6 +99,34 @@ pub enum Error {
     /// stopped).
     #[error("no log reader of this database runs on this hub")]
     NoReader,
+}
+
+/// Why commit verification could not tell whether an operation committed
+/// ([`Error::CommitInDoubt`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Doubt {
+    /// Its transaction was still in progress on the server (the old session had not finished
+    /// committing or aborting) when verification gave up, after this long.
+    #[error("its transaction was still in progress after {0:?}")]
+    InProgress(std::time::Duration),
+    /// Its transaction id could not be recorded, and the operation was not in the log within
+    /// this long: without the id, absence proves nothing.
+    #[error("no transaction id was recorded and the operation was not in the log after {0:?}")]
+    NoTransactionId(std::time::Duration),
+    /// The server no longer knows the transaction (`pg_xact_status` returned NULL: the id is
+    /// older than its commit log), and the operation is not in the log.
+    #[error("the server no longer knows transaction {0}")]
+    UnknownTransaction(i64),
+    /// The database could not be asked before the verification period ended: the last error.
+    #[error("the database could not be asked: {0}")]
+    Unreachable(#[source] Box<Error>),
+    /// The database did not answer within the verification period (this long).
+    #[error("the database did not answer within {0:?}")]
+    NoAnswer(std::time::Duration),
+    /// The verification task failed (it panicked).
+    #[error("the verification task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl From<Error> for ofx_core::Error {

@@ -52,6 +52,16 @@
 //! a gap up after [`DbSettings::gap_retention`] (a rolled-back transaction leaves a gap that
 //! never fills). SQLite has one writer and `AUTOINCREMENT`: rows commit in index order.
 //!
+//! ## A `COMMIT` that fails
+//!
+//! A `COMMIT` whose reply was lost may have committed. The scope then finds out, on a fresh
+//! connection and within [`DbSettings::commit_verification`], and says "not committed"
+//! ([`Error::CommitFailed`]) only when that is certain; otherwise the call succeeds (it did
+//! commit) or fails with [`Error::CommitInDoubt`]. On PostgreSQL each operation row records the
+//! id of its transaction (`xid`), and `pg_xact_status` tells a transaction that aborted from one
+//! whose session is still committing; on SQLite, one process-local writer, the operation's
+//! presence in the log settles it once the failed connection is closed.
+//!
 //! ## Coverage loss
 //!
 //! The trimmer records how far it deleted (`ofx_log_trims`) before deleting. A reader whose
@@ -67,6 +77,7 @@
 //! | `postgres` | no | `Postgres`: diesel-async's `AsyncPgConnection` with a deadpool pool |
 
 mod backend;
+mod commit;
 mod db_hub;
 mod error;
 mod link;
@@ -81,13 +92,13 @@ mod scope;
 mod sqlite;
 mod trimmer;
 
-pub use backend::{Backend, StartPosition};
+pub use backend::{Backend, StartPosition, TransactionStatus};
 pub use db_hub::{CommitFaultHook, DbHub, DbSettings};
-pub use error::{Error, Result};
+pub use error::{Doubt, Error, Result};
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 pub use reader::{LogReader, MAX_GAPS, MAX_RETRIES, ReaderStats};
-pub use row::{BadRow, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
+pub use row::{BadRow, Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
 pub use scope::{DbOperationScope, OperationConnection};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Sqlite, SqliteAsyncConnection};

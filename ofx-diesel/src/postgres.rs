@@ -1,14 +1,17 @@
 //! The PostgreSQL backend: diesel-async's `AsyncPgConnection` with a deadpool pool.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::backend::{Backend, StartPosition, sealed};
-use crate::row::{NewOperationRow, OperationRow};
+use crate::backend::{Backend, StartPosition, TransactionStatus, sealed};
+use crate::row::{Inserted, NewOperationRow, OperationRow};
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
 use crate::{Error, Result};
@@ -31,6 +34,9 @@ impl Backend for Postgres {
 
     const NAME: &'static str = "postgres";
     const HAS_GAPS: bool = true;
+    // The server session that received COMMIT may still be committing after our connection
+    // broke: only `pg_xact_status` settles it.
+    const FAILED_COMMIT_IS_FINAL: bool = false;
 
     async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
         AsyncPgConnection::establish(url).await
@@ -51,6 +57,40 @@ impl Backend for Postgres {
         })
         .await
         .map_err(|error| Error::Migration(error.to_string()))?
+    }
+
+    async fn insert_operation(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> Result<Inserted> {
+        let (idx, xid) = InsertOperation(row)
+            .get_result::<(i64, Option<i64>)>(connection)
+            .await?;
+        Ok(Inserted { idx, xid })
+    }
+
+    async fn transaction_status(
+        connection: &mut Self::Connection,
+        xid: i64,
+    ) -> Result<Option<TransactionStatus>> {
+        #[derive(QueryableByName)]
+        struct Status {
+            #[diesel(sql_type = Nullable<Text>)]
+            status: Option<String>,
+        }
+        // Run only to verify a failed commit: not worth a prepared statement.
+        let status =
+            diesel::sql_query("SELECT pg_xact_status(CAST(CAST($1 AS TEXT) AS xid8)) AS status")
+                .bind::<BigInt, _>(xid)
+                .get_result::<Status>(connection)
+                .await?
+                .status;
+        Ok(match status.as_deref() {
+            Some("committed") => Some(TransactionStatus::Committed),
+            Some("aborted") => Some(TransactionStatus::Aborted),
+            Some("in progress") => Some(TransactionStatus::InProgress),
+            _ => None,
+        })
     }
 
     crate::queries::log_queries!();
@@ -85,14 +125,6 @@ impl Backend for Postgres {
         .await?;
         Ok(running.into_iter().map(|row| row.transaction).collect())
     }
-
-    async fn rows_of_transactions(
-        _connection: &mut Self::Connection,
-        _through: i64,
-        _transactions: &[i64],
-    ) -> Result<Vec<OperationRow>> {
-        Ok(Vec::new())
-    }
 }
 
 #[derive(QueryableByName)]
@@ -107,4 +139,60 @@ struct StartRow {
 struct RunningRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     transaction: i64,
+}
+
+/// The operation row's `INSERT`, which records the id of its transaction in the row and returns
+/// it with the row's index:
+///
+/// ```sql
+/// WITH x AS MATERIALIZED (SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT) AS xid)
+/// INSERT INTO ofx_operations (uuid, ..., nested_json, xid) SELECT $1, ..., $8, x.xid FROM x
+/// RETURNING idx, xid
+/// ```
+///
+/// The id is taken before the index is drawn: the materialized CTE is evaluated when the insert
+/// reads its one row, before the insert evaluates the `idx` default (`nextval`). Without it the
+/// planner computes both in one projection, in column order, `idx` first. A reader that reads
+/// below the oldest running transaction (`pg_snapshot_xmin`) relies on this order.
+///
+/// A query of its own (not `diesel::sql_query`) so that it has a static query id: diesel caches
+/// it as a prepared statement, one round trip per command.
+struct InsertOperation<'a>(NewOperationRow<'a>);
+
+impl QueryId for InsertOperation<'_> {
+    type QueryId = InsertOperation<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for InsertOperation<'_> {
+    type SqlType = (BigInt, Nullable<BigInt>);
+}
+
+impl QueryFragment<Pg> for InsertOperation<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let row = &self.0;
+        out.push_sql(
+            "WITH x AS MATERIALIZED \
+             (SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT) AS xid) \
+             INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, \
+             command_json, items_json, nested_json, xid) SELECT ",
+        );
+        out.push_bind_param::<Text, _>(row.uuid)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.host_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.logged_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&row.committed_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.command_name)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.command_json)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.items_json)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(row.nested_json)?;
+        out.push_sql(", x.xid FROM x RETURNING idx, xid");
+        Ok(())
+    }
 }

@@ -1,33 +1,11 @@
 //! The operation log's queries, the same Diesel code for every backend.
 
-/// The query methods of [`Backend`](crate::Backend) (from `insert_operation` to `trim`), for an
+/// The query methods of [`Backend`](crate::Backend) (from `read_after` to `trim`), for an
 /// `impl Backend` whose `Connection` runs Diesel's async queries on the operation log's tables.
 /// Expanded once per backend: Diesel's query types are per backend, so one generic body would
 /// need a bound per query.
 macro_rules! log_queries {
     () => {
-        async fn insert_operation(
-            connection: &mut Self::Connection,
-            row: NewOperationRow<'_>,
-        ) -> Result<()> {
-            // Written as a tuple, not `.values(&row)`: the derived `Insertable` form is not cached
-            // as a prepared statement on PostgreSQL, and would be parsed again on every command.
-            diesel::insert_into(dsl::ofx_operations)
-                .values((
-                    dsl::uuid.eq(row.uuid),
-                    dsl::host_id.eq(row.host_id),
-                    dsl::logged_at.eq(row.logged_at),
-                    dsl::committed_at.eq(row.committed_at),
-                    dsl::command_name.eq(row.command_name),
-                    dsl::command_json.eq(row.command_json),
-                    dsl::items_json.eq(row.items_json),
-                    dsl::nested_json.eq(row.nested_json),
-                ))
-                .execute(connection)
-                .await?;
-            Ok(())
-        }
-
         async fn read_after(
             connection: &mut Self::Connection,
             after: i64,
@@ -48,6 +26,20 @@ macro_rules! log_queries {
         ) -> Result<Vec<OperationRow>> {
             Ok(dsl::ofx_operations
                 .filter(dsl::idx.eq_any(indexes))
+                .order(dsl::idx.asc())
+                .select(OperationRow::as_select())
+                .load(connection)
+                .await?)
+        }
+
+        async fn rows_of_transactions(
+            connection: &mut Self::Connection,
+            through: i64,
+            transactions: &[i64],
+        ) -> Result<Vec<OperationRow>> {
+            Ok(dsl::ofx_operations
+                .filter(dsl::idx.le(through))
+                .filter(dsl::xid.eq_any(transactions))
                 .order(dsl::idx.asc())
                 .select(OperationRow::as_select())
                 .load(connection)

@@ -3,15 +3,45 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use ofx_core::{HostId, Operation};
 
 use crate::schema::ofx_operations;
 
-/// The largest command, items or nested JSON the log writes or reads (bytes); larger rows are
-/// refused when written and skipped when read.
+/// The largest command, items or nested JSON the log writes or reads (bytes, the three together);
+/// larger rows are refused when written, and skipped when read without being transferred.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
-/// A row as read.
+/// [`MAX_PAYLOAD_BYTES`] as the readers' queries bind it.
+const MAX_PAYLOAD_BYTES_I64: i64 = MAX_PAYLOAD_BYTES as i64;
+
+diesel::define_sql_function! {
+    /// The size of a text value in bytes. Neither backend reads the value to answer: PostgreSQL
+    /// takes it from the value's header (a TOASTed value is not fetched), SQLite (3.43 and
+    /// later) from the record header (overflow pages are not read).
+    fn octet_length(text: Text) -> Integer;
+}
+
+/// The size in bytes of a row's three payload columns together (`BIGINT`: three values of up to
+/// 1 GB each overflow an `INTEGER` sum).
+#[diesel::dsl::auto_type]
+fn payload_bytes() -> _ {
+    octet_length(ofx_operations::command_json).cast::<BigInt>()
+        + octet_length(ofx_operations::items_json).cast::<BigInt>()
+        + octet_length(ofx_operations::nested_json).cast::<BigInt>()
+}
+
+/// `CASE WHEN <payload bytes> <= <cap> THEN column END`: the column's value only if the row's
+/// payload is under the cap, so that an oversized row never crosses the wire. The cap is bound.
+#[diesel::dsl::auto_type]
+fn capped<C: diesel::Expression<SqlType = Text>>(column: C) -> _ {
+    let cap: i64 = MAX_PAYLOAD_BYTES_I64;
+    diesel::dsl::case_when(payload_bytes().le(cap), column)
+}
+
+/// A row as read. Its payload columns are `None` when the row is larger than
+/// [`MAX_PAYLOAD_BYTES`]: the readers' queries ask for their sizes first
+/// ([`payload_bytes`](Self::payload_bytes)) and transfer them only under the cap.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = ofx_operations)]
 pub struct OperationRow {
@@ -27,12 +57,38 @@ pub struct OperationRow {
     pub committed_at: i64,
     /// The command's name.
     pub command_name: String,
-    /// The command.
-    pub command_json: String,
-    /// The items.
-    pub items_json: String,
-    /// The nested operations.
-    pub nested_json: String,
+    /// The size in bytes of the command, items and nested JSON together, as stored.
+    #[diesel(select_expression = payload_bytes(), select_expression_type = payload_bytes)]
+    pub payload_bytes: i64,
+    /// The command; `None` when the row is over the cap.
+    #[diesel(
+        select_expression = capped(ofx_operations::command_json),
+        select_expression_type = capped<ofx_operations::command_json>
+    )]
+    pub command_json: Option<String>,
+    /// The items; `None` when the row is over the cap.
+    #[diesel(
+        select_expression = capped(ofx_operations::items_json),
+        select_expression_type = capped<ofx_operations::items_json>
+    )]
+    pub items_json: Option<String>,
+    /// The nested operations; `None` when the row is over the cap.
+    #[diesel(
+        select_expression = capped(ofx_operations::nested_json),
+        select_expression_type = capped<ofx_operations::nested_json>
+    )]
+    pub nested_json: Option<String>,
+}
+
+/// What inserting an operation row returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// The row's index: its place in the log (the readers' cursor).
+    pub idx: i64,
+    /// PostgreSQL: the id of the transaction that inserted the row (`pg_current_xact_id()`,
+    /// taken before `idx` was drawn), which commit verification asks the server about. `None` on
+    /// SQLite.
+    pub xid: Option<i64>,
 }
 
 /// A row to insert.
@@ -75,7 +131,8 @@ pub enum BadRow {
     /// Its uuid is not a uuid.
     #[error("malformed uuid `{0}`")]
     Uuid(String),
-    /// A JSON column is larger than [`MAX_PAYLOAD_BYTES`].
+    /// The command, items and nested JSON together are larger than [`MAX_PAYLOAD_BYTES`]
+    /// (their size in bytes; the reader did not fetch them).
     #[error("payload of {0} bytes exceeds the limit")]
     TooLarge(usize),
     /// A JSON column does not decode.
@@ -96,15 +153,15 @@ impl OperationRow {
     /// # Errors
     /// [`BadRow`] when a column is too large or malformed.
     pub fn to_operation(&self) -> Result<Operation, BadRow> {
-        let size = self.command_json.len() + self.items_json.len() + self.nested_json.len();
+        let size = usize::try_from(self.payload_bytes).unwrap_or(usize::MAX);
         if size > MAX_PAYLOAD_BYTES {
             return Err(BadRow::TooLarge(size));
         }
         let uuid =
             uuid::Uuid::parse_str(&self.uuid).map_err(|_| BadRow::Uuid(self.uuid.clone()))?;
-        let command = parse("command_json", &self.command_json)?;
-        let items = parse("items_json", &self.items_json)?;
-        let nested = parse("nested_json", &self.nested_json)?;
+        let command = parse("command_json", self.command_json.as_deref())?;
+        let items = parse("items_json", self.items_json.as_deref())?;
+        let nested = parse("nested_json", self.nested_json.as_deref())?;
         Ok(Operation::new(
             uuid,
             HostId::from_string(self.host_id.as_str()),
@@ -118,6 +175,11 @@ impl OperationRow {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(column: &'static str, text: &str) -> Result<T, BadRow> {
-    serde_json::from_str(text).map_err(|source| BadRow::Json { column, source })
+/// A JSON column. Under the size cap the columns are there (they are `NOT NULL`); a missing
+/// one fails to decode, as the empty text it is read as.
+fn parse<T: serde::de::DeserializeOwned>(
+    column: &'static str,
+    text: Option<&str>,
+) -> Result<T, BadRow> {
+    serde_json::from_str(text.unwrap_or_default()).map_err(|source| BadRow::Json { column, source })
 }

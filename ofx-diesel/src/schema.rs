@@ -21,6 +21,9 @@ diesel::table! {
         items_json -> Text,
         /// Its nested operations, as a JSON array.
         nested_json -> Text,
+        /// PostgreSQL: the id of the transaction that wrote the row (`pg_current_xact_id()`,
+        /// taken before `idx` was drawn). NULL on SQLite and for rows written without it.
+        xid -> Nullable<BigInt>,
     }
 }
 

@@ -3,13 +3,14 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use diesel_async::{AsyncConnection, TransactionManager};
 use ofx_core::{CommitOutcome, Committed, Hub, Operation, OperationScope, ScopeFuture};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::backend::Backend;
+use crate::commit::CommitVerdict;
 use crate::db_hub::{DbHub, DbInner};
 use crate::row::{MAX_PAYLOAD_BYTES, NewOperationRow, micros};
 use crate::{Error, Result};
@@ -103,11 +104,13 @@ impl<B: Backend> DbOperationScope<B> {
             }
         };
         let committed_at = SystemTime::now();
-        if let Err(error) = B::insert_operation(&mut connection, row.new_row(committed_at)).await {
-            rollback::<B>(&mut connection).await;
-            return CommitOutcome::NotCommitted(error.into());
-        }
-        let sequence = None;
+        let inserted = match B::insert_operation(&mut connection, row.new_row(committed_at)).await {
+            Ok(inserted) => inserted,
+            Err(error) => {
+                rollback::<B>(&mut connection).await;
+                return CommitOutcome::NotCommitted(error.into());
+            }
+        };
         let fault = self
             .db
             .fault
@@ -117,47 +120,13 @@ impl<B: Backend> DbOperationScope<B> {
         if let Some(fault) = fault {
             fault(&mut connection).await;
         }
-        let committed = <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(
-            &mut connection,
-        )
-        .await;
-        match committed {
-            Ok(()) => CommitOutcome::Committed(Committed::new(sequence, committed_at)),
-            Err(source) => {
-                B::discard(connection);
-                tracing::warn!(operation = %operation.uuid, %source, "commit failed; verifying");
-                // The answer decides whether the command happened: ask even if our caller is
-                // cancelled meanwhile.
-                let db = self.db();
-                let uuid = row.uuid.clone();
-                let verification = tokio::spawn(async move { verify_commit(&db, &uuid).await });
-                match verification.await {
-                    Ok(Ok(true)) => {
-                        CommitOutcome::Committed(Committed::new(sequence, committed_at))
-                    }
-                    Ok(Ok(false)) => CommitOutcome::NotCommitted(
-                        Error::CommitFailed {
-                            operation: operation.uuid,
-                            source,
-                        }
-                        .into(),
-                    ),
-                    Ok(Err(reason)) => CommitOutcome::InDoubt(
-                        Error::CommitInDoubt {
-                            operation: operation.uuid,
-                            reason,
-                        }
-                        .into(),
-                    ),
-                    Err(join) => CommitOutcome::InDoubt(
-                        Error::CommitInDoubt {
-                            operation: operation.uuid,
-                            reason: join.to_string(),
-                        }
-                        .into(),
-                    ),
-                }
+        // `COMMIT`, and a failed one verified (see `crate::commit`).
+        match crate::commit::commit(&self.db(), connection, operation.uuid, inserted).await {
+            CommitVerdict::Committed { sequence } => {
+                CommitOutcome::Committed(Committed::new(Some(sequence), committed_at))
             }
+            CommitVerdict::NotCommitted(error) => CommitOutcome::NotCommitted(error.into()),
+            CommitVerdict::InDoubt(error) => CommitOutcome::InDoubt(error.into()),
         }
     }
 }
@@ -210,15 +179,10 @@ struct EncodedOperation {
 
 impl EncodedOperation {
     fn new(operation: &Operation) -> Result<Self> {
-        let encode = |value: std::result::Result<String, serde_json::Error>| {
-            value.map_err(|source| Error::Encode {
-                operation: operation.uuid,
-                source,
-            })
-        };
-        let command_json = encode(serde_json::to_string(&operation.command))?;
-        let items_json = encode(serde_json::to_string(&operation.items))?;
-        let nested_json = encode(serde_json::to_string(&operation.nested))?;
+        // JSON values the core encoded already: writing them as text cannot fail.
+        let command_json = serde_json::to_string(&operation.command)?;
+        let items_json = serde_json::to_string(&operation.items)?;
+        let nested_json = serde_json::to_string(&operation.nested)?;
         let size = command_json.len() + items_json.len() + nested_json.len();
         if size > MAX_PAYLOAD_BYTES {
             return Err(Error::PayloadTooLarge {
@@ -284,25 +248,6 @@ impl<B: Backend> DerefMut for OperationConnection<B> {
             None => unreachable!("an operation connection holds its connection"),
         }
     }
-}
-
-/// Looks the operation up on fresh connections, three times over the verification period.
-async fn verify_commit<B: Backend>(db: &DbHub<B>, uuid: &str) -> std::result::Result<bool, String> {
-    let pause = db.settings().commit_verification / 3;
-    let mut last_error = String::new();
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(pause.min(Duration::from_secs(1)) * attempt).await;
-        }
-        match db.connection().await {
-            Ok(mut connection) => match B::contains(&mut connection, uuid).await {
-                Ok(found) => return Ok(found),
-                Err(error) => last_error = error.to_string(),
-            },
-            Err(error) => last_error = error.to_string(),
-        }
-    }
-    Err(last_error)
 }
 
 /// Rolls back; a connection that cannot roll back is dropped from the pool.

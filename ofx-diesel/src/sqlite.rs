@@ -9,8 +9,8 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::backend::{Backend, StartPosition, sealed};
-use crate::row::{NewOperationRow, OperationRow};
+use crate::backend::{Backend, StartPosition, TransactionStatus, sealed};
+use crate::row::{Inserted, NewOperationRow, OperationRow};
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
 use crate::{Error, Result};
@@ -29,8 +29,10 @@ impl sealed::Sealed for Sqlite {}
 /// A SQLite connection usable from async code.
 pub type SqliteAsyncConnection = SyncConnectionWrapper<SqliteConnection>;
 
-const SESSION: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                       PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+// `busy_timeout` first: `journal_mode = WAL` on a fresh connection may need a lock that another
+// connection being set up at the same moment holds, and must wait for it rather than fail.
+const SESSION: &str = "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+                       PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 impl Backend for Sqlite {
     type Connection = SqliteAsyncConnection;
@@ -40,6 +42,9 @@ impl Backend for Sqlite {
     const NAME: &'static str = "sqlite";
     // One writer at a time, and AUTOINCREMENT: rows commit in index order.
     const HAS_GAPS: bool = false;
+    // One writer, in this process: a transaction whose COMMIT failed on a connection we then
+    // close can no longer commit.
+    const FAILED_COMMIT_IS_FINAL: bool = true;
 
     async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
         let mut connection = SqliteAsyncConnection::establish(url).await?;
@@ -67,6 +72,36 @@ impl Backend for Sqlite {
         .map_err(|error| Error::Migration(error.to_string()))?
     }
 
+    async fn insert_operation(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> Result<Inserted> {
+        // Written as a tuple, not `.values(&row)`: the derived `Insertable` form is not cached
+        // as a prepared statement. `xid` stays NULL.
+        let idx = diesel::insert_into(dsl::ofx_operations)
+            .values((
+                dsl::uuid.eq(row.uuid),
+                dsl::host_id.eq(row.host_id),
+                dsl::logged_at.eq(row.logged_at),
+                dsl::committed_at.eq(row.committed_at),
+                dsl::command_name.eq(row.command_name),
+                dsl::command_json.eq(row.command_json),
+                dsl::items_json.eq(row.items_json),
+                dsl::nested_json.eq(row.nested_json),
+            ))
+            .returning(dsl::idx)
+            .get_result(connection)
+            .await?;
+        Ok(Inserted { idx, xid: None })
+    }
+
+    async fn transaction_status(
+        _connection: &mut Self::Connection,
+        _xid: i64,
+    ) -> Result<Option<TransactionStatus>> {
+        Ok(None)
+    }
+
     crate::queries::log_queries!();
 
     async fn start_position(connection: &mut Self::Connection) -> Result<StartPosition> {
@@ -85,14 +120,6 @@ impl Backend for Sqlite {
         _connection: &mut Self::Connection,
         _transactions: &[i64],
     ) -> Result<Vec<i64>> {
-        Ok(Vec::new())
-    }
-
-    async fn rows_of_transactions(
-        _connection: &mut Self::Connection,
-        _through: i64,
-        _transactions: &[i64],
-    ) -> Result<Vec<OperationRow>> {
         Ok(Vec::new())
     }
 }

@@ -4,13 +4,18 @@
 // Tests state their expectations with `unwrap`/`expect`: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
+mod commit_verification;
 mod common;
 mod lifecycle;
+mod poison_row;
 mod scenarios;
+mod typed_errors;
 
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
 mod private_server;
+#[cfg(feature = "postgres")]
+mod proxy;
 #[cfg(feature = "sqlite")]
 mod sqlite;

@@ -196,3 +196,50 @@ async fn the_reader_survives_a_server_restart_and_reads_what_was_committed_meanw
     );
     assert_eq!(b.balance(30).await, Ok(7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_started_during_a_transaction_replays_it_when_it_commits_late() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    // T1 takes an index (its transaction id recorded first, as the scope does) and is held
+    // before its COMMIT.
+    let mut held = AsyncPgConnection::establish(&url).await.unwrap();
+    held.batch_execute(&format!(
+        "BEGIN; \
+         INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json, xid) \
+         SELECT '{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": 40, \"amount\": 1, \"fail\": false}}', '{{}}', '[]', x \
+         FROM (SELECT pg_current_xact_id()::text::bigint AS x) AS t",
+        uuid::Uuid::now_v7()
+    ))
+    .await
+    .unwrap();
+    // T2 takes the next index and commits, "long ago": a start placed by time (the rows logged
+    // a few seconds before it) would begin after T2 and never see T1.
+    let second = a.deposit_sequence(41, 1).await;
+    a.accounts
+        .db
+        .exec("UPDATE ofx_operations SET logged_at = logged_at - 60000000")
+        .await;
+    // Host B starts afterwards: its reader's start is past T2, and T1 is still open.
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    let reader = b.reader.as_ref().unwrap();
+    reader
+        .wait_replayed(second, std::time::Duration::from_millis(100))
+        .await
+        .expect_err("T1 may still commit below the start: not everything up to T2 is known");
+    let (_, late) = capture(b.balance(40)).await.unwrap();
+    held.batch_execute("COMMIT").await.unwrap();
+    reader.wake();
+    invalidated(&late).await;
+    reader
+        .wait_replayed(second, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.stats()
+            .late_rows
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "found through the transactions in flight at the start"
+    );
+}

@@ -1,0 +1,1 @@
+ALTER TABLE ofx_operations DROP COLUMN xid;
