@@ -138,11 +138,10 @@ impl<B: Backend> OperationScope for DbOperationScope<B> {
 
     fn rollback(&self) -> ScopeFuture<'_, ()> {
         Box::pin(async move {
-            match self.take() {
-                Ok(Some(mut connection)) => rollback::<B>(&mut connection).await,
-                // No transaction was begun; or a handler still holds it, and dropping this
-                // scope closes it.
-                Ok(None) | Err(_) => {}
+            // Without a connection no transaction was begun; one a handler still holds is
+            // closed when this scope is dropped.
+            if let Ok(Some(mut connection)) = self.take() {
+                rollback::<B>(&mut connection).await;
             }
         })
     }

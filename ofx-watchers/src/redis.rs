@@ -330,22 +330,6 @@ fn redis_error(action: &'static str) -> impl Fn(RedisError) -> Error {
     move |source| Error::Redis { action, source }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_names_are_accepted_by_client_setname() {
-        let name = RedisWatcher::client_name_for(&HostId::from_string("my host\n1-é"));
-        assert_eq!(name, "ofx-watcher:my_host_1-_");
-    }
-
-    #[test]
-    fn channels_keep_the_log_name() {
-        assert_eq!(RedisWatcher::channel_for("orders"), "ofx:log:orders");
-    }
-}
-
 impl RedisWatcher {
     /// A watcher of the log `log_name` on the server at `url`, started later, once per hub, with that
     /// hub's host id and shutdown token: give it to a storage (ofx-diesel's
@@ -365,5 +349,21 @@ impl crate::StartWatcher for RedisWatcher {
         stop: CancellationToken,
     ) -> Result<Arc<Self>> {
         Self::start(&target, &log_name, host_id, stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_names_are_accepted_by_client_setname() {
+        let name = RedisWatcher::client_name_for(&HostId::from_string("my host\n1-é"));
+        assert_eq!(name, "ofx-watcher:my_host_1-_");
+    }
+
+    #[test]
+    fn channels_keep_the_log_name() {
+        assert_eq!(RedisWatcher::channel_for("orders"), "ofx:log:orders");
     }
 }
