@@ -433,3 +433,89 @@ mod two_databases {
         }
     }
 }
+
+/// Wiring mistakes are errors, never a silently ignored watcher or reader.
+#[cfg(feature = "sqlite")]
+mod wiring {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use ofx_core::{Hub, capture};
+    use ofx_diesel::{DbHub, Error, Sqlite};
+
+    use super::{Note, Notes};
+    use crate::common::{Started, fast, sqlite_file};
+
+    #[derive(Debug, Default)]
+    struct Quiet(Arc<tokio::sync::Notify>);
+
+    impl ofx_core::LogWatcher for Quiet {
+        fn notify(&self) {}
+
+        fn wakes(&self) -> Arc<tokio::sync::Notify> {
+            Arc::clone(&self.0)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_set_after_the_hub_started_is_refused() {
+        let db = DbHub::<Sqlite>::open(&sqlite_file().await, fast())
+            .await
+            .unwrap();
+        let _hub = Hub::builder().with(db.clone()).start().await.unwrap();
+        let error = db
+            .set_watcher(Started(Arc::new(Quiet::default())))
+            .unwrap_err();
+        assert!(matches!(error, Error::AlreadyAttached), "{error:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_on_a_hub_the_database_is_not_attached_to_is_refused() {
+        let db = DbHub::<Sqlite>::open(&sqlite_file().await, fast())
+            .await
+            .unwrap();
+        let hub = Hub::new().unwrap();
+        let notes = Arc::new(Notes {
+            hub: hub.clone(),
+            db: db.clone(),
+            written: AtomicU64::new(0),
+        });
+        hub.add_service(&notes).unwrap();
+        let error = hub
+            .commander()
+            .call(Note {
+                id: 1,
+                panic: false,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error.handler_error::<Error>(), Some(Error::NotAttached)),
+            "{error:?}"
+        );
+        assert_eq!(notes.written.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fresh_reader_on_a_hub_with_cached_values_invalidates_them_and_says_so() {
+        let mut settings = fast();
+        settings.read_log = false;
+        let db = DbHub::<Sqlite>::open(&sqlite_file().await, settings)
+            .await
+            .unwrap();
+        let hub = Hub::builder().with(db.clone()).start().await.unwrap();
+        let notes = Arc::new(Notes {
+            hub: hub.clone(),
+            db: db.clone(),
+            written: AtomicU64::new(0),
+        });
+        // Computed before any reader followed the log: what committed meanwhile is unknown.
+        let (_, cached) = capture(notes.count(1)).await.unwrap();
+        let reader = db.start_log_reader(&hub).await.unwrap();
+        assert!(!cached.is_consistent());
+        assert_eq!(
+            reader.stats().start_invalidations.load(Ordering::Relaxed),
+            1
+        );
+    }
+}
