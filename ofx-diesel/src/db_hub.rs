@@ -207,7 +207,7 @@ impl<B: Backend> DbHub<B> {
                 (Arc::clone(&scope), scope)
             })
             .map_err(Error::Scope)?;
-        scope.connection().await
+        scope.connection(ctx.nested_frames()).await
     }
 
     /// Sets the watcher that wakes other hosts' readers after every commit, and this host's

@@ -67,6 +67,10 @@ pub enum Error {
     )]
     NotAttached,
 
+    /// A nested command's savepoint could not be kept or undone as its command ended.
+    #[error("nested command savepoint: {0}")]
+    Savepoint(String),
+
     /// The operation's connection is still held by an earlier `operation_connection` of the same
     /// operation: drop that guard before calling a nested command (which shares the connection)
     /// or asking again.

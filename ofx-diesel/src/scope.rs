@@ -21,6 +21,10 @@ use crate::{Error, Result};
 /// is inserted in the same transaction, then `COMMIT`. On any failure everything is rolled
 /// back, so that no business row, no operation row and no invalidation remain.
 ///
+/// A nested command's writes are kept in a savepoint, taken when it first writes: if it fails,
+/// they are rolled back to it, even when the outer handler swallows the error and goes on, so a
+/// failed nested command leaves no write (as it leaves no invalidation).
+///
 /// When `COMMIT` fails with an unknown outcome, the outcome is verified (see
 /// [`DbSettings::commit_verification`](crate::DbSettings)), even if the caller gave up
 /// meanwhile: committed, [`Error::CommitFailed`] when certainly not, or
@@ -28,6 +32,8 @@ use crate::{Error, Result};
 pub struct DbOperationScope<B: Backend> {
     db: Arc<DbInner<B>>,
     connection: Arc<Mutex<Option<B::Pooled>>>,
+    /// The nested commands that wrote, each with a savepoint, innermost last.
+    savepoints: std::sync::Mutex<Vec<u64>>,
 }
 
 impl<B: Backend> std::fmt::Debug for DbOperationScope<B> {
@@ -43,11 +49,14 @@ impl<B: Backend> DbOperationScope<B> {
         Self {
             db,
             connection: Arc::new(Mutex::new(None)),
+            savepoints: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// The scope's connection, its transaction begun on first use.
-    pub(crate) async fn connection(&self) -> Result<OperationConnection<B>> {
+    /// The scope's connection, its transaction begun on first use, with a savepoint for each
+    /// nested command (`frames`, outermost first) that has none yet: what a failed nested
+    /// command rolls back to.
+    pub(crate) async fn connection(&self, frames: &[u64]) -> Result<OperationConnection<B>> {
         // Held means held by this very operation (its commands run one after another): waiting
         // would never end. Say so instead.
         let mut guard = Arc::clone(&self.connection)
@@ -61,7 +70,64 @@ impl<B: Backend> DbOperationScope<B> {
             .await?;
             *guard = Some(connection);
         }
+        let missing: Vec<u64> = {
+            let open = self.savepoints();
+            frames
+                .iter()
+                .copied()
+                .filter(|frame| !open.contains(frame))
+                .collect()
+        };
+        if let Some(connection) = guard.as_mut() {
+            for frame in missing {
+                // Within a transaction, diesel's transaction manager begins a savepoint.
+                <B::Connection as AsyncConnection>::TransactionManager::begin_transaction(
+                    connection,
+                )
+                .await?;
+                self.savepoints().push(frame);
+            }
+        }
         Ok(OperationConnection { guard })
+    }
+
+    fn savepoints(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.savepoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Releases (the nested command succeeded) or rolls back to (it failed) the savepoint of
+    /// `frame`, if it wrote.
+    async fn end_frame(&self, frame: u64, succeeded: bool) -> Result<()> {
+        if !self.savepoints().contains(&frame) {
+            return Ok(()); // it did not write
+        }
+        if self.savepoints().last() != Some(&frame) {
+            return Err(Error::Savepoint(format!(
+                "nested command {frame} ended before the nested commands it called"
+            )));
+        }
+        let mut guard = self
+            .connection
+            .try_lock()
+            .map_err(|_| Error::ConnectionInUse)?;
+        let Some(connection) = guard.as_mut() else {
+            return Err(Error::Savepoint(
+                "the operation's connection is gone".to_owned(),
+            ));
+        };
+        self.savepoints().pop();
+        if succeeded {
+            <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(connection)
+                .await?;
+        } else {
+            <B::Connection as AsyncConnection>::TransactionManager::rollback_transaction(
+                connection,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Takes the connection out for the commit or rollback; `Err` when a handler still holds it.
@@ -84,7 +150,7 @@ impl<B: Backend> DbOperationScope<B> {
             Ok(Some(connection)) => connection,
             // Begun, but no connection was taken (a handler ignored the error of
             // `operation_connection`): the operation is still stored.
-            Ok(None) => match self.connection().await {
+            Ok(None) => match self.connection(&[]).await {
                 Ok(guard) => match self.take() {
                     Ok(Some(connection)) => {
                         drop(guard);
@@ -96,6 +162,14 @@ impl<B: Backend> DbOperationScope<B> {
             },
             Err(error) => return CommitOutcome::NotCommitted(error.into()),
         };
+        if !self.savepoints().is_empty() {
+            // Every nested command ended (releasing or rolling back its savepoint) before its
+            // outer command returned; one still open means one of them failed to end.
+            rollback::<B>(&mut connection).await;
+            return CommitOutcome::NotCommitted(
+                Error::Savepoint("a nested command's savepoint is still open".to_owned()).into(),
+            );
+        }
         let row = match EncodedOperation::new(operation) {
             Ok(row) => row,
             Err(error) => {
@@ -144,6 +218,10 @@ impl<B: Backend> OperationScope for DbOperationScope<B> {
                 rollback::<B>(&mut connection).await;
             }
         })
+    }
+
+    fn end_nested(&self, frame: u64, succeeded: bool) -> ScopeFuture<'_, ofx_core::Result<()>> {
+        Box::pin(async move { self.end_frame(frame, succeeded).await.map_err(Into::into) })
     }
 
     fn after_commit(&self, hub: &Hub, _operation: &Operation) {

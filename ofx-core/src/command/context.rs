@@ -90,6 +90,9 @@ pub struct CommandContext {
     pub(crate) kind: CallKind,
     pub(crate) from_client: bool,
     pub(crate) command_name: &'static str,
+    /// The nested calls this call is inside, outermost first, itself last (empty for the
+    /// outermost command).
+    pub(crate) nested_frames: Arc<[u64]>,
 }
 
 impl CommandContext {
@@ -160,6 +163,22 @@ impl CommandContext {
     /// The name of the command being run.
     pub fn command_name(&self) -> &'static str {
         self.command_name
+    }
+
+    /// The nested commands this call runs inside, outermost first and this call last, each
+    /// identified within its operation (empty for the outermost command). A storing scope
+    /// keeps a savepoint per frame it saw write, so that a failed nested command's writes are
+    /// undone (see [`OperationScope::end_nested`]).
+    pub fn nested_frames(&self) -> &[u64] {
+        &self.nested_frames
+    }
+
+    pub(crate) fn nested_frames_with(&self, frame: u64) -> Arc<[u64]> {
+        self.nested_frames
+            .iter()
+            .copied()
+            .chain(std::iter::once(frame))
+            .collect()
     }
 }
 

@@ -175,6 +175,7 @@ impl Commander {
             // database transaction) and context items; items given to `call_with` are added.
             Some(parent) => CommandContext {
                 hub: self.hub.clone(),
+                nested_frames: parent.nested_frames_with(parent.operation.next_frame()),
                 operation: parent.operation,
                 items: OperationItems::new(),
                 context_items: parent.context_items.merged(context_items),
@@ -190,6 +191,7 @@ impl Commander {
                 kind: CallKind::Outermost,
                 from_client,
                 command_name: C::NAME,
+                nested_frames: Arc::from([]),
             },
         };
         let call = CommandCall {
@@ -203,6 +205,7 @@ impl Commander {
         let operation = call.context.operation.uuid;
         let succeeded = result.is_ok();
         let committed = if call.context.kind == CallKind::Nested {
+            end_nested(&call, succeeded).await?;
             record_nested(&call, succeeded)?;
             None
         } else {
@@ -287,6 +290,28 @@ impl Commander {
             .notifier()
             .complete_remote(&self.hub, operation)
             .await
+    }
+}
+
+/// Tells the operation's storing scope (if one began) that a nested command ended: its writes
+/// are kept if it succeeded, undone if it failed (a database rolls back to the savepoint taken
+/// when the nested command first wrote), so that a failed nested command whose error the outer
+/// handler swallows leaves nothing behind, as it leaves no invalidation.
+async fn end_nested(call: &CommandCall, succeeded: bool) -> Result<(), Error> {
+    let Some(frame) = call.context.nested_frames.last().copied() else {
+        return Ok(());
+    };
+    let Some(scope) = call.context.operation.active_scope() else {
+        return Ok(());
+    };
+    match scope.end_nested(frame, succeeded).await {
+        Ok(()) => Ok(()),
+        // The nested command failed already: the caller gets that error; this one is logged.
+        Err(error) if !succeeded => {
+            tracing::error!(command = call.handler.command_name, %error, "undoing a failed nested command's writes failed; the operation will not commit");
+            Ok(())
+        }
+        Err(error) => Err(error),
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) fn run(hub: &Hub, operation: &Operation) -> PassReport {
             kind: CallKind::Invalidation,
             from_client: false,
             command_name: handler.command_name,
+            nested_frames: Arc::from([]),
         };
         let branch = AssertUnwindSafe(|| (handler.invalidate)(&*service, &*command, &context));
         if std::panic::catch_unwind(branch).is_err() {

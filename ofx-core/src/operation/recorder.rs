@@ -50,6 +50,7 @@ pub(crate) struct OperationRecorder {
     pub(crate) logged_at: SystemTime,
     nested: Mutex<Vec<RecordedNested>>,
     scope: Mutex<Option<ActiveScope>>,
+    frames: std::sync::atomic::AtomicU64,
 }
 
 impl OperationRecorder {
@@ -60,6 +61,7 @@ impl OperationRecorder {
             logged_at: SystemTime::now(),
             nested: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
+            frames: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -71,6 +73,7 @@ impl OperationRecorder {
             logged_at: operation.logged_at,
             nested: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
+            frames: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -115,6 +118,22 @@ impl OperationRecorder {
             scope,
         });
         Ok(state)
+    }
+
+    /// A new nested-call id within this operation.
+    pub(crate) fn next_frame(&self) -> u64 {
+        self.frames
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    /// The storing scope, if one began.
+    pub(crate) fn active_scope(&self) -> Option<Arc<dyn OperationScope>> {
+        self.scope
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|active| Arc::clone(&active.scope))
     }
 
     /// Takes the storing scope out, for its commit or rollback.

@@ -60,6 +60,19 @@ pub trait OperationScope: Send + Sync + 'static {
     /// scope must do.
     fn rollback(&self) -> ScopeFuture<'_, ()>;
 
+    /// A nested command of the operation ended (`frame` is the last of its
+    /// [`CommandContext::nested_frames`](crate::CommandContext::nested_frames)): keep its writes
+    /// if it `succeeded`, undo them if not (a database rolls back to the savepoint it took when
+    /// the nested command first wrote). The default does nothing (a scope whose writes cannot
+    /// be partly undone should then refuse to commit an operation with a failed nested command).
+    ///
+    /// # Errors
+    /// When the writes could not be kept or undone: the nested call fails with it.
+    fn end_nested(&self, frame: u64, succeeded: bool) -> ScopeFuture<'_, Result<(), Error>> {
+        let _ = (frame, succeeded);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Runs after a successful commit, before the hub's after-commit hooks and the invalidation
     /// pass: for example, waking the other hosts' log readers. Must not block.
     fn after_commit(&self, hub: &Hub, operation: &Operation) {

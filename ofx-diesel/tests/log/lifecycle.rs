@@ -519,3 +519,177 @@ mod wiring {
         );
     }
 }
+
+/// A nested command that fails leaves no write, even when the outer handler swallows its error.
+mod nested {
+    use std::sync::Arc;
+
+    use diesel_async::SimpleAsyncConnection;
+    use ofx_core::{
+        Command, CommandContext, ComputeService, Hub, command_handler, compute_method, invalidate,
+        service,
+    };
+    use ofx_diesel::{DbHub, Error};
+    use serde::{Deserialize, Serialize};
+
+    use crate::common::{AccountQueries, RawSql, fast};
+
+    /// Credits `id` in the outer command, then credits `id + 1` in a nested one that may fail
+    /// or panic after writing; the outer handler ignores the nested outcome.
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.transfer")]
+    pub(crate) struct Transfer {
+        pub(crate) id: i64,
+        pub(crate) nested: Outcome,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.credit")]
+    pub(crate) struct Credit {
+        id: i64,
+        outcome: Outcome,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub(crate) enum Outcome {
+        Succeed,
+        Fail,
+        Panic,
+    }
+
+    pub(crate) struct Bank<B: AccountQueries> {
+        hub: Hub,
+        db: DbHub<B>,
+    }
+
+    impl<B: AccountQueries> ComputeService for Bank<B> {
+        fn hub(&self) -> &Hub {
+            &self.hub
+        }
+    }
+
+    #[service]
+    impl<B: AccountQueries> Bank<B> {
+        #[compute_method]
+        pub(crate) async fn balance(&self, id: i64) -> i64 {
+            let mut connection = self.db.connection().await.unwrap();
+            B::read_balance(&mut connection, id)
+                .await
+                .unwrap()
+                .unwrap_or(0)
+        }
+
+        #[command_handler]
+        async fn transfer(&self, command: Transfer, ctx: &CommandContext) -> Result<(), Error> {
+            invalidate! {
+                self.balance(command.id);
+            }
+            credit(&self.db, ctx, command.id).await?;
+            // Whatever the nested command did, this one carries on.
+            let _ = ctx
+                .hub()
+                .commander()
+                .call(Credit {
+                    id: command.id + 1,
+                    outcome: command.nested,
+                })
+                .await;
+            Ok(())
+        }
+
+        #[command_handler]
+        async fn credit(&self, command: Credit, ctx: &CommandContext) -> Result<(), Error> {
+            invalidate! {
+                self.balance(command.id);
+            }
+            credit(&self.db, ctx, command.id).await?;
+            match command.outcome {
+                Outcome::Succeed => Ok(()),
+                Outcome::Fail => Err(Error::ConnectionInUse), // any error
+                Outcome::Panic => panic!("the nested command panics after writing"),
+            }
+        }
+    }
+
+    async fn credit<B: AccountQueries>(
+        db: &DbHub<B>,
+        ctx: &CommandContext,
+        id: i64,
+    ) -> Result<(), Error> {
+        let mut connection = db.operation_connection(ctx).await?;
+        connection
+            .batch_execute(&format!(
+                "INSERT INTO accounts (id, balance) VALUES ({id}, 5)"
+            ))
+            .await
+            .map_err(Error::Database)?;
+        Ok(())
+    }
+
+    async fn bank<B: AccountQueries>(url: &str) -> Arc<Bank<B>> {
+        let db = DbHub::<B>::open(url, fast()).await.unwrap();
+        let hub = Hub::builder().with(db.clone()).start().await.unwrap();
+        let bank = Arc::new(Bank {
+            hub: hub.clone(),
+            db,
+        });
+        hub.add_service(&bank).unwrap();
+        bank
+    }
+
+    pub(crate) async fn a_failed_nested_command_leaves_no_write<B: AccountQueries>(url: &str)
+    where
+        DbHub<B>: RawSql,
+    {
+        let a = bank::<B>(url).await;
+        let b = bank::<B>(url).await;
+        for (round, nested) in [Outcome::Fail, Outcome::Panic, Outcome::Succeed]
+            .into_iter()
+            .enumerate()
+        {
+            let id = 10 * i64::try_from(round).unwrap();
+            assert_eq!(b.balance(id + 1).await, 0);
+            let executed = a
+                .hub
+                .commander()
+                .call_committed(Transfer { id, nested })
+                .await
+                .unwrap();
+            let kept = a.db.count(&format!("accounts WHERE id = {}", id + 1)).await;
+            assert_eq!(a.db.count(&format!("accounts WHERE id = {id}")).await, 1);
+            assert_eq!(
+                kept,
+                i64::from(nested == Outcome::Succeed),
+                "{nested:?}: the nested write is kept only if it succeeded"
+            );
+            b.db.wait_replayed(
+                &b.hub,
+                executed.committed.unwrap().sequence.unwrap(),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            // Every host serves what the database holds.
+            assert_eq!(a.balance(id + 1).await, 5 * kept);
+            assert_eq!(b.balance(id + 1).await, 5 * kept);
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_nested_command_leaves_no_write_on_sqlite() {
+        a_failed_nested_command_leaves_no_write::<ofx_diesel::Sqlite>(
+            &crate::common::sqlite_file().await,
+        )
+        .await;
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_nested_command_leaves_no_write_on_postgres() {
+        a_failed_nested_command_leaves_no_write::<ofx_diesel::Postgres>(
+            &crate::common::postgres_database().await,
+        )
+        .await;
+    }
+}
