@@ -76,10 +76,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
 
-    /// The rows with these indexes (the gaps a reader is waiting for), in index order.
-    fn read_indexes(
+    /// The rows with an index in any of these ranges `[from, to)` (the gaps a reader is waiting
+    /// for), in index order, at most `limit`.
+    fn read_ranges(
         connection: &mut Self::Connection,
-        indexes: &[i64],
+        ranges: &[(i64, i64)],
+        limit: i64,
     ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
 
     /// Whether an operation with this uuid is in the log (commit verification).
@@ -105,7 +107,23 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
     ) -> impl Future<Output = Result<StartPosition>> + Send;
 
-    /// Which of these transactions are still in flight.
+    /// The highest index the log's sequence has handed out (PostgreSQL: the sequence's last
+    /// value, whether or not its row committed). Every index up to it was drawn by a transaction
+    /// that had its id already (see [`insert_operation`](Self::insert_operation)): read this,
+    /// then [`in_flight`](Self::in_flight), and every transaction that may still commit a row at
+    /// an index up to it is in that list. On a backend whose rows commit in index order,
+    /// `i64::MAX`: nothing below a row read can still commit.
+    fn drawn_through(connection: &mut Self::Connection)
+    -> impl Future<Output = Result<i64>> + Send;
+
+    /// The transactions in flight now (PostgreSQL: `pg_snapshot_xip(pg_current_snapshot())`, every
+    /// database of the server); empty on a backend without transaction ids.
+    fn in_flight(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+    /// Which of these transactions are still in flight: in the in-progress list of a snapshot
+    /// taken now, so that the rows of one not listed are visible to every later statement.
     fn running_transactions(
         connection: &mut Self::Connection,
         transactions: &[i64],

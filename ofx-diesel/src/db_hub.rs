@@ -31,9 +31,12 @@ pub struct DbSettings {
     pub poll_period_with_watcher: Duration,
     /// Rows the reader reads per query (default 256).
     pub read_batch: i64,
-    /// How long a reader waits for a row that a gap says may still commit (a transaction that
-    /// took an index and has not committed yet); after it, the gap is given up (default 5 min).
-    /// Operations whose transactions last longer than this may be missed by other hosts.
+    /// The safety net for gaps (PostgreSQL, default 5 min). A reader closes a gap as soon as
+    /// every transaction that was running when it found the gap has finished (see
+    /// [`LogReader`](crate::LogReader#gaps)); since that list holds every write transaction of
+    /// the server, an unrelated long-running one keeps the gap open, and waiting readers with it.
+    /// A gap older than this is given up anyway: an operation whose own transaction stays open
+    /// longer than this after taking its index may then be missed by other hosts.
     pub gap_retention: Duration,
     /// How long a reader keeps retrying an operation whose replay failed for a reason that may
     /// pass (its service not attached yet), with capped backoff, before it counts it as failed

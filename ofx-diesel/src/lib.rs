@@ -48,9 +48,15 @@
 //!
 //! On PostgreSQL, concurrent transactions take sequence values in one order and may commit in
 //! another, so a reader can see index `n + 1` before `n` exists. The reader keeps the indexes it
-//! skipped over as **gaps** (at most [`MAX_GAPS`]), reads them again on every poll, and gives
-//! a gap up after [`DbSettings::gap_retention`] (a rolled-back transaction leaves a gap that
-//! never fills). SQLite has one writer and `AUTOINCREMENT`: rows commit in index order.
+//! skipped over as **gaps** (ranges, at most [`MAX_GAPS`]) with the transactions that may still
+//! fill them (those running just after the read: each operation row records its transaction id,
+//! taken before its index is drawn), reads them again on every poll, and closes a gap once those
+//! transactions have finished and a last read found nothing: a rolled-back transaction's gap
+//! closes when it rolls back. Indexes the sequence has not handed out yet (below a row written
+//! far ahead of it) wait until it does. [`DbSettings::gap_retention`] is only a safety net for a
+//! gap held open by an unrelated long write transaction on the server. See
+//! [`LogReader`](LogReader#gaps). SQLite has one writer and `AUTOINCREMENT`: rows commit in
+//! index order.
 //!
 //! ## A `COMMIT` that fails
 //!

@@ -21,7 +21,9 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// PostgreSQL: a `postgres://` URL.
 ///
 /// Concurrent transactions may commit operation rows out of index order; the log reader
-/// tracks the gaps this leaves (see [`DbSettings::gap_retention`](crate::DbSettings)).
+/// tracks the gaps this leaves, with the transactions that may still fill them (see
+/// [`LogReader`](crate::LogReader#gaps)). The `ofx_operations` sequence must keep its default
+/// `CACHE 1`, so that it hands out indexes in order.
 #[derive(Debug, Clone, Copy)]
 pub struct Postgres;
 
@@ -112,13 +114,40 @@ impl Backend for Postgres {
         })
     }
 
+    async fn drawn_through(connection: &mut Self::Connection) -> Result<i64> {
+        // The sequence's last value as its buffer holds it now, outside any snapshot (NULL
+        // before the first `nextval`). With the default `CACHE 1`, values are handed out in
+        // this order, one at a time.
+        let drawn: DrawnRow = diesel::sql_query(
+            "SELECT COALESCE(pg_sequence_last_value(\
+             CAST(pg_get_serial_sequence('ofx_operations', 'idx') AS regclass)), 0) AS drawn",
+        )
+        .get_result(connection)
+        .await?;
+        Ok(drawn.drawn)
+    }
+
+    async fn in_flight(connection: &mut Self::Connection) -> Result<Vec<i64>> {
+        let in_flight: InFlightRow = diesel::sql_query(
+            "SELECT ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x) \
+             AS in_flight",
+        )
+        .get_result(connection)
+        .await?;
+        Ok(in_flight.in_flight)
+    }
+
     async fn running_transactions(
         connection: &mut Self::Connection,
         transactions: &[i64],
     ) -> Result<Vec<i64>> {
+        // Membership in this statement's snapshot rather than `pg_xact_status`: a transaction
+        // leaves the snapshots' in-progress lists only once its commit is visible to them,
+        // whereas a server whose `pg_xact_status` reads the commit log first may already say
+        // "committed" while a new snapshot does not see the rows yet.
         let running: Vec<RunningRow> = diesel::sql_query(
             "SELECT x AS transaction FROM unnest($1::bigint[]) AS x \
-             WHERE pg_xact_status(x::text::xid8) = 'in progress'",
+             WHERE x IN (SELECT y::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS y)",
         )
         .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(transactions)
         .load(connection)
@@ -131,6 +160,18 @@ impl Backend for Postgres {
 struct StartRow {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     cursor: i64,
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::BigInt>)]
+    in_flight: Vec<i64>,
+}
+
+#[derive(QueryableByName)]
+struct DrawnRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    drawn: i64,
+}
+
+#[derive(QueryableByName)]
+struct InFlightRow {
     #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::BigInt>)]
     in_flight: Vec<i64>,
 }

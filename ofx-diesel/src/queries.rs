@@ -20,14 +20,24 @@ macro_rules! log_queries {
                 .await?)
         }
 
-        async fn read_indexes(
+        async fn read_ranges(
             connection: &mut Self::Connection,
-            indexes: &[i64],
+            ranges: &[(i64, i64)],
+            limit: i64,
         ) -> Result<Vec<OperationRow>> {
-            Ok(dsl::ofx_operations
-                .filter(dsl::idx.eq_any(indexes))
-                .order(dsl::idx.asc())
+            if ranges.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Boxed: one `OR` term per range, however many there are.
+            let mut query = dsl::ofx_operations
                 .select(OperationRow::as_select())
+                .into_boxed();
+            for &(from, to) in ranges {
+                query = query.or_filter(dsl::idx.ge(from).and(dsl::idx.lt(to)));
+            }
+            Ok(query
+                .order(dsl::idx.asc())
+                .limit(limit)
                 .load(connection)
                 .await?)
         }

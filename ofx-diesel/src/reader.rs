@@ -2,7 +2,7 @@
 //!
 //! See [`LogReader`] for where a reader starts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,13 +17,14 @@ use crate::db_hub::DbHub;
 use crate::row::OperationRow;
 use crate::{Error, Result};
 
-/// The most gaps a reader waits for at once; past it, new gaps are given up at once (logged).
+/// The most gaps (ranges of missing indexes, however long) a reader waits for at once; past it,
+/// the oldest are given up (logged at warn, counted in [`ReaderStats::gaps_expired`]).
 pub const MAX_GAPS: usize = 16_384;
 /// The most operations a reader retries at once; past it, a failed replay is counted as failed
 /// at once (logged).
 pub const MAX_RETRIES: usize = 4_096;
-/// Gaps re-checked per query.
-const GAP_CHUNK: usize = 256;
+/// Gaps re-read per query.
+const GAP_CHUNK: usize = 64;
 
 /// The first and the largest pause between attempts after the database failed.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
@@ -57,7 +58,13 @@ pub struct ReaderStats {
     pub start_invalidations: AtomicU64,
     /// Rows found in a gap: committed after rows with higher indexes were read.
     pub late_rows: AtomicU64,
-    /// Gaps given up (rolled-back transactions, or older than the retention).
+    /// Missing indexes given up once every transaction that could still commit a row there had
+    /// finished (rolled back, or the index was skipped otherwise): nothing was missed.
+    pub gaps_closed: AtomicU64,
+    /// Missing indexes given up although a transaction that could commit a row there was still
+    /// running: after [`DbSettings::gap_retention`], or past [`MAX_GAPS`] (logged at warn).
+    ///
+    /// [`DbSettings::gap_retention`]: crate::DbSettings::gap_retention
     pub gaps_expired: AtomicU64,
     /// Whether the reader's task runs, stopped, or ended unexpectedly.
     pub health: Arc<TaskHealth>,
@@ -68,7 +75,8 @@ pub struct ReaderStats {
 struct Progress {
     /// The last index read (-1: none yet).
     cursor: i64,
-    /// The lowest index still awaited in a gap.
+    /// The lowest index still awaited in a gap (drawn by a transaction that may still commit,
+    /// or not drawn yet).
     first_gap: Option<i64>,
     /// The lowest index whose replay is being retried.
     first_retry: Option<i64>,
@@ -105,6 +113,29 @@ impl Progress {
 /// for this. Values this hub cached before the start cannot be checked against what committed
 /// before it: if the hub caches anything when its first reader starts, the reader invalidates
 /// everything and says so (start the reader before serving, as `HubBuilder::start` does).
+///
+/// # Gaps
+///
+/// On PostgreSQL a reader may read index `n + 1` before the row at `n` commits. It records the
+/// indexes it skipped over as **gaps** (ranges, so a jump of any length is one gap) with the
+/// transactions that may still fill them: those running just after the read (each operation's
+/// transaction id is assigned before its index is drawn, so whoever drew a missing index is in
+/// that list, or has finished). Each poll it re-reads the gaps, replaying the rows found there,
+/// and asks which of those transactions still run; once all of a gap's have finished, a last
+/// re-read settles it, and what is still missing is given up ([`ReaderStats::gaps_closed`]):
+/// rolled back, nothing missed. Indexes above the sequence's position (below a row written there
+/// by hand) are not drawn yet; they stay gaps until the sequence hands them out, never given up
+/// by age. So [`wait_replayed`](Self::wait_replayed) is exact: a sequence counts as replayed once
+/// the reader read past it and no gap, retry or transaction in flight at the start can still
+/// bring a row at or below it.
+///
+/// A transaction in that list need not have written to the log (the list is every write
+/// transaction of the server), so a gap stays open as long as any write transaction running
+/// at the read does. [`DbSettings::gap_retention`](crate::DbSettings::gap_retention) is the
+/// safety net: a gap older than it is given up ([`ReaderStats::gaps_expired`], logged), as are
+/// the oldest past [`MAX_GAPS`]. This relies on rows being written through the framework's
+/// insert (or otherwise taking their transaction id before their index) and on the sequence's
+/// default `CACHE 1`.
 #[derive(Debug, Clone)]
 pub struct LogReader {
     shared: Arc<Shared>,
@@ -182,13 +213,38 @@ impl LogReader {
 #[derive(Debug, Default)]
 pub(crate) struct ReaderState {
     cursor: Option<i64>,
-    /// Indexes skipped over, not yet seen: rows of transactions still in flight, or of ones
-    /// that rolled back. With when each was first seen missing.
-    gaps: BTreeMap<i64, Instant>,
+    /// Indexes skipped over and not seen yet, as disjoint ranges by their first index (all
+    /// below the cursor).
+    gaps: BTreeMap<i64, Gap>,
+    /// The transactions that may still commit rows in the gaps: one list per read that noted
+    /// gaps (shared by them and by the pieces they split into), emptied as they finish.
+    owners: BTreeMap<u64, Vec<i64>>,
+    /// The key of the next owners list.
+    next_owners: u64,
     /// Operations whose replay failed for a reason that may pass, by index.
     retries: BTreeMap<i64, Retry>,
     /// Transactions in flight when the first reader started (PostgreSQL).
     start: Option<StartHorizon>,
+}
+
+/// Missing indexes `from..to` (`from` is the key in [`ReaderState::gaps`]).
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    to: i64,
+    owners: Owners,
+    /// When these indexes were first seen missing (or drawn, for indexes not drawn when seen).
+    seen: Instant,
+}
+
+/// Who may still commit rows at a gap's indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owners {
+    /// The indexes were drawn from the sequence: only the transactions in this list of
+    /// [`ReaderState::owners`] may still commit rows there.
+    Drawn(u64),
+    /// The sequence has not drawn these indexes yet (a row was written above it other than
+    /// through the sequence): any transaction may still take them.
+    Undrawn,
 }
 
 #[derive(Debug)]
@@ -208,6 +264,202 @@ struct StartHorizon {
 }
 
 impl ReaderState {
+    /// Records the missing `ranges` (`[from, to)`, in order, above every gap) seen when the
+    /// sequence had drawn indexes up to `drawn` and, after that, `in_flight` were running.
+    fn note_gaps(&mut self, ranges: &[(i64, i64)], drawn: i64, in_flight: Vec<i64>, now: Instant) {
+        let owners = self.add_owners(in_flight);
+        for &(from, to) in ranges {
+            self.insert_split(from, to, drawn, owners, now);
+        }
+        self.forget_unused_owners();
+    }
+
+    /// Inserts `[from, to)`: what lies up to `drawn` owned by `owners`, the rest undrawn.
+    fn insert_split(&mut self, from: i64, to: i64, drawn: i64, owners: u64, now: Instant) {
+        let split = to.min(drawn.saturating_add(1)).max(from);
+        if from < split {
+            self.gaps.insert(
+                from,
+                Gap {
+                    to: split,
+                    owners: Owners::Drawn(owners),
+                    seen: now,
+                },
+            );
+        }
+        if split < to {
+            self.gaps.insert(
+                split,
+                Gap {
+                    to,
+                    owners: Owners::Undrawn,
+                    seen: now,
+                },
+            );
+        }
+    }
+
+    fn add_owners(&mut self, in_flight: Vec<i64>) -> u64 {
+        let key = self.next_owners;
+        self.next_owners += 1;
+        self.owners.insert(key, in_flight);
+        key
+    }
+
+    /// The lowest index of a gap the sequence had not drawn when last asked.
+    fn first_undrawn(&self) -> Option<i64> {
+        self.gaps
+            .iter()
+            .find(|(_, gap)| gap.owners == Owners::Undrawn)
+            .map(|(from, _)| *from)
+    }
+
+    /// The sequence has drawn indexes up to `drawn`, and then `in_flight` were running: the
+    /// undrawn indexes up to `drawn` become theirs.
+    fn drawn(&mut self, drawn: i64, in_flight: Vec<i64>, now: Instant) {
+        let undrawn: Vec<(i64, i64)> = self
+            .gaps
+            .range(..=drawn)
+            .filter(|(_, gap)| gap.owners == Owners::Undrawn)
+            .map(|(from, gap)| (*from, gap.to))
+            .collect();
+        if undrawn.is_empty() {
+            return;
+        }
+        let owners = self.add_owners(in_flight);
+        for (from, to) in undrawn {
+            self.gaps.remove(&from);
+            self.insert_split(from, to, drawn, owners, now);
+        }
+    }
+
+    /// Every transaction in an owners list, once.
+    fn all_owners(&self) -> Vec<i64> {
+        let all: BTreeSet<i64> = self.owners.values().flatten().copied().collect();
+        all.into_iter().collect()
+    }
+
+    /// Keeps in the owners lists only the transactions still `running`.
+    fn keep_running(&mut self, running: &[i64]) {
+        let running: BTreeSet<i64> = running.iter().copied().collect();
+        for list in self.owners.values_mut() {
+            list.retain(|transaction| running.contains(transaction));
+        }
+    }
+
+    /// Removes `index` from the gap that holds it (its row was found).
+    fn fill(&mut self, index: i64) {
+        let Some((&from, &gap)) = self.gaps.range(..=index).next_back() else {
+            return;
+        };
+        if index >= gap.to {
+            return;
+        }
+        self.gaps.remove(&from);
+        if from < index {
+            self.gaps.insert(from, Gap { to: index, ..gap });
+        }
+        if index + 1 < gap.to {
+            self.gaps.insert(index + 1, gap);
+        }
+    }
+
+    /// Removes the gaps read through `scanned_through` whose owners have all finished: what
+    /// is still missing there will never commit. Returns how many indexes it gave up.
+    fn close_settled(&mut self, scanned_through: i64) -> u64 {
+        let owners = &self.owners;
+        let settled = |gap: &Gap| match gap.owners {
+            Owners::Drawn(key) => owners.get(&key).is_none_or(Vec::is_empty),
+            Owners::Undrawn => false,
+        };
+        let mut closed = 0;
+        self.gaps.retain(|from, gap| {
+            if gap.to - 1 <= scanned_through && settled(gap) {
+                closed += (gap.to - from).unsigned_abs();
+                false
+            } else {
+                true
+            }
+        });
+        closed
+    }
+
+    /// Removes the drawn gaps first seen `retention` ago or more; returns how many indexes it
+    /// gave up. The indexes not drawn yet stay: they are the log's future.
+    fn expire(&mut self, retention: Duration) -> u64 {
+        let mut expired = 0;
+        self.gaps.retain(|from, gap| {
+            if gap.owners != Owners::Undrawn && gap.seen.elapsed() >= retention {
+                tracing::warn!(
+                    from = *from,
+                    to = gap.to,
+                    "a gap in the operation log outlived the gap retention while a transaction that could fill it still ran: giving it up"
+                );
+                expired += (gap.to - from).unsigned_abs();
+                false
+            } else {
+                true
+            }
+        });
+        expired
+    }
+
+    /// Past [`MAX_GAPS`], gives up the oldest gaps (drawn ones first); returns how many
+    /// indexes it gave up.
+    fn bound(&mut self) -> u64 {
+        let Some(excess) = self.gaps.len().checked_sub(MAX_GAPS).filter(|n| *n > 0) else {
+            return 0;
+        };
+        let mut by_age: Vec<(bool, Instant, i64)> = self
+            .gaps
+            .iter()
+            .map(|(from, gap)| (gap.owners == Owners::Undrawn, gap.seen, *from))
+            .collect();
+        by_age.sort_unstable();
+        let mut given_up = 0;
+        for (_, _, from) in by_age.into_iter().take(excess) {
+            if let Some(gap) = self.gaps.remove(&from) {
+                tracing::warn!(
+                    from,
+                    to = gap.to,
+                    max = MAX_GAPS,
+                    "too many gaps in the operation log: giving up the oldest"
+                );
+                given_up += (gap.to - from).unsigned_abs();
+            }
+        }
+        given_up
+    }
+
+    /// Forgets the gaps up to `trimmed` (their rows may be gone: the reader invalidated
+    /// everything instead).
+    fn forget_gaps_through(&mut self, trimmed: i64) {
+        let below: Vec<(i64, Gap)> = self
+            .gaps
+            .range(..=trimmed)
+            .map(|(from, gap)| (*from, *gap))
+            .collect();
+        for (from, gap) in below {
+            self.gaps.remove(&from);
+            if gap.to > trimmed + 1 {
+                self.gaps.insert(trimmed + 1, gap);
+            }
+        }
+    }
+
+    /// Drops the owners lists no gap refers to.
+    fn forget_unused_owners(&mut self) {
+        let used: BTreeSet<u64> = self
+            .gaps
+            .values()
+            .filter_map(|gap| match gap.owners {
+                Owners::Drawn(key) => Some(key),
+                Owners::Undrawn => None,
+            })
+            .collect();
+        self.owners.retain(|key, _| used.contains(key));
+    }
+
     fn progress(&self) -> Progress {
         Progress {
             cursor: self.cursor.unwrap_or(-1),
@@ -411,35 +663,25 @@ impl<B: Backend> Reader<B> {
         }
     }
 
-    /// Reads one batch (and the gaps, the start horizon, the retries); returns whether the
-    /// batch was full.
+    /// Reads one batch (and the gaps, the start horizon, the retries); returns whether more
+    /// may be waiting (a full batch).
     async fn read(&self, state: &mut ReaderState) -> Result<bool> {
         let Some(hub) = self.hub.upgrade() else {
             self.stop.cancel(); // the hub is gone
             return Ok(false);
         };
         let mut connection = self.db.connection().await?;
-        let settings = self.db.settings().clone();
-        let cursor = state.cursor.unwrap_or(0);
-        let cursor = self
-            .check_coverage(&hub, &mut connection, state, cursor)
-            .await?;
-        let mut late =
-            Self::read_gaps(&mut connection, state, &self.stats, settings.gap_retention).await?;
-        late.extend(Self::read_start_horizon(&mut connection, state).await?);
-        let rows = B::read_after(&mut connection, cursor, settings.read_batch).await?;
+        // Rows found late are replayed even when a later query fails: the gaps and the start
+        // horizon no longer wait for them.
+        let mut late = Vec::new();
+        let fetched = self.fetch(&hub, &mut connection, state, &mut late).await;
         drop(connection);
-        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= settings.read_batch;
         for row in late {
             self.stats.late_rows.fetch_add(1, Ordering::Relaxed);
             self.process(&hub, state, &row).await;
         }
-        let mut expected = cursor + 1;
+        let (rows, full) = fetched?;
         for row in rows {
-            if B::HAS_GAPS {
-                self.note_gaps(state, expected, row.idx);
-            }
-            expected = row.idx + 1;
             state.cursor = Some(row.idx);
             self.process(&hub, state, &row).await;
         }
@@ -448,6 +690,29 @@ impl<B: Backend> Reader<B> {
         }
         self.retry_due(&hub, state).await;
         Ok(full)
+    }
+
+    /// The database's part of a read: checks the coverage, re-reads the gaps and the start
+    /// horizon (their rows into `late`), reads the next batch and notes the gaps it skips
+    /// over. Returns the batch, and whether more may be waiting.
+    async fn fetch(
+        &self,
+        hub: &Hub,
+        connection: &mut B::Pooled,
+        state: &mut ReaderState,
+        late: &mut Vec<OperationRow>,
+    ) -> Result<(Vec<OperationRow>, bool)> {
+        let settings = self.db.settings().clone();
+        let cursor = state.cursor.unwrap_or(0);
+        let cursor = self.check_coverage(hub, connection, state, cursor).await?;
+        let gaps_full = self.read_gaps(connection, state, &settings, late).await?;
+        late.extend(Self::read_start_horizon(connection, state).await?);
+        let rows = B::read_after(connection, cursor, settings.read_batch).await?;
+        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= settings.read_batch;
+        if B::HAS_GAPS {
+            self.note_gaps(connection, state, cursor, &rows).await?;
+        }
+        Ok((rows, full || gaps_full))
     }
 
     /// Replays one row, or logs and counts why it cannot be.
@@ -537,54 +802,125 @@ impl<B: Backend> Reader<B> {
         }
     }
 
-    /// Records the indexes between `from` and `to` (exclusive) as gaps.
-    fn note_gaps(&self, state: &mut ReaderState, from: i64, to: i64) {
-        if from >= to {
-            return;
+    /// Records as gaps the indexes missing between `cursor` and the rows read, with the
+    /// transactions that may still commit rows there.
+    ///
+    /// A missing index below a row read was drawn before that row's index (the sequence hands
+    /// out values in order), by a transaction whose id was assigned before it drew it: once the
+    /// read is done, that transaction is either running, or committed (its row is visible to
+    /// every later statement) or rolled back. So the transactions running after the read are
+    /// the only ones that can still fill these gaps. An index above the sequence's position
+    /// (below a row written there other than through the sequence) is not drawn yet: any
+    /// transaction may still take it, and it waits to be drawn.
+    async fn note_gaps(
+        &self,
+        connection: &mut B::Pooled,
+        state: &mut ReaderState,
+        cursor: i64,
+        rows: &[OperationRow],
+    ) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut expected = cursor + 1;
+        for row in rows {
+            if expected < row.idx {
+                missing.push((expected, row.idx));
+            }
+            expected = expected.max(row.idx + 1);
         }
-        let room = MAX_GAPS.saturating_sub(state.gaps.len());
-        let missing = usize::try_from(to - from).unwrap_or(usize::MAX);
-        if missing > room {
+        let Some(&(first, _)) = missing.first() else {
+            return Ok(());
+        };
+        // The sequence first, then the transactions: one that draws after the first query
+        // is not listed, and its index is above `drawn`.
+        let drawn = B::drawn_through(connection).await?;
+        let in_flight = if first <= drawn {
+            B::in_flight(connection).await?
+        } else {
+            Vec::new()
+        };
+        state.note_gaps(&missing, drawn, in_flight, Instant::now());
+        self.give_up_excess(state);
+        Ok(())
+    }
+
+    fn give_up_excess(&self, state: &mut ReaderState) {
+        let given_up = state.bound();
+        if given_up > 0 {
             self.stats
                 .gaps_expired
-                .fetch_add(missing as u64, Ordering::Relaxed);
-            tracing::warn!(
-                from,
-                to,
-                "too many gaps in the operation log: giving up on these"
-            );
-            return;
-        }
-        let now = Instant::now();
-        for index in from..to {
-            state.gaps.insert(index, now);
+                .fetch_add(given_up, Ordering::Relaxed);
+            state.forget_unused_owners();
         }
     }
 
-    /// Expires old gaps, then reads the rows that filled the others.
+    /// Brings the gaps up to date, reading into `late` the rows that filled them; returns
+    /// whether it stopped at the read batch (more may be waiting).
+    ///
+    /// In order: the indexes the sequence has drawn since they were seen get the transactions
+    /// running now as owners; the owners that finished are dropped; the gaps are re-read, then
+    /// those whose owners had all finished before the re-read are closed (the re-read was their
+    /// last), and those older than the retention expire.
     async fn read_gaps(
+        &self,
         connection: &mut B::Pooled,
         state: &mut ReaderState,
-        stats: &ReaderStats,
-        retention: Duration,
-    ) -> Result<Vec<OperationRow>> {
+        settings: &crate::DbSettings,
+        late: &mut Vec<OperationRow>,
+    ) -> Result<bool> {
         if state.gaps.is_empty() {
-            return Ok(Vec::new());
+            return Ok(false);
         }
-        let before = state.gaps.len();
-        state.gaps.retain(|_, seen| seen.elapsed() < retention);
-        stats
+        if let Some(first_undrawn) = state.first_undrawn() {
+            let drawn = B::drawn_through(connection).await?;
+            if first_undrawn <= drawn {
+                let in_flight = B::in_flight(connection).await?;
+                state.drawn(drawn, in_flight, Instant::now());
+            }
+        }
+        let owners = state.all_owners();
+        if !owners.is_empty() {
+            let running = B::running_transactions(connection, &owners).await?;
+            state.keep_running(&running);
+        }
+        // Re-read in index order, at most a batch of rows per poll: everything up to
+        // `scanned_through` was read.
+        let ranges: Vec<(i64, i64)> = state
+            .gaps
+            .iter()
+            .map(|(from, gap)| (*from, gap.to))
+            .collect();
+        let mut budget = settings.read_batch.max(1);
+        let mut scanned_through = i64::MAX;
+        for chunk in ranges.chunks(GAP_CHUNK) {
+            let rows = B::read_ranges(connection, chunk, budget).await?;
+            for row in &rows {
+                state.fill(row.idx);
+            }
+            let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            let last = rows.last().map(|row| row.idx);
+            late.extend(rows);
+            if count >= budget {
+                scanned_through = last.unwrap_or(i64::MIN);
+                break;
+            }
+            budget -= count;
+        }
+        let closed = state.close_settled(scanned_through);
+        if closed > 0 {
+            self.stats.gaps_closed.fetch_add(closed, Ordering::Relaxed);
+            tracing::debug!(
+                indexes = closed,
+                "gaps in the operation log closed: their transactions finished without filling them"
+            );
+        }
+        let expired = state.expire(settings.gap_retention);
+        self.stats
             .gaps_expired
-            .fetch_add((before - state.gaps.len()) as u64, Ordering::Relaxed);
-        let indexes: Vec<i64> = state.gaps.keys().copied().collect();
-        let mut found = Vec::new();
-        for chunk in indexes.chunks(GAP_CHUNK) {
-            found.extend(B::read_indexes(connection, chunk).await?);
-        }
-        for row in &found {
-            state.gaps.remove(&row.idx);
-        }
-        Ok(found)
+            .fetch_add(expired, Ordering::Relaxed);
+        state.forget_unused_owners();
+        // Rows found split gaps in two.
+        self.give_up_excess(state);
+        Ok(scanned_through != i64::MAX)
     }
 
     /// Reads the rows of the transactions that were in flight at the start and have finished
@@ -635,7 +971,8 @@ impl<B: Backend> Reader<B> {
             "the operation log was trimmed past this reader: invalidating every cached value"
         );
         hub.invalidate_everything();
-        state.gaps.retain(|index, _| *index > trimmed);
+        state.forget_gaps_through(trimmed);
+        state.forget_unused_owners();
         state.cursor = Some(trimmed);
         Ok(trimmed)
     }
@@ -645,4 +982,95 @@ impl<B: Backend> Reader<B> {
 pub(crate) fn jitter(period: Duration, spread: f64) -> Duration {
     let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
     period.mul_f64(factor.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gaps(state: &ReaderState) -> Vec<(i64, i64)> {
+        state
+            .gaps
+            .iter()
+            .map(|(from, gap)| (*from, gap.to))
+            .collect()
+    }
+
+    #[test]
+    fn a_found_row_splits_its_gap_and_a_gap_closes_once_its_owners_finished() {
+        let mut state = ReaderState::default();
+        let now = Instant::now();
+        state.note_gaps(&[(1, 10), (12, 13)], 100, vec![7, 8], now);
+        assert_eq!(gaps(&state), vec![(1, 10), (12, 13)]);
+        assert_eq!(
+            state.owners.len(),
+            1,
+            "one owners list for the gaps of one read"
+        );
+
+        state.fill(1);
+        state.fill(5);
+        state.fill(9);
+        state.fill(11); // in no gap
+        assert_eq!(gaps(&state), vec![(2, 5), (6, 9), (12, 13)]);
+        assert_eq!(state.all_owners(), vec![7, 8]);
+
+        assert_eq!(state.close_settled(i64::MAX), 0, "its owners still run");
+        state.keep_running(&[8]);
+        assert_eq!(state.close_settled(i64::MAX), 0, "one still runs");
+        state.keep_running(&[]);
+        assert_eq!(
+            state.close_settled(6),
+            3,
+            "only what the last read went through"
+        );
+        assert_eq!(gaps(&state), vec![(6, 9), (12, 13)]);
+        assert_eq!(state.close_settled(i64::MAX), 4);
+        assert!(state.gaps.is_empty());
+        state.forget_unused_owners();
+        assert!(state.owners.is_empty());
+    }
+
+    #[test]
+    fn indexes_not_drawn_yet_wait_for_the_sequence_and_never_expire() {
+        let mut state = ReaderState::default();
+        let now = Instant::now();
+        // A row at 1,000,000 read while the sequence had drawn through 3.
+        state.note_gaps(&[(2, 1_000_000)], 3, vec![7], now);
+        assert_eq!(gaps(&state), vec![(2, 4), (4, 1_000_000)]);
+        assert_eq!(state.first_undrawn(), Some(4));
+        state.keep_running(&[]);
+        assert_eq!(state.close_settled(i64::MAX), 2, "the drawn part closes");
+        assert_eq!(state.expire(Duration::ZERO), 0, "the undrawn part stays");
+        assert_eq!(state.progress().first_gap, Some(4));
+
+        state.drawn(5, vec![9], now);
+        assert_eq!(gaps(&state), vec![(4, 6), (6, 1_000_000)]);
+        assert_eq!(
+            state.close_settled(i64::MAX),
+            0,
+            "transaction 9 may still commit"
+        );
+        assert_eq!(state.expire(Duration::ZERO), 2, "the safety net");
+        assert_eq!(gaps(&state), vec![(6, 1_000_000)]);
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_drawn_gaps_are_given_up_first() {
+        let mut state = ReaderState::default();
+        let now = Instant::now();
+        state.note_gaps(&[(1, 2)], 0, Vec::new(), now);
+        let ranges: Vec<(i64, i64)> = (0..MAX_GAPS as i64)
+            .map(|n| (10 + 2 * n, 11 + 2 * n))
+            .collect();
+        state.note_gaps(&ranges, i64::MAX, Vec::new(), now + Duration::from_secs(1));
+        assert_eq!(state.gaps.len(), MAX_GAPS + 1);
+        assert_eq!(state.bound(), 1);
+        assert_eq!(state.gaps.len(), MAX_GAPS);
+        assert_eq!(
+            state.first_undrawn(),
+            Some(1),
+            "the undrawn gap, though oldest, stays"
+        );
+    }
 }

@@ -116,6 +116,15 @@ impl Backend for Sqlite {
         })
     }
 
+    async fn drawn_through(_connection: &mut Self::Connection) -> Result<i64> {
+        // Rows commit in index order: nothing below a row read can still commit.
+        Ok(i64::MAX)
+    }
+
+    async fn in_flight(_connection: &mut Self::Connection) -> Result<Vec<i64>> {
+        Ok(Vec::new())
+    }
+
     async fn running_transactions(
         _connection: &mut Self::Connection,
         _transactions: &[i64],

@@ -12,6 +12,8 @@ mod scenarios;
 mod typed_errors;
 
 #[cfg(feature = "postgres")]
+mod gaps;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
 mod private_server;

@@ -1,0 +1,204 @@
+//! Gaps on PostgreSQL: indexes a reader skipped over because their transactions had not
+//! committed. A gap closes exactly when the transactions that could still fill it have finished,
+//! and indexes the sequence has not handed out yet are never given up.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use ofx_core::capture;
+use ofx_diesel::{DbSettings, Postgres};
+
+use crate::common::{Host, RawSql, fast, invalidated, postgres_database};
+
+/// Begins a transaction on `connection` that takes a log index for a deposit of 1 into account
+/// `id`, recording its transaction id first (as the framework's insert does), and leaves it open.
+async fn take_index(connection: &mut AsyncPgConnection, id: i64) {
+    connection
+        .batch_execute(&format!("BEGIN; {}", insert_with_xid(id)))
+        .await
+        .unwrap();
+}
+
+fn insert_with_xid(id: i64) -> String {
+    format!(
+        "INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json, xid) \
+         SELECT '{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": {id}, \"amount\": 1, \"fail\": false}}', '{{}}', '[]', x \
+         FROM (SELECT pg_current_xact_id()::text::bigint AS x) AS t",
+        uuid::Uuid::now_v7()
+    )
+}
+
+fn gaps_closed(host: &Host<Postgres>) -> u64 {
+    host.stats().gaps_closed.load(Ordering::Relaxed)
+}
+
+fn gaps_expired(host: &Host<Postgres>) -> u64 {
+    host.stats().gaps_expired.load(Ordering::Relaxed)
+}
+
+fn late_rows(host: &Host<Postgres>) -> u64 {
+    host.stats().late_rows.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_whose_transaction_rolls_back_closes_when_it_does() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    let reader = b.reader.as_ref().unwrap();
+    reader.wait_for(0).await;
+    assert_eq!(
+        DbSettings::default().gap_retention,
+        Duration::from_secs(300),
+        "the retention is the default: only the rollback can close the gap in time"
+    );
+
+    // A transaction takes index 1 and stays open; the next operation commits and is read.
+    let mut held = AsyncPgConnection::establish(&url).await.unwrap();
+    take_index(&mut held, 50).await;
+    let (_, later_on_b) = capture(b.balance(51)).await.unwrap();
+    let later = a.deposit_sequence(51, 1).await;
+    reader.wake();
+    invalidated(&later_on_b).await;
+    reader
+        .wait_replayed(later, Duration::from_millis(200))
+        .await
+        .expect_err("index 1 may still commit: the later operation is not all there is");
+
+    held.batch_execute("ROLLBACK").await.unwrap();
+    let rolled_back = Instant::now();
+    reader.wake();
+    reader
+        .wait_replayed(later, Duration::from_secs(10))
+        .await
+        .expect("the gap closes once its transaction rolled back");
+    assert!(
+        rolled_back.elapsed() < Duration::from_secs(10),
+        "well under the retention"
+    );
+    assert_eq!(gaps_closed(&b), 1, "index 1, closed: nothing was missed");
+    assert_eq!(gaps_expired(&b), 0);
+    assert_eq!(late_rows(&b), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_whose_transaction_commits_is_replayed_before_wait_replayed_returns() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    let reader = b.reader.as_ref().unwrap();
+    reader.wait_for(0).await;
+
+    let mut held = AsyncPgConnection::establish(&url).await.unwrap();
+    take_index(&mut held, 52).await;
+    let (_, held_on_b) = capture(b.balance(52)).await.unwrap();
+    let (_, later_on_b) = capture(b.balance(53)).await.unwrap();
+    let later = a.deposit_sequence(53, 1).await;
+    reader.wake();
+    invalidated(&later_on_b).await;
+    assert!(held_on_b.is_consistent(), "its row is not committed yet");
+    reader
+        .wait_replayed(later, Duration::from_millis(200))
+        .await
+        .expect_err("index 1 may still commit");
+
+    held.batch_execute("COMMIT").await.unwrap();
+    reader.wake();
+    reader
+        .wait_replayed(later, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        !held_on_b.is_consistent(),
+        "the late row was replayed before wait_replayed returned"
+    );
+    assert_eq!(late_rows(&b), 1);
+    assert_eq!(gaps_closed(&b), 0);
+    assert_eq!(gaps_expired(&b), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_with_more_late_rows_than_a_batch_is_read_in_pages() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    let mut settings = fast();
+    settings.read_batch = 2;
+    let b = Host::<Postgres>::open(&url, settings, true).await;
+    let reader = b.reader.as_ref().unwrap();
+    reader.wait_for(0).await;
+
+    // One transaction takes indexes 1 to 5 and stays open; index 6 commits and is read.
+    let mut held = AsyncPgConnection::establish(&url).await.unwrap();
+    let inserts: Vec<String> = (70..75).map(insert_with_xid).collect();
+    held.batch_execute(&format!("BEGIN; {}", inserts.join("; ")))
+        .await
+        .unwrap();
+    let mut held_on_b = Vec::new();
+    for id in 70..75 {
+        held_on_b.push(capture(b.balance(id)).await.unwrap().1);
+    }
+    let (_, later_on_b) = capture(b.balance(75)).await.unwrap();
+    let later = a.deposit_sequence(75, 1).await;
+    assert_eq!(later, 6);
+    reader.wake();
+    invalidated(&later_on_b).await;
+
+    held.batch_execute("COMMIT").await.unwrap();
+    reader.wake();
+    reader
+        .wait_replayed(later, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for computed in &held_on_b {
+        assert!(!computed.is_consistent(), "every late row was replayed");
+    }
+    assert_eq!(late_rows(&b), 5);
+    assert_eq!(gaps_closed(&b), 0);
+    assert_eq!(gaps_expired(&b), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_far_ahead_of_the_sequence_does_not_lose_the_operations_below_it() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    let reader = b.reader.as_ref().unwrap();
+    reader.wait_for(0).await;
+
+    // A row written by hand at index 1,000,000, far past the sequence (which has handed out
+    // nothing yet).
+    let (_, far_on_b) = capture(b.balance(60)).await.unwrap();
+    a.accounts
+        .db
+        .exec(&format!(
+            "INSERT INTO ofx_operations (idx, uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json) \
+             VALUES (1000000, '{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": 60, \"amount\": 1, \"fail\": false}}', '{{}}', '[]')",
+            uuid::Uuid::now_v7()
+        ))
+        .await;
+    reader.wake();
+    invalidated(&far_on_b).await;
+    reader
+        .wait_replayed(1, Duration::from_millis(200))
+        .await
+        .expect_err("index 1 is not drawn yet: an operation may still commit there");
+
+    // Operations through the framework draw 1, 2, 3 from the sequence: each is replayed, and
+    // wait_replayed returns only once it was.
+    for id in 61..64 {
+        let (_, on_b) = capture(b.balance(id)).await.unwrap();
+        let sequence = a.deposit_sequence(id, 1).await;
+        assert!(sequence < 1_000_000, "drawn from the sequence: {sequence}");
+        reader
+            .wait_replayed(sequence, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            !on_b.is_consistent(),
+            "operation {sequence} was replayed before wait_replayed returned"
+        );
+    }
+    assert_eq!(gaps_expired(&b), 0, "nothing was given up");
+    assert_eq!(b.balance(63).await, Ok(1));
+}
