@@ -91,12 +91,14 @@ pub enum Error {
     Watcher(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// Waiting for a replay took longer than allowed.
-    #[error("operation {sequence} was not replayed within {waited:?}")]
+    #[error("operation {sequence} was not replayed within {waited:?}: {blocked_by}")]
     ReplayTimeout {
         /// The log sequence waited for.
         sequence: i64,
         /// How long.
         waited: std::time::Duration,
+        /// What the reader was still waiting for when the time ran out.
+        blocked_by: crate::ReplayBlock,
     },
 
     /// This hub runs no log reader for this database (it was not attached, or the reader was

@@ -103,7 +103,7 @@ pub use db_hub::{CommitFaultHook, DbHub, DbSettings};
 pub use error::{Doubt, Error, Result};
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
-pub use reader::{LogReader, MAX_GAPS, MAX_RETRIES, ReaderStats};
+pub use reader::{LogReader, MAX_GAPS, MAX_RETRIES, ReaderStats, ReplayBlock};
 pub use row::{BadRow, Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
 pub use scope::{DbOperationScope, OperationConnection};
 #[cfg(feature = "sqlite")]

@@ -84,7 +84,69 @@ struct Progress {
     start_pending_through: Option<i64>,
 }
 
+/// Why a reader has not replayed a sequence yet (see [`Error::ReplayTimeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplayBlock {
+    /// The reader has not read that far: its cursor is here.
+    NotRead {
+        /// The last index read.
+        cursor: i64,
+    },
+    /// A transaction that took this index (or a lower one) may still commit.
+    Gap {
+        /// The lowest index awaited.
+        index: i64,
+    },
+    /// The replay of this operation failed for a reason that may pass and is being retried.
+    Retry {
+        /// Its index.
+        index: i64,
+    },
+    /// Transactions in flight when the reader started may still commit rows up to here.
+    StartHorizon {
+        /// The highest index they may take.
+        through: i64,
+    },
+}
+
+impl std::fmt::Display for ReplayBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotRead { cursor } => write!(f, "the reader has read up to {cursor}"),
+            Self::Gap { index } => write!(
+                f,
+                "index {index} was taken by a transaction that may still commit"
+            ),
+            Self::Retry { index } => write!(f, "the replay of {index} is being retried"),
+            Self::StartHorizon { through } => write!(
+                f,
+                "transactions open when the reader started may still commit up to {through}"
+            ),
+        }
+    }
+}
+
 impl Progress {
+    /// What keeps `sequence` from counting as replayed.
+    fn blocked_by(&self, sequence: i64) -> ReplayBlock {
+        if let Some(index) = self.first_retry.filter(|index| *index <= sequence) {
+            return ReplayBlock::Retry { index };
+        }
+        if let Some(index) = self.first_gap.filter(|index| *index <= sequence) {
+            return ReplayBlock::Gap { index };
+        }
+        if let Some(through) = self
+            .start_pending_through
+            .filter(|through| *through >= sequence)
+        {
+            return ReplayBlock::StartHorizon { through };
+        }
+        ReplayBlock::NotRead {
+            cursor: self.cursor,
+        }
+    }
+
     fn replayed(&self, sequence: i64) -> bool {
         sequence <= self.cursor
             && self.first_gap.is_none_or(|gap| gap > sequence)
@@ -191,6 +253,7 @@ impl LogReader {
             Err(_) => Err(Error::ReplayTimeout {
                 sequence,
                 waited: timeout,
+                blocked_by: self.shared.progress.borrow().blocked_by(sequence),
             }),
         }
     }

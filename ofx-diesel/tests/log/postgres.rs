@@ -223,10 +223,20 @@ async fn a_reader_started_during_a_transaction_replays_it_when_it_commits_late()
     // Host B starts afterwards: its reader's start is past T2, and T1 is still open.
     let b = Host::<Postgres>::open(&url, fast(), true).await;
     let reader = b.reader.as_ref().unwrap();
-    reader
+    let error = reader
         .wait_replayed(second, std::time::Duration::from_millis(100))
         .await
         .expect_err("T1 may still commit below the start: not everything up to T2 is known");
+    assert!(
+        matches!(
+            error,
+            Error::ReplayTimeout {
+                blocked_by: ofx_diesel::ReplayBlock::StartHorizon { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
     let (_, late) = capture(b.balance(40)).await.unwrap();
     held.batch_execute("COMMIT").await.unwrap();
     reader.wake();
