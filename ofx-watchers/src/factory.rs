@@ -67,3 +67,37 @@ impl<W: StartWatcher> LogWatcherFactory for WatcherFactory<W> {
         })
     }
 }
+
+/// `Watcher::factory(target, log_name)` and the watcher's [`StartWatcher`] impl, for a watcher
+/// whose `start(target, log_name, host_id, stop)` takes its target by reference.
+#[cfg(any(feature = "fs", feature = "postgres", feature = "redis"))]
+macro_rules! watcher_factory {
+    ($watcher:ty, $target:ty, $arg:ident: $arg_ty:ty => $to_target:expr, $what:literal) => {
+        impl $watcher {
+            #[doc = concat!(
+                "A watcher of the log `log_name` on ", $what, ", started later, once per hub, ",
+                "with that hub's host id and shutdown token: give it to a storage (ofx-diesel's ",
+                "`DbHub::set_watcher`). It fails the hub's start as [`start`](Self::start) fails."
+            )]
+            pub fn factory($arg: $arg_ty, log_name: &str) -> crate::WatcherFactory<Self> {
+                crate::WatcherFactory::new($to_target, log_name)
+            }
+        }
+
+        impl crate::StartWatcher for $watcher {
+            type Target = $target;
+
+            async fn start_for(
+                target: Self::Target,
+                log_name: String,
+                host_id: ofx_core::HostId,
+                stop: tokio_util::sync::CancellationToken,
+            ) -> crate::Result<std::sync::Arc<Self>> {
+                Self::start(&target, &log_name, host_id, stop).await
+            }
+        }
+    };
+}
+
+#[cfg(any(feature = "fs", feature = "postgres", feature = "redis"))]
+pub(crate) use watcher_factory;

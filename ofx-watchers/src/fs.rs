@@ -415,27 +415,7 @@ fn io(action: &'static str, path: &Path) -> impl Fn(std::io::Error) -> Error {
     }
 }
 
-impl FsWatcher {
-    /// A watcher of the log `log_name` on the directory `dir`, started later, once per hub, with that
-    /// hub's host id and shutdown token: give it to a storage (ofx-diesel's
-    /// `DbHub::set_watcher`). It fails the hub's start as [`start`](Self::start) fails.
-    pub fn factory(dir: impl AsRef<Path>, log_name: &str) -> crate::WatcherFactory<Self> {
-        crate::WatcherFactory::new(dir.as_ref().to_path_buf(), log_name)
-    }
-}
-
-impl crate::StartWatcher for FsWatcher {
-    type Target = std::path::PathBuf;
-
-    async fn start_for(
-        target: Self::Target,
-        log_name: String,
-        host_id: HostId,
-        stop: CancellationToken,
-    ) -> Result<Arc<Self>> {
-        Self::start(&target, &log_name, host_id, stop).await
-    }
-}
+crate::factory::watcher_factory!(FsWatcher, std::path::PathBuf, dir: impl AsRef<Path> => dir.as_ref().to_path_buf(), "the directory `dir`");
 
 #[cfg(test)]
 mod tests {

@@ -330,27 +330,7 @@ fn redis_error(action: &'static str) -> impl Fn(RedisError) -> Error {
     move |source| Error::Redis { action, source }
 }
 
-impl RedisWatcher {
-    /// A watcher of the log `log_name` on the server at `url`, started later, once per hub, with that
-    /// hub's host id and shutdown token: give it to a storage (ofx-diesel's
-    /// `DbHub::set_watcher`). It fails the hub's start as [`start`](Self::start) fails.
-    pub fn factory(url: &str, log_name: &str) -> crate::WatcherFactory<Self> {
-        crate::WatcherFactory::new(url.to_owned(), log_name)
-    }
-}
-
-impl crate::StartWatcher for RedisWatcher {
-    type Target = String;
-
-    async fn start_for(
-        target: Self::Target,
-        log_name: String,
-        host_id: HostId,
-        stop: CancellationToken,
-    ) -> Result<Arc<Self>> {
-        Self::start(&target, &log_name, host_id, stop).await
-    }
-}
+crate::factory::watcher_factory!(RedisWatcher, String, url: &str => url.to_owned(), "the server at `url`");
 
 #[cfg(test)]
 mod tests {
