@@ -229,7 +229,9 @@ impl LogReader {
     }
 
     /// Stops the reader. Its position stays on the hub: a reader started again there resumes
-    /// from it.
+    /// from it. That reader is a new handle (returned by `start_log_reader`, or
+    /// [`DbHub::log_reader`]); this one stays stopped, and its waits end with
+    /// [`Error::NoReader`].
     pub fn stop(&self) {
         self.shared.stop.cancel();
     }
