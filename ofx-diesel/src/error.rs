@@ -67,6 +67,15 @@ pub enum Error {
     )]
     NotAttached,
 
+    /// Two nested commands of one operation ran at the same time (`tokio::join!` in a handler)
+    /// and both wrote, or the outer command wrote while a nested one ran: a failed one would
+    /// roll the others' writes back with its own. Run nested commands that write one after
+    /// the other.
+    #[error(
+        "nested commands of one operation that run at the same time cannot both write: run them one after the other"
+    )]
+    ConcurrentNestedWrites,
+
     /// A nested command's savepoint could not be kept or undone as its command ended.
     #[error("nested command savepoint: {0}")]
     Savepoint(String),

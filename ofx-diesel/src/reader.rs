@@ -78,6 +78,9 @@ struct Progress {
     /// The lowest index still awaited in a gap (drawn by a transaction that may still commit,
     /// or not drawn yet).
     first_gap: Option<i64>,
+    /// Whether that gap's indexes are not drawn from the sequence yet (a row was written ahead
+    /// of it by hand).
+    first_gap_undrawn: bool,
     /// The lowest index whose replay is being retried.
     first_retry: Option<i64>,
     /// Transactions in flight when the reader started may still commit rows up to this index.
@@ -95,6 +98,12 @@ pub enum ReplayBlock {
     },
     /// A transaction that took this index (or a lower one) may still commit.
     Gap {
+        /// The lowest index awaited.
+        index: i64,
+    },
+    /// The sequence has not handed this index out yet (a row was written ahead of it, by
+    /// hand): whoever takes it may still commit.
+    NotDrawn {
         /// The lowest index awaited.
         index: i64,
     },
@@ -118,6 +127,10 @@ impl std::fmt::Display for ReplayBlock {
                 f,
                 "index {index} was taken by a transaction that may still commit"
             ),
+            Self::NotDrawn { index } => write!(
+                f,
+                "index {index} is not drawn from the sequence yet (a row was written ahead of it)"
+            ),
             Self::Retry { index } => write!(f, "the replay of {index} is being retried"),
             Self::StartHorizon { through } => write!(
                 f,
@@ -134,7 +147,11 @@ impl Progress {
             return ReplayBlock::Retry { index };
         }
         if let Some(index) = self.first_gap.filter(|index| *index <= sequence) {
-            return ReplayBlock::Gap { index };
+            return if self.first_gap_undrawn {
+                ReplayBlock::NotDrawn { index }
+            } else {
+                ReplayBlock::Gap { index }
+            };
         }
         if let Some(through) = self
             .start_pending_through
@@ -260,8 +277,10 @@ impl LogReader {
         }
     }
 
-    /// Waits (without a time limit) until the reader has replayed every operation up to the
-    /// row of index `index`; returns if the reader stops.
+    /// Waits, without a time limit, until the reader has replayed every operation up to index
+    /// `index`: as [`wait_replayed`](Self::wait_replayed), so it also waits for gaps below
+    /// `index` to fill or close (up to [`gap_retention`](crate::DbSettings)); returns if the
+    /// reader stops. Prefer `wait_replayed`, which takes a timeout and says what it waited for.
     pub async fn wait_for(&self, index: i64) {
         let mut progress = self.shared.progress.clone();
         // An error means the reader stopped: nothing more to wait for.
@@ -529,6 +548,11 @@ impl ReaderState {
         Progress {
             cursor: self.cursor.unwrap_or(-1),
             first_gap: self.gaps.keys().next().copied(),
+            first_gap_undrawn: self
+                .gaps
+                .values()
+                .next()
+                .is_some_and(|gap| gap.owners == Owners::Undrawn),
             first_retry: self.retries.keys().next().copied(),
             start_pending_through: self.start.as_ref().map(|start| start.through),
         }

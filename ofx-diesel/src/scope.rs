@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use diesel_async::{AsyncConnection, TransactionManager};
+use diesel_async::{AsyncConnection, SimpleAsyncConnection, TransactionManager};
 use ofx_core::{CommitOutcome, Committed, Hub, Operation, OperationScope, ScopeFuture};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -72,11 +72,13 @@ impl<B: Backend> DbOperationScope<B> {
         }
         let missing: Vec<u64> = {
             let open = self.savepoints();
-            frames
-                .iter()
-                .copied()
-                .filter(|frame| !open.contains(frame))
-                .collect()
+            // The open savepoints must be this call's own frame and its ancestors: one of
+            // another nested command running at the same time would take this call's writes
+            // with it when it rolls back.
+            if !frames.starts_with(&open) {
+                return Err(Error::ConcurrentNestedWrites);
+            }
+            frames[open.len()..].to_vec()
         };
         if let Some(connection) = guard.as_mut() {
             for frame in missing {
@@ -119,14 +121,34 @@ impl<B: Backend> DbOperationScope<B> {
         };
         self.savepoints().pop();
         if succeeded {
-            <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(connection)
+            type Manager<B> = <<B as Backend>::Connection as AsyncConnection>::TransactionManager;
+            let depth = Manager::<B>::transaction_manager_status_mut(connection)
+                .transaction_depth()
+                .ok()
+                .flatten()
+                .map(std::num::NonZeroU32::get);
+            let Err(error) = Manager::<B>::commit_transaction(connection).await else {
+                return Ok(());
+            };
+            // The nested command swallowed a database error of its own (PostgreSQL then
+            // refuses everything but a rollback): it fails now, and its writes are undone so
+            // that the outer command can go on. The transaction manager has already counted
+            // the savepoint as left; it is still there, under the name diesel gave it.
+            let Some(depth) = depth.filter(|depth| *depth > 1) else {
+                return Err(error.into());
+            };
+            let savepoint = format!("diesel_savepoint_{}", depth - 1);
+            connection
+                .batch_execute(&format!(
+                    "ROLLBACK TO SAVEPOINT {savepoint}; RELEASE SAVEPOINT {savepoint}"
+                ))
                 .await?;
-        } else {
-            <B::Connection as AsyncConnection>::TransactionManager::rollback_transaction(
-                connection,
-            )
-            .await?;
+            return Err(Error::Savepoint(format!(
+                "the nested command's writes were undone: its savepoint could not be released ({error})"
+            )));
         }
+        <B::Connection as AsyncConnection>::TransactionManager::rollback_transaction(connection)
+            .await?;
         Ok(())
     }
 
@@ -162,6 +184,26 @@ impl<B: Backend> DbOperationScope<B> {
             },
             Err(error) => return CommitOutcome::NotCommitted(error.into()),
         };
+        let depth =
+            <B::Connection as AsyncConnection>::TransactionManager::transaction_manager_status_mut(
+                &mut connection,
+            )
+            .transaction_depth()
+            .ok()
+            .flatten()
+            .map(std::num::NonZeroU32::get);
+        if depth != Some(1 + self.savepoints().len() as u32) {
+            // A handler committed or rolled back the operation's transaction itself: what it
+            // wrote is no longer atomic with the operation row. Refuse, and close the
+            // connection rather than return it in an unknown state.
+            B::discard(connection);
+            return CommitOutcome::NotCommitted(
+                Error::Savepoint(format!(
+                    "the operation's transaction was ended or nested by a handler (depth {depth:?})"
+                ))
+                .into(),
+            );
+        }
         if !self.savepoints().is_empty() {
             // Every nested command ended (releasing or rolling back its savepoint) before its
             // outer command returned; one still open means one of them failed to end.

@@ -179,10 +179,20 @@ async fn a_row_far_ahead_of_the_sequence_does_not_lose_the_operations_below_it()
         .await;
     reader.wake();
     invalidated(&far_on_b).await;
-    reader
+    let error = reader
         .wait_replayed(1, Duration::from_millis(200))
         .await
         .expect_err("index 1 is not drawn yet: an operation may still commit there");
+    assert!(
+        matches!(
+            error,
+            ofx_diesel::Error::ReplayTimeout {
+                blocked_by: ofx_diesel::ReplayBlock::NotDrawn { index: 1 },
+                ..
+            }
+        ),
+        "{error}"
+    );
 
     // Operations through the framework draw 1, 2, 3 from the sequence: each is replayed, and
     // wait_replayed returns only once it was.

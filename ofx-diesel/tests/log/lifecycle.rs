@@ -573,6 +573,47 @@ mod nested {
     pub(crate) struct Bank<B: AccountQueries> {
         hub: Hub,
         db: DbHub<B>,
+        /// Orders two nested commands running at the same time.
+        first_wrote: tokio::sync::Notify,
+        second_done: tokio::sync::Notify,
+        /// What the second of them got.
+        second_error: std::sync::Mutex<Option<String>>,
+    }
+
+    /// Runs two nested `Step`s at the same time: the first writes, then fails once the second
+    /// tried to write.
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.pair")]
+    pub(crate) struct Pair {
+        id: i64,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.step")]
+    pub(crate) struct Step {
+        id: i64,
+        first: bool,
+    }
+
+    /// Writes `id`, then (in a nested command) writes `id + 1` and hits a unique violation on
+    /// `id`, which the nested command swallows; then writes `id + 2`.
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.swallow")]
+    pub(crate) struct Swallow {
+        id: i64,
+    }
+
+    /// Writes `id`, then rolls the operation's transaction back itself (a misuse).
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.ends_transaction")]
+    pub(crate) struct EndsTransaction {
+        id: i64,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize, Command)]
+    #[command(output = (), name = "lifecycle.clash")]
+    pub(crate) struct Clash {
+        id: i64,
     }
 
     impl<B: AccountQueries> ComputeService for Bank<B> {
@@ -611,6 +652,85 @@ mod nested {
         }
 
         #[command_handler]
+        async fn pair(&self, command: Pair, ctx: &CommandContext) -> Result<(), Error> {
+            invalidate! {
+                self.balance(command.id);
+            }
+            let commander = ctx.hub().commander();
+            let (first, second) = tokio::join!(
+                commander.call(Step {
+                    id: command.id,
+                    first: true
+                }),
+                commander.call(Step {
+                    id: command.id + 1,
+                    first: false
+                }),
+            );
+            assert!(first.is_err(), "the first step fails");
+            *self.second_error.lock().unwrap() = second.err().map(|error| error.to_string());
+            Ok(())
+        }
+
+        #[command_handler]
+        async fn step(&self, command: Step, ctx: &CommandContext) -> Result<(), Error> {
+            invalidate! {
+                self.balance(command.id);
+            }
+            if command.first {
+                credit(&self.db, ctx, command.id).await?;
+                self.first_wrote.notify_one();
+                self.second_done.notified().await;
+                return Err(Error::ConnectionInUse); // any error
+            }
+            self.first_wrote.notified().await;
+            let written = credit(&self.db, ctx, command.id).await;
+            self.second_done.notify_one();
+            written
+        }
+
+        #[command_handler]
+        async fn swallow(&self, command: Swallow, ctx: &CommandContext) -> Result<(), Error> {
+            invalidate! {
+                self.balance(command.id);
+            }
+            credit(&self.db, ctx, command.id).await?;
+            let nested = ctx.hub().commander().call(Clash { id: command.id }).await;
+            assert!(nested.is_err(), "the nested command failed at its release");
+            credit(&self.db, ctx, command.id + 2).await
+        }
+
+        #[command_handler]
+        async fn ends_transaction(
+            &self,
+            command: EndsTransaction,
+            ctx: &CommandContext,
+        ) -> Result<(), Error> {
+            invalidate! {
+                self.balance(command.id);
+            }
+            credit(&self.db, ctx, command.id).await?;
+            let mut connection = self.db.operation_connection(ctx).await?;
+            <<B::Connection as diesel_async::AsyncConnection>::TransactionManager as diesel_async::TransactionManager<B::Connection>>::rollback_transaction(
+                &mut connection,
+            )
+            .await
+            .map_err(Error::Database)?;
+            Ok(())
+        }
+
+        #[command_handler]
+        async fn clash(&self, command: Clash, ctx: &CommandContext) -> Result<(), Error> {
+            invalidate! {
+                self.balance(command.id + 1);
+            }
+            credit(&self.db, ctx, command.id + 1).await?;
+            // A unique violation, swallowed: the transaction is aborted on PostgreSQL.
+            let _ = credit(&self.db, ctx, command.id).await;
+            Ok(())
+        }
+
+        #[command_handler]
         async fn credit(&self, command: Credit, ctx: &CommandContext) -> Result<(), Error> {
             invalidate! {
                 self.balance(command.id);
@@ -645,6 +765,9 @@ mod nested {
         let bank = Arc::new(Bank {
             hub: hub.clone(),
             db,
+            first_wrote: tokio::sync::Notify::new(),
+            second_done: tokio::sync::Notify::new(),
+            second_error: std::sync::Mutex::new(None),
         });
         hub.add_service(&bank).unwrap();
         bank
@@ -686,6 +809,81 @@ mod nested {
             assert_eq!(a.balance(id + 1).await, 5 * kept);
             assert_eq!(b.balance(id + 1).await, 5 * kept);
         }
+    }
+
+    pub(crate) async fn nested_commands_at_the_same_time_cannot_both_write<B: AccountQueries>(
+        url: &str,
+    ) where
+        DbHub<B>: RawSql,
+    {
+        let a = bank::<B>(url).await;
+        a.hub.commander().call(Pair { id: 100 }).await.unwrap();
+        let refused = a.second_error.lock().unwrap().clone().unwrap();
+        assert!(refused.contains("one after the other"), "{refused}");
+        // The first step's write was rolled back with it; the second never wrote.
+        assert_eq!(a.db.count("accounts WHERE id IN (100, 101)").await, 0);
+        assert_eq!(a.db.count("ofx_operations").await, 1);
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nested_commands_at_the_same_time_cannot_both_write_on_sqlite() {
+        nested_commands_at_the_same_time_cannot_both_write::<ofx_diesel::Sqlite>(
+            &crate::common::sqlite_file().await,
+        )
+        .await;
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nested_commands_at_the_same_time_cannot_both_write_on_postgres() {
+        nested_commands_at_the_same_time_cannot_both_write::<ofx_diesel::Postgres>(
+            &crate::common::postgres_database().await,
+        )
+        .await;
+    }
+
+    /// A handler that ends the operation's transaction itself gets a typed error at commit, and
+    /// nothing of the operation is stored.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_that_ends_the_operations_transaction_is_refused_at_commit() {
+        let url = crate::common::sqlite_file().await;
+        let a = bank::<ofx_diesel::Sqlite>(&url).await;
+        let error = a
+            .hub
+            .commander()
+            .call(EndsTransaction { id: 300 })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error.scope_error::<Error>(), Some(Error::Savepoint(_))),
+            "{error:?}"
+        );
+        assert_eq!(a.db.count("accounts WHERE id = 300").await, 0);
+        assert_eq!(a.db.count("ofx_operations").await, 0);
+        // The next command works.
+        a.hub
+            .commander()
+            .call(Transfer {
+                id: 310,
+                nested: Outcome::Succeed,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// A nested command that swallows its own database error fails at its end, its writes
+    /// undone, and the outer command goes on and commits.
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nested_command_that_swallows_its_own_database_error_is_undone() {
+        let url = crate::common::postgres_database().await;
+        let a = bank::<ofx_diesel::Postgres>(&url).await;
+        a.hub.commander().call(Swallow { id: 200 }).await.unwrap();
+        assert_eq!(a.db.count("accounts WHERE id = 200").await, 1);
+        assert_eq!(a.db.count("accounts WHERE id = 201").await, 0, "undone");
+        assert_eq!(a.db.count("accounts WHERE id = 202").await, 1);
     }
 
     #[cfg(feature = "sqlite")]
