@@ -191,11 +191,19 @@ impl<B: Backend> DbHub<B> {
     /// returned guard before calling a nested command: while it is held, asking again fails
     /// with [`Error::ConnectionInUse`].
     ///
+    /// A nested command's writes are kept in a savepoint taken when it first asks for the
+    /// connection: if it fails, they are undone, even when the outer handler goes on. So nested
+    /// commands that write run one after the other (not in a `tokio::join!`), and the
+    /// transaction is the scope's: never run `COMMIT` or `ROLLBACK` on it yourself (a handler
+    /// that ends it through the transaction manager is refused at commit).
+    ///
     /// # Errors
     /// [`Error::NotAttached`] when this database was not added to the command's hub (with
-    /// `HubBuilder::with`); [`Error::Scope`] in an invalidation branch, or when the operation already writes to
-    /// another database (one operation commits to one database);
-    /// [`Error::Connect`] or [`Error::Database`] if the transaction cannot begin.
+    /// `HubBuilder::with`); [`Error::Scope`] in an invalidation branch, or when the operation
+    /// already writes to another database (one operation commits to one database);
+    /// [`Error::ConcurrentNestedWrites`] when another nested command of the operation, running
+    /// at the same time, holds a savepoint; [`Error::Connect`] or [`Error::Database`] if the
+    /// transaction or a savepoint cannot begin.
     pub async fn operation_connection(
         &self,
         ctx: &CommandContext,
