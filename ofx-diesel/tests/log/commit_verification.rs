@@ -246,15 +246,14 @@ mod postgres {
             );
             // The held COMMIT may still happen, and then does: "not committed" would have been
             // a lie.
-            setup.proxy.release();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while setup.direct.count("ofx_operations").await < round {
-                assert!(
-                    Instant::now() < deadline,
-                    "round {round}: the released COMMIT committed within 10 s"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                setup.proxy.release_and_await_reply(),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the released COMMIT was answered within 10 s")
+            });
             assert_committed(&setup.direct, round, 10, round).await;
         }
     }

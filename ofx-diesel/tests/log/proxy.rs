@@ -45,6 +45,8 @@ struct Shared {
     intercepted: AtomicU64,
     refusing: AtomicBool,
     release: tokio::sync::Notify,
+    /// Counts the server's replies read after the client was cut off (dropped, not forwarded).
+    dropped_replies: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
 }
 
@@ -72,6 +74,7 @@ impl Proxy {
             intercepted: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             release: tokio::sync::Notify::new(),
+            dropped_replies: tokio::sync::watch::Sender::new(0),
             stop: CancellationToken::new(),
         });
         tokio::spawn(accept(listener, Arc::clone(&shared)));
@@ -100,9 +103,16 @@ impl Proxy {
         self.shared.intercepted.load(Ordering::SeqCst)
     }
 
-    /// Forwards the `COMMIT` held by [`Fault::CutClientAndHold`].
-    pub(crate) fn release(&self) {
+    /// Forwards the `COMMIT` held by [`Fault::CutClientAndHold`], and waits until the server
+    /// replied to it (the commit is then visible to every new transaction).
+    pub(crate) async fn release_and_await_reply(&self) {
+        let mut replies = self.shared.dropped_replies.subscribe();
+        let before = *replies.borrow_and_update();
         self.shared.release.notify_one();
+        replies
+            .wait_for(|dropped| *dropped > before)
+            .await
+            .expect("the proxy runs");
     }
 
     /// Accepts connections again after [`Fault::CutAllAndRefuse`].
@@ -158,6 +168,7 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
     let client_write: ClientWriter = Arc::new(tokio::sync::Mutex::new(Some(client_write)));
     let cut_server = CancellationToken::new();
     let replies = tokio::spawn(server_to_client(
+        Arc::clone(&shared),
         server_read,
         Arc::clone(&client_write),
         cut_server.clone(),
@@ -177,6 +188,7 @@ async fn serve(shared: Arc<Shared>, client: TcpStream) {
 /// Copies the server's bytes to the client while the client's writer is there; after it was
 /// taken, reads and drops them (the server's session stays open).
 async fn server_to_client(
+    shared: Arc<Shared>,
     mut server: OwnedReadHalf,
     client: ClientWriter,
     cut_server: CancellationToken,
@@ -195,10 +207,15 @@ async fn server_to_client(
             Ok(n) => n,
         };
         let mut writer = client.lock().await;
-        if let Some(client) = writer.as_mut()
-            && client.write_all(&buffer[..n]).await.is_err()
-        {
-            writer.take();
+        match writer.as_mut() {
+            Some(client) => {
+                if client.write_all(&buffer[..n]).await.is_err() {
+                    writer.take();
+                }
+            }
+            None => {
+                shared.dropped_replies.send_modify(|dropped| *dropped += 1);
+            }
         }
     }
 }
