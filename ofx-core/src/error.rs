@@ -176,6 +176,36 @@ pub enum Error {
         source: HandlerError,
     },
 
+    /// Two events with one key were added to one operation, and the second's strategy is
+    /// [`KeyConflict::Fail`](crate::operation::KeyConflict::Fail). A storage reports a key taken
+    /// by an event stored before with its own error (ofx-diesel's `EventKeyConflict`).
+    #[error("an event of `{command}` with the key `{key}` exists already")]
+    EventKeyConflict {
+        /// The event's command.
+        command: String,
+        /// The key.
+        key: String,
+    },
+
+    /// The operation added events, but nothing stores them: no storage took part in it and
+    /// none is attached to the hub as the home of events, or the storage that took part does
+    /// not store events. Nothing was committed.
+    #[error(
+        "the command `{command}` added events, but its operation has no storage that stores them: attach a database to the hub (`HubBuilder::with`)"
+    )]
+    EventsNotStored {
+        /// The outermost command.
+        command: &'static str,
+    },
+
+    /// No command is registered under this name (a command called by name, or an event read
+    /// back from storage).
+    #[error("no command is registered under the name `{name}`")]
+    UnknownCommandName {
+        /// The name.
+        name: String,
+    },
+
     /// The operation scope failed: the operation could not be stored or committed (a database
     /// scope's error is here, boxed: downcast it with [`Error::scope_error`]). Nothing was
     /// invalidated.

@@ -101,6 +101,14 @@ pub enum HubEvent {
         /// The command's registered name.
         command: String,
     },
+    /// An outermost command failed for a transient reason before its commit and runs again
+    /// (see [`reprocess`](crate::commander::reprocess)).
+    CommandRetried {
+        /// The command's registered name.
+        command: &'static str,
+        /// The try about to run (2 for the first retry).
+        next_try: u32,
+    },
 }
 
 /// The kind of a [`HubEvent`], without its data: what [`EventCounter`] counts by.
@@ -121,11 +129,13 @@ pub enum HubEventKind {
     ReplayFailed,
     /// [`HubEvent::InvalidationPanicked`].
     InvalidationPanicked,
+    /// [`HubEvent::CommandRetried`].
+    CommandRetried,
 }
 
 impl HubEventKind {
     /// Every kind.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Computed,
         Self::CacheHit,
         Self::Invalidated,
@@ -133,6 +143,7 @@ impl HubEventKind {
         Self::OperationCompleted,
         Self::ReplayFailed,
         Self::InvalidationPanicked,
+        Self::CommandRetried,
     ];
 
     const fn index(self) -> usize {
@@ -144,6 +155,7 @@ impl HubEventKind {
             Self::OperationCompleted => 4,
             Self::ReplayFailed => 5,
             Self::InvalidationPanicked => 6,
+            Self::CommandRetried => 7,
         }
     }
 }
@@ -161,6 +173,7 @@ impl HubEvent {
             Self::OperationCompleted { .. } => HubEventKind::OperationCompleted,
             Self::ReplayFailed { .. } => HubEventKind::ReplayFailed,
             Self::InvalidationPanicked { .. } => HubEventKind::InvalidationPanicked,
+            Self::CommandRetried { .. } => HubEventKind::CommandRetried,
         }
     }
 
@@ -173,7 +186,8 @@ impl HubEvent {
             | Self::Evicted { method } => Some(method),
             Self::OperationCompleted { .. }
             | Self::ReplayFailed { .. }
-            | Self::InvalidationPanicked { .. } => None,
+            | Self::InvalidationPanicked { .. }
+            | Self::CommandRetried { .. } => None,
         }
     }
 
@@ -183,6 +197,7 @@ impl HubEvent {
             Self::OperationCompleted { command, .. }
             | Self::ReplayFailed { command, .. }
             | Self::InvalidationPanicked { command, .. } => Some(command),
+            Self::CommandRetried { command, .. } => Some(command),
             Self::Computed { .. }
             | Self::CacheHit { .. }
             | Self::Invalidated { .. }

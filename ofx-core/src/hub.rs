@@ -9,9 +9,10 @@ use std::sync::Weak;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::command::CommandContext;
 use crate::command::ServiceHandlers;
 use crate::command::handler::{ErasedService, HandlerEntry, HandlerFns};
-use crate::commander::{CommandFilter, Commander, pipeline};
+use crate::commander::{CommandFilter, Commander, ReprocessPolicy, TransientClassifier, pipeline};
 use crate::computed::Registry;
 use crate::event::{HubEvent, HubEventListener};
 use crate::extension::HubExtension;
@@ -56,7 +57,16 @@ struct HubInner {
     notifier: OperationCompletionNotifier,
     /// What extensions keep on this hub (a log reader's cursor, a watcher), by type and key.
     attachments: papaya::HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>,
+    reprocess: ReprocessPolicy,
+    /// What tells transient errors, by name (each added once).
+    transient: std::sync::RwLock<Vec<(&'static str, TransientClassifier)>>,
+    /// Begins the storing scope of an operation that added events but wrote nowhere.
+    event_scope: std::sync::OnceLock<EventScopeStarter>,
 }
+
+/// Begins the storing scope of an operation (through
+/// [`CommandContext::operation_scope`]): see [`Hub::set_event_scope`].
+pub type EventScopeStarter = Arc<dyn Fn(&CommandContext) -> Result<(), Error> + Send + Sync>;
 
 impl Drop for HubInner {
     fn drop(&mut self) {
@@ -193,6 +203,50 @@ impl Hub {
         }
     }
 
+    /// How outermost commands that failed for a transient reason are run again.
+    pub fn reprocess_policy(&self) -> ReprocessPolicy {
+        self.inner.reprocess
+    }
+
+    /// Adds what tells a transient error (see [`commander::reprocess`](crate::commander::reprocess)):
+    /// storages add theirs when they attach. One classifier per `name`: adding a name twice
+    /// keeps the first.
+    pub fn add_transient_classifier(&self, name: &'static str, classifier: TransientClassifier) {
+        let mut classifiers = self
+            .inner
+            .transient
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !classifiers.iter().any(|(added, _)| *added == name) {
+            classifiers.push((name, classifier));
+        }
+    }
+
+    /// Whether `error` is transient: the command that failed with it may run again.
+    pub fn is_transient(&self, error: &Error) -> bool {
+        let classifiers: Vec<TransientClassifier> = self
+            .inner
+            .transient
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(_, classifier)| *classifier)
+            .collect();
+        error.is_transient_by(&classifiers)
+    }
+
+    /// Sets what begins the storing scope of an operation that added events
+    /// ([`CommandContext::add_event`]) but wrote to no storage, so that its events are stored
+    /// anyway: the first storage attached to the hub that stores events sets it. Returns
+    /// whether it was set (`false`: another one was set first).
+    pub fn set_event_scope(&self, starter: EventScopeStarter) -> bool {
+        self.inner.event_scope.set(starter).is_ok()
+    }
+
+    pub(crate) fn event_scope(&self) -> Option<&EventScopeStarter> {
+        self.inner.event_scope.get()
+    }
+
     pub(crate) fn filters(&self) -> &[Arc<dyn CommandFilter>] {
         &self.inner.filters
     }
@@ -281,6 +335,8 @@ pub struct HubBuilder {
     after_commit: Vec<Arc<dyn AfterCommitHook>>,
     extensions: Vec<Arc<dyn HubExtension>>,
     event_listener: Option<Arc<dyn HubEventListener>>,
+    reprocess: ReprocessPolicy,
+    transient: Vec<(&'static str, TransientClassifier)>,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -300,7 +356,8 @@ impl fmt::Debug for HubBuilder {
                     .collect::<Vec<_>>(),
             )
             .field("event_listener", &self.event_listener.is_some())
-            .finish()
+            .field("reprocess", &self.reprocess)
+            .finish_non_exhaustive()
     }
 }
 
@@ -314,6 +371,8 @@ impl Default for HubBuilder {
             after_commit: Vec::new(),
             extensions: Vec::new(),
             event_listener: None,
+            reprocess: ReprocessPolicy::default(),
+            transient: Vec::new(),
         }
     }
 }
@@ -362,6 +421,33 @@ impl HubBuilder {
     /// that forwards to them). See [`HubEventListener`] for what a listener may do.
     pub fn event_listener(mut self, listener: impl HubEventListener) -> Self {
         self.event_listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// How an outermost command that failed for a transient reason runs again
+    /// ([`ReprocessPolicy::default`] unless told otherwise; [`ReprocessPolicy::disabled`] turns
+    /// it off). See [`commander::reprocess`](crate::commander::reprocess).
+    pub fn reprocessing(mut self, policy: ReprocessPolicy) -> Self {
+        self.reprocess = policy;
+        self
+    }
+
+    /// Adds what tells the application's transient errors: `classifier` is asked about each
+    /// error of a failed command's error chain (downcast it to your type).
+    ///
+    /// ```
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("the payment provider is busy")]
+    /// struct ProviderBusy;
+    ///
+    /// let hub = ofx_core::Hub::builder()
+    ///     .transient_if("payments", |error| error.is::<ProviderBusy>())
+    ///     .build()?;
+    /// assert!(hub.is_transient(&ofx_core::Error::handler(ProviderBusy)));
+    /// # Ok::<(), ofx_core::Error>(())
+    /// ```
+    pub fn transient_if(mut self, name: &'static str, classifier: TransientClassifier) -> Self {
+        self.transient.push((name, classifier));
         self
     }
 
@@ -416,6 +502,9 @@ impl HubBuilder {
                 after_commit: self.after_commit,
                 notifier: OperationCompletionNotifier::new(self.listeners),
                 attachments: papaya::HashMap::new(),
+                reprocess: self.reprocess,
+                transient: std::sync::RwLock::new(self.transient),
+                event_scope: std::sync::OnceLock::new(),
             }),
         })
     }

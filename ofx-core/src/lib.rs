@@ -154,13 +154,16 @@ pub use command::{
     CallKind, Command, CommandContext, CommandHandler, ContextItems, OperationItem, OperationItems,
     ServiceHandlers,
 };
-pub use commander::{CommandCall, CommandFilter, Commander, Executed, Next};
+pub use commander::{
+    CallOptions, CommandCall, CommandFilter, Commander, Executed, Next, Permanent, ReprocessPolicy,
+    Transient,
+};
 pub use computed::{ComputeScope, Computed, ComputedState, capture};
 pub use error::{Error, HandlerError, Result};
 pub use event::{EventCounter, HubEvent, HubEventKind, HubEventListener};
 pub use extension::HubExtension;
 pub use host_id::HostId;
-pub use hub::{DEFAULT_CAPACITY, Hub, HubBuilder, WeakHub};
+pub use hub::{DEFAULT_CAPACITY, EventScopeStarter, Hub, HubBuilder, WeakHub};
 pub use operation::{
     AfterCommitHook, CommitOutcome, Committed, NestedOperation, Operation,
     OperationCompletionNotifier, OperationScope, ReplayError, ScopeFuture,

@@ -7,6 +7,7 @@ use std::ops::DerefMut;
 use diesel_async::AsyncConnection;
 
 use crate::Result;
+use crate::events::rows::{ClaimedEvent, EventRelease, EventRow, NewEventRow};
 use crate::row::{Inserted, NewOperationRow, OperationRow};
 
 /// A database the operation log runs on: [`Sqlite`](crate::Sqlite) or `Postgres`. Sealed.
@@ -50,6 +51,14 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// Closes a pooled connection instead of returning it to the pool (one whose transaction
     /// was abandoned).
     fn discard(connection: Self::Pooled);
+
+    /// The statement run first in every operation transaction to set its isolation level, per
+    /// the settings (PostgreSQL: `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` when
+    /// [`DbSettings::serializable`](crate::DbSettings::serializable)); `None` by default.
+    fn isolation_statement(settings: &crate::DbSettings) -> Option<&'static str> {
+        let _ = settings;
+        None
+    }
 
     /// Applies the embedded migrations that have not run yet. Idempotent.
     fn migrate(url: &str) -> impl Future<Output = Result<()>> + Send;
@@ -145,6 +154,97 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         cutoff: i64,
         limit: i64,
     ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Inserts an event in the scope's transaction; a uuid taken already does what
+    /// `on_conflict` says (`Fail`: the database's unique violation). Returns the rows written.
+    fn insert_event(
+        connection: &mut Self::Connection,
+        row: NewEventRow<'_>,
+        on_conflict: ofx_core::operation::KeyConflict,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Marks a claimed event done, in its operation's transaction, if the claim `lease_token`
+    /// is still the event's and its lease has not ended at `now`. Returns whether it did.
+    fn complete_event(
+        connection: &mut Self::Connection,
+        uuid: &str,
+        lease_token: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Claims at most `limit` pending events due at `now` whose lease (if any) ended, for
+    /// `host` until `lease_until`, each with a new fencing number and one more attempt, in due
+    /// order. Two claims at once never return one event (PostgreSQL: `FOR UPDATE SKIP LOCKED`;
+    /// SQLite: one writing statement).
+    fn claim_events(
+        connection: &mut Self::Connection,
+        host: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ClaimedEvent>>> + Send;
+
+    /// Extends `host`'s leases on these pending events until `until`; returns how many.
+    fn renew_leases(
+        connection: &mut Self::Connection,
+        host: &str,
+        uuids: &[String],
+        until: i64,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Gives a claimed event back after a failed run (pending again, or dead), if the claim is
+    /// still the event's. Returns whether it did.
+    fn release_event(
+        connection: &mut Self::Connection,
+        release: EventRelease<'_>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// When the next pending event may be claimed: the earliest due time of an unleased one or
+    /// lease end of a leased one.
+    fn next_event_due(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Events in `state` (all when `None`), oldest due first, at most `limit`.
+    fn list_events(
+        connection: &mut Self::Connection,
+        state: Option<i32>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
+
+    /// The event with this uuid.
+    fn find_event(
+        connection: &mut Self::Connection,
+        uuid: &str,
+    ) -> impl Future<Output = Result<Option<EventRow>>> + Send;
+
+    /// Makes dead events (this one, or all) pending again, due at `now`, with their attempts
+    /// reset and a new fencing number. Returns how many.
+    fn redrive_events(
+        connection: &mut Self::Connection,
+        uuid: Option<&str>,
+        now: i64,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Deletes dead events (this one, or all). Returns how many.
+    fn purge_events(
+        connection: &mut Self::Connection,
+        uuid: Option<&str>,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Deletes at most `limit` done events finished before `done_before` and dead ones finished
+    /// before `dead_before`. Returns how many.
+    fn trim_events(
+        connection: &mut Self::Connection,
+        done_before: i64,
+        dead_before: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// How many events are in each state.
+    fn count_events(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Vec<(i32, i64)>>> + Send;
 }
 
 /// Where a fresh log reader starts (see [`Backend::start_position`]).

@@ -56,6 +56,13 @@ pub struct DbSettings {
     /// How long commit verification (after a failed `COMMIT`) keeps asking whether the operation
     /// committed, before it reports the commit in doubt (default 3 s).
     pub commit_verification: Duration,
+    /// PostgreSQL: run operations' transactions at the `SERIALIZABLE` isolation level (default
+    /// false: the server's default, `READ COMMITTED`). A serialization failure (`40001`) is
+    /// transient: the command runs again (see `ofx_core::commander::reprocess`). SQLite's
+    /// transactions are serializable anyway.
+    pub serializable: bool,
+    /// Events with guaranteed delivery: processing, leases, retries, retention.
+    pub events: crate::EventSettings,
 }
 
 impl Default for DbSettings {
@@ -74,6 +81,8 @@ impl Default for DbSettings {
             trim_period: Duration::from_secs(5 * 60),
             trim_batch: 4096,
             commit_verification: Duration::from_secs(3),
+            serializable: false,
+            events: crate::EventSettings::default(),
         }
     }
 }
@@ -211,14 +220,36 @@ impl<B: Backend> DbHub<B> {
         if self.existing_link(ctx.hub()).is_none() {
             return Err(Error::NotAttached);
         }
-        let key = usize::try_from(self.inner.id).unwrap_or(usize::MAX);
-        let scope = ctx
-            .operation_scope(key, self.inner.label, || {
-                let scope = Arc::new(DbOperationScope::new(Arc::clone(&self.inner)));
-                (Arc::clone(&scope), scope)
-            })
+        let scope = self
+            .scope_of(ctx, || DbOperationScope::new(Arc::clone(&self.inner)))
             .map_err(Error::Scope)?;
         scope.connection(ctx.nested_frames()).await
+    }
+
+    /// The operation's scope on this database, begun with `begin` if it has none.
+    fn scope_of(
+        &self,
+        ctx: &CommandContext,
+        begin: impl FnOnce() -> DbOperationScope<B>,
+    ) -> ofx_core::Result<Arc<DbOperationScope<B>>> {
+        let key = usize::try_from(self.inner.id).unwrap_or(usize::MAX);
+        ctx.operation_scope(key, self.inner.label, || {
+            let scope = Arc::new(begin());
+            (Arc::clone(&scope), scope)
+        })
+    }
+
+    /// Begins the scope of an operation that runs a claimed event: its transaction marks the
+    /// event done (see [`EventProcessor`](crate::EventProcessor)).
+    pub(crate) fn begin_event_scope(
+        &self,
+        ctx: &CommandContext,
+        claim: crate::events::store::EventClaim,
+    ) -> ofx_core::Result<()> {
+        self.scope_of(ctx, || {
+            DbOperationScope::completing(Arc::clone(&self.inner), claim)
+        })
+        .map(drop)
     }
 
     /// Sets the watcher that wakes other hosts' readers after every commit, and this host's
@@ -278,10 +309,21 @@ impl<B: Backend> DbHub<B> {
                 .start(hub.host_id().clone(), hub.shutdown_token())
                 .await
                 .map_err(Error::Watcher)?;
-            link.set_watcher(watcher);
+            link.set_watcher(watcher, hub.shutdown_token());
         }
+        hub.add_transient_classifier("ofx-diesel", crate::transient::is_transient);
+        // An operation that added events but wrote nowhere stores them here (the first
+        // database attached to the hub).
+        let db = self.clone();
+        hub.set_event_scope(Arc::new(move |ctx| {
+            db.scope_of(ctx, || DbOperationScope::new(Arc::clone(&db.inner)))
+                .map(drop)
+        }));
         if self.settings().read_log {
             self.start_log_reader(hub).await?;
+        }
+        if self.settings().events.process {
+            self.start_event_processor(hub)?;
         }
         if self.settings().trim {
             link.set_trimmer(self.start_trimmer(hub.shutdown_token()));

@@ -114,6 +114,29 @@ pub enum Error {
     /// stopped).
     #[error("no log reader of this database runs on this hub")]
     NoReader,
+
+    /// An event's key is taken by an event stored before, and its strategy is
+    /// [`KeyConflict::Fail`](ofx_core::operation::KeyConflict::Fail). Nothing was committed.
+    #[error("event {event} (key `{key}`) exists already")]
+    EventKeyConflict {
+        /// The event's uuid (derived from its key).
+        event: uuid::Uuid,
+        /// The key.
+        key: String,
+    },
+
+    /// A processor's run of an event could not complete it: its lease ended, or another claim
+    /// (after the lease ended) or a replacement of the event took it over. The run's operation
+    /// was rolled back: its effects do not exist; the event's current holder runs it.
+    #[error("the lease on event {event} was lost: its run's operation was rolled back")]
+    EventLeaseLost {
+        /// The event's uuid.
+        event: uuid::Uuid,
+    },
+
+    /// No event has this uuid in the state the call needs.
+    #[error("no event {0} in the required state")]
+    NoSuchEvent(uuid::Uuid),
 }
 
 /// Why commit verification could not tell whether an operation committed

@@ -86,6 +86,7 @@ mod backend;
 mod commit;
 mod db_hub;
 mod error;
+pub mod events;
 mod link;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -96,11 +97,16 @@ mod schema;
 mod scope;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod transient;
 mod trimmer;
 
 pub use backend::{Backend, StartPosition, TransactionStatus};
 pub use db_hub::{CommitFaultHook, DbHub, DbSettings};
 pub use error::{Doubt, Error, Result};
+pub use events::{
+    DbEvents, EventCounts, EventInfo, EventProcessor, EventRetry, EventSettings, EventState,
+    EventStats,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 pub use reader::{LogReader, MAX_GAPS, MAX_RETRIES, ReaderStats, ReplayBlock};

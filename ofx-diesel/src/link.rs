@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use ofx_core::LogWatcher;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+use crate::events::EventProcessor;
 use crate::reader::{LogReader, ReaderState};
 use crate::trimmer::Trimmer;
 
@@ -15,6 +18,10 @@ pub(crate) struct HubLink {
     watcher: OnceLock<Arc<dyn LogWatcher>>,
     reader: Mutex<Option<LogReader>>,
     trimmer: Mutex<Option<Trimmer>>,
+    processor: Mutex<Option<EventProcessor>>,
+    /// Woken when events may be due: by this host's commits that added some, and (through the
+    /// watcher) by other hosts' commits.
+    events_wake: Arc<Notify>,
     /// Held while a reader starts.
     pub(crate) starting: tokio::sync::Mutex<()>,
     /// The reader's position: owned by the running reader task, handed back when it ends.
@@ -34,9 +41,58 @@ impl HubLink {
         self.watcher.get().cloned()
     }
 
-    pub(crate) fn set_watcher(&self, watcher: Arc<dyn LogWatcher>) {
+    /// Keeps the watcher started for this hub. Its wake-ups go to the log reader (through the
+    /// returned watcher's `wakes`) and to the event processor: a forwarding task, stopped by
+    /// `stop`, hands each one to both.
+    pub(crate) fn set_watcher(&self, watcher: Arc<dyn LogWatcher>, stop: CancellationToken) {
+        let shared = Arc::new(SharedWatcher {
+            inner: Arc::clone(&watcher),
+            reader_wakes: Arc::new(Notify::new()),
+        });
         // Attached once per hub: a second attach keeps the first watcher.
-        let _ = self.watcher.set(watcher);
+        if self
+            .watcher
+            .set(Arc::clone(&shared) as Arc<dyn LogWatcher>)
+            .is_err()
+        {
+            return;
+        }
+        let events = Arc::clone(&self.events_wake);
+        let wakes = watcher.wakes();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = wakes.notified() => {
+                        shared.reader_wakes.notify_one();
+                        events.notify_one();
+                    }
+                }
+            }
+        });
+    }
+
+    /// Wakes this hub's event processor.
+    pub(crate) fn wake_events(&self) {
+        self.events_wake.notify_one();
+    }
+
+    pub(crate) fn events_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.events_wake)
+    }
+
+    pub(crate) fn processor(&self) -> Option<EventProcessor> {
+        self.processor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_processor(&self, processor: EventProcessor) {
+        *self
+            .processor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(processor);
     }
 
     /// The running reader, if any.
@@ -55,5 +111,22 @@ impl HubLink {
 
     pub(crate) fn set_trimmer(&self, trimmer: Trimmer) {
         *self.trimmer.lock().unwrap_or_else(PoisonError::into_inner) = Some(trimmer);
+    }
+}
+
+/// A watcher whose wake-ups are shared between a hub's log reader and event processor.
+#[derive(Debug)]
+struct SharedWatcher {
+    inner: Arc<dyn LogWatcher>,
+    reader_wakes: Arc<Notify>,
+}
+
+impl LogWatcher for SharedWatcher {
+    fn notify(&self) {
+        self.inner.notify();
+    }
+
+    fn wakes(&self) -> Arc<Notify> {
+        Arc::clone(&self.reader_wakes)
     }
 }

@@ -11,7 +11,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::backend::{Backend, StartPosition, TransactionStatus, sealed};
-use crate::row::{Inserted, NewOperationRow, OperationRow};
+use crate::events::rows::{ClaimedEvent, EventRelease, EventRow, NewEventRow};
+use crate::row::{Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
+use crate::schema::ofx_events::dsl as ev;
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
 use crate::{Error, Result};
@@ -45,6 +47,12 @@ impl Backend for Postgres {
     }
 
     crate::queries::deadpool_pool!();
+
+    fn isolation_statement(settings: &crate::DbSettings) -> Option<&'static str> {
+        settings
+            .serializable
+            .then_some("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+    }
 
     async fn migrate(url: &str) -> Result<()> {
         let url = url.to_owned();
@@ -96,6 +104,36 @@ impl Backend for Postgres {
     }
 
     crate::queries::log_queries!();
+
+    crate::queries::event_queries!();
+
+    async fn claim_events(
+        connection: &mut Self::Connection,
+        host: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>> {
+        // `SKIP LOCKED`: concurrent claimers take different events, none waits for another.
+        Ok(diesel::sql_query(
+            "UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = $1, \
+             lease_until = $2, attempts = attempts + 1 \
+             WHERE uuid IN (SELECT uuid FROM ofx_events WHERE state = 0 AND due_at <= $3 \
+             AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 \
+             FOR UPDATE SKIP LOCKED) \
+             RETURNING uuid, command_name, \
+             CASE WHEN octet_length(command_json) <= $5 THEN command_json END AS command_json, \
+             CAST(octet_length(command_json) AS BIGINT) AS payload_bytes, attempts, lease_token, \
+             due_at",
+        )
+        .bind::<Text, _>(host)
+        .bind::<BigInt, _>(lease_until)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(MAX_PAYLOAD_BYTES as i64)
+        .load(connection)
+        .await?)
+    }
 
     async fn start_position(connection: &mut Self::Connection) -> Result<StartPosition> {
         // One statement, one snapshot: every row with an index up to `cursor` that is not

@@ -137,4 +137,257 @@ macro_rules! deadpool_pool {
     };
 }
 
-pub(crate) use {deadpool_pool, log_queries};
+/// The event methods of [`Backend`](crate::Backend) that are the same Diesel code on every
+/// backend (all but `claim_events`). Expects `ev` to be `crate::schema::ofx_events::dsl`.
+macro_rules! event_queries {
+    () => {
+        async fn insert_event(
+            connection: &mut Self::Connection,
+            row: NewEventRow<'_>,
+            on_conflict: ofx_core::operation::KeyConflict,
+        ) -> Result<usize> {
+            use ofx_core::operation::KeyConflict;
+            let values = (
+                ev::uuid.eq(row.uuid),
+                ev::operation_uuid.eq(row.operation_uuid),
+                ev::host_id.eq(row.host_id),
+                ev::command_name.eq(row.command_name),
+                ev::command_json.eq(row.command_json),
+                ev::event_key.eq(row.event_key),
+                ev::logged_at.eq(row.logged_at),
+                ev::due_at.eq(row.due_at),
+            );
+            let insert = diesel::insert_into(ev::ofx_events).values(values);
+            Ok(match on_conflict {
+                KeyConflict::Keep => insert.on_conflict_do_nothing().execute(connection).await?,
+                KeyConflict::Replace => {
+                    insert
+                        .on_conflict(ev::uuid)
+                        .do_update()
+                        .set((
+                            ev::operation_uuid.eq(row.operation_uuid),
+                            ev::host_id.eq(row.host_id),
+                            ev::command_json.eq(row.command_json),
+                            ev::logged_at.eq(row.logged_at),
+                            ev::due_at.eq(row.due_at),
+                            ev::state.eq(0),
+                            ev::attempts.eq(0),
+                            ev::lease_token.eq(ev::lease_token + 1),
+                            ev::lease_owner.eq(None::<String>),
+                            ev::lease_until.eq(None::<i64>),
+                            ev::last_error.eq(None::<String>),
+                            ev::finished_at.eq(None::<i64>),
+                        ))
+                        .execute(connection)
+                        .await?
+                }
+                _ => insert.execute(connection).await?,
+            })
+        }
+
+        async fn complete_event(
+            connection: &mut Self::Connection,
+            uuid: &str,
+            lease_token: i64,
+            now: i64,
+        ) -> Result<bool> {
+            let updated = diesel::update(
+                ev::ofx_events
+                    .filter(ev::uuid.eq(uuid))
+                    .filter(ev::lease_token.eq(lease_token))
+                    .filter(ev::state.eq(0))
+                    .filter(ev::lease_until.ge(now)),
+            )
+            .set((
+                ev::state.eq(1),
+                ev::finished_at.eq(Some(now)),
+                ev::lease_owner.eq(None::<String>),
+                ev::lease_until.eq(None::<i64>),
+                ev::last_error.eq(None::<String>),
+            ))
+            .execute(connection)
+            .await?;
+            Ok(updated == 1)
+        }
+
+        async fn renew_leases(
+            connection: &mut Self::Connection,
+            host: &str,
+            uuids: &[String],
+            until: i64,
+        ) -> Result<usize> {
+            if uuids.is_empty() {
+                return Ok(0);
+            }
+            Ok(diesel::update(
+                ev::ofx_events
+                    .filter(ev::uuid.eq_any(uuids))
+                    .filter(ev::state.eq(0))
+                    .filter(ev::lease_owner.eq(host)),
+            )
+            .set(ev::lease_until.eq(Some(until)))
+            .execute(connection)
+            .await?)
+        }
+
+        async fn release_event(
+            connection: &mut Self::Connection,
+            release: EventRelease<'_>,
+        ) -> Result<bool> {
+            let (state, due, finished) = match release.retry_at {
+                Some(due) => (0, Some(due), None),
+                None => (2, None, Some(release.now)),
+            };
+            let target = ev::ofx_events
+                .filter(ev::uuid.eq(release.uuid))
+                .filter(ev::lease_token.eq(release.lease_token))
+                .filter(ev::state.eq(0));
+            let common = (
+                ev::state.eq(state),
+                ev::last_error.eq(Some(release.error)),
+                ev::lease_owner.eq(None::<String>),
+                ev::lease_until.eq(None::<i64>),
+                ev::finished_at.eq(finished),
+            );
+            let updated = match due {
+                Some(due) => {
+                    diesel::update(target)
+                        .set((common, ev::due_at.eq(due)))
+                        .execute(connection)
+                        .await?
+                }
+                None => {
+                    diesel::update(target)
+                        .set(common)
+                        .execute(connection)
+                        .await?
+                }
+            };
+            Ok(updated == 1)
+        }
+
+        async fn next_event_due(connection: &mut Self::Connection) -> Result<Option<i64>> {
+            let unleased: Option<i64> = ev::ofx_events
+                .filter(ev::state.eq(0))
+                .filter(ev::lease_until.is_null())
+                .select(diesel::dsl::min(ev::due_at))
+                .first(connection)
+                .await?;
+            let leased: Option<i64> = ev::ofx_events
+                .filter(ev::state.eq(0))
+                .filter(ev::lease_until.is_not_null())
+                .select(diesel::dsl::min(ev::lease_until))
+                .first(connection)
+                .await?;
+            Ok(match (unleased, leased) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
+        }
+
+        async fn list_events(
+            connection: &mut Self::Connection,
+            state: Option<i32>,
+            limit: i64,
+        ) -> Result<Vec<EventRow>> {
+            let mut query = ev::ofx_events.select(EventRow::as_select()).into_boxed();
+            if let Some(state) = state {
+                query = query.filter(ev::state.eq(state));
+            }
+            Ok(query
+                .order((ev::due_at.asc(), ev::uuid.asc()))
+                .limit(limit)
+                .load(connection)
+                .await?)
+        }
+
+        async fn find_event(
+            connection: &mut Self::Connection,
+            uuid: &str,
+        ) -> Result<Option<EventRow>> {
+            Ok(ev::ofx_events
+                .filter(ev::uuid.eq(uuid))
+                .select(EventRow::as_select())
+                .first(connection)
+                .await
+                .optional()?)
+        }
+
+        async fn redrive_events(
+            connection: &mut Self::Connection,
+            uuid: Option<&str>,
+            now: i64,
+        ) -> Result<usize> {
+            let mut target = diesel::update(ev::ofx_events)
+                .filter(ev::state.eq(2))
+                .into_boxed();
+            if let Some(uuid) = uuid {
+                target = target.filter(ev::uuid.eq(uuid));
+            }
+            Ok(target
+                .set((
+                    ev::state.eq(0),
+                    ev::attempts.eq(0),
+                    ev::due_at.eq(now),
+                    ev::lease_token.eq(ev::lease_token + 1),
+                    ev::lease_owner.eq(None::<String>),
+                    ev::lease_until.eq(None::<i64>),
+                    ev::finished_at.eq(None::<i64>),
+                ))
+                .execute(connection)
+                .await?)
+        }
+
+        async fn purge_events(
+            connection: &mut Self::Connection,
+            uuid: Option<&str>,
+        ) -> Result<usize> {
+            let mut target = diesel::delete(ev::ofx_events)
+                .filter(ev::state.eq(2))
+                .into_boxed();
+            if let Some(uuid) = uuid {
+                target = target.filter(ev::uuid.eq(uuid));
+            }
+            Ok(target.execute(connection).await?)
+        }
+
+        async fn trim_events(
+            connection: &mut Self::Connection,
+            done_before: i64,
+            dead_before: i64,
+            limit: i64,
+        ) -> Result<usize> {
+            let batch: Vec<String> = ev::ofx_events
+                .filter(
+                    ev::state
+                        .eq(1)
+                        .and(ev::finished_at.lt(done_before))
+                        .or(ev::state.eq(2).and(ev::finished_at.lt(dead_before))),
+                )
+                .limit(limit)
+                .select(ev::uuid)
+                .load(connection)
+                .await?;
+            if batch.is_empty() {
+                return Ok(0);
+            }
+            Ok(diesel::delete(
+                ev::ofx_events
+                    .filter(ev::uuid.eq_any(&batch))
+                    .filter(ev::state.ne(0)),
+            )
+            .execute(connection)
+            .await?)
+        }
+
+        async fn count_events(connection: &mut Self::Connection) -> Result<Vec<(i32, i64)>> {
+            Ok(ev::ofx_events
+                .group_by(ev::state)
+                .select((ev::state, diesel::dsl::count_star()))
+                .load(connection)
+                .await?)
+        }
+    };
+}
+
+pub(crate) use {deadpool_pool, event_queries, log_queries};

@@ -36,3 +36,39 @@ diesel::table! {
         trimmed_through -> BigInt,
     }
 }
+
+diesel::table! {
+    /// Events with guaranteed delivery (see [`EventProcessor`](crate::EventProcessor)).
+    ofx_events (uuid) {
+        /// The event's uuid: new, or derived from its key.
+        uuid -> Text,
+        /// The operation that produced it (the last one, for a replaced event).
+        operation_uuid -> Text,
+        /// The host that produced it.
+        host_id -> Text,
+        /// The event's command name.
+        command_name -> Text,
+        /// The command, as JSON.
+        command_json -> Text,
+        /// Its deduplication key.
+        event_key -> Nullable<Text>,
+        /// When it was produced (µs since the epoch).
+        logged_at -> BigInt,
+        /// When it may run (µs since the epoch).
+        due_at -> BigInt,
+        /// 0 pending, 1 done, 2 dead.
+        state -> Integer,
+        /// Claims so far.
+        attempts -> Integer,
+        /// The fencing number: incremented by every claim.
+        lease_token -> BigInt,
+        /// The host holding the lease.
+        lease_owner -> Nullable<Text>,
+        /// When the lease ends (µs since the epoch).
+        lease_until -> Nullable<BigInt>,
+        /// The last failure.
+        last_error -> Nullable<Text>,
+        /// When it was done or declared dead (µs since the epoch).
+        finished_at -> Nullable<BigInt>,
+    }
+}

@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::backend::Backend;
 use crate::commit::CommitVerdict;
 use crate::db_hub::{DbHub, DbInner};
+use crate::events::store::{EventClaim, store_events};
 use crate::row::{MAX_PAYLOAD_BYTES, NewOperationRow, micros};
 use crate::{Error, Result};
 
@@ -34,6 +35,8 @@ pub struct DbOperationScope<B: Backend> {
     connection: Arc<Mutex<Option<B::Pooled>>>,
     /// The nested commands that wrote, each with a savepoint, innermost last.
     savepoints: std::sync::Mutex<Vec<u64>>,
+    /// The event this operation runs, marked done in its transaction.
+    claim: Option<EventClaim>,
 }
 
 impl<B: Backend> std::fmt::Debug for DbOperationScope<B> {
@@ -50,7 +53,15 @@ impl<B: Backend> DbOperationScope<B> {
             db,
             connection: Arc::new(Mutex::new(None)),
             savepoints: std::sync::Mutex::new(Vec::new()),
+            claim: None,
         }
+    }
+
+    /// The scope of an operation that runs a claimed event.
+    pub(crate) fn completing(db: Arc<DbInner<B>>, claim: EventClaim) -> Self {
+        let mut scope = Self::new(db);
+        scope.claim = Some(claim);
+        scope
     }
 
     /// The scope's connection, its transaction begun on first use, with a savepoint for each
@@ -68,6 +79,12 @@ impl<B: Backend> DbOperationScope<B> {
                 &mut connection,
             )
             .await?;
+            if let Some(isolation) = B::isolation_statement(&self.db.settings) {
+                if let Err(error) = connection.batch_execute(isolation).await {
+                    B::discard(connection);
+                    return Err(error.into());
+                }
+            }
             *guard = Some(connection);
         }
         let missing: Vec<u64> = {
@@ -173,12 +190,9 @@ impl<B: Backend> DbOperationScope<B> {
             // Begun, but no connection was taken (a handler ignored the error of
             // `operation_connection`): the operation is still stored.
             Ok(None) => match self.connection(&[]).await {
-                Ok(guard) => match self.take() {
-                    Ok(Some(connection)) => {
-                        drop(guard);
-                        connection
-                    }
-                    _ => return CommitOutcome::NotCommitted(Error::ConnectionInUse.into()),
+                Ok(mut guard) => match guard.guard.take() {
+                    Some(connection) => connection,
+                    None => return CommitOutcome::NotCommitted(Error::ConnectionInUse.into()),
                 },
                 Err(error) => return CommitOutcome::NotCommitted(error.into()),
             },
@@ -219,6 +233,10 @@ impl<B: Backend> DbOperationScope<B> {
                 return CommitOutcome::NotCommitted(error.into());
             }
         };
+        if let Err(error) = store_events::<B>(&mut connection, operation).await {
+            rollback::<B>(&mut connection).await;
+            return CommitOutcome::NotCommitted(error.into());
+        }
         let committed_at = SystemTime::now();
         let inserted = match B::insert_operation(&mut connection, row.new_row(committed_at)).await {
             Ok(inserted) => inserted,
@@ -227,6 +245,24 @@ impl<B: Backend> DbOperationScope<B> {
                 return CommitOutcome::NotCommitted(error.into());
             }
         };
+        if let Some(claim) = &self.claim {
+            let completed = B::complete_event(
+                &mut connection,
+                &claim.uuid.to_string(),
+                claim.lease_token,
+                crate::row::micros(SystemTime::now()),
+            )
+            .await;
+            let refused = match completed {
+                Ok(true) => None,
+                Ok(false) => Some(Error::EventLeaseLost { event: claim.uuid }),
+                Err(error) => Some(error),
+            };
+            if let Some(error) = refused {
+                rollback::<B>(&mut connection).await;
+                return CommitOutcome::NotCommitted(error.into());
+            }
+        }
         let fault = self
             .db
             .fault
@@ -266,11 +302,22 @@ impl<B: Backend> OperationScope for DbOperationScope<B> {
         Box::pin(async move { self.end_frame(frame, succeeded).await.map_err(Into::into) })
     }
 
-    fn after_commit(&self, hub: &Hub, _operation: &Operation) {
+    fn stores_events(&self) -> bool {
+        true
+    }
+
+    fn after_commit(&self, hub: &Hub, operation: &Operation) {
         // After the commit, never inside the transaction: a wake-up must not announce what may
         // still roll back (and NOTIFY inside a transaction serializes committers).
-        if let Some(watcher) = self.db().watcher_of(hub) {
+        let Some(link) = self.db().existing_link(hub) else {
+            return;
+        };
+        if let Some(watcher) = link.watcher() {
             watcher.notify();
+        }
+        if !operation.events.is_empty() {
+            // This host's processor runs them first; the watcher wakes the others'.
+            link.wake_events();
         }
     }
 }

@@ -2,6 +2,7 @@
 //! mode. The embedded default.
 
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::SqliteConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -10,7 +11,9 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::backend::{Backend, StartPosition, TransactionStatus, sealed};
-use crate::row::{Inserted, NewOperationRow, OperationRow};
+use crate::events::rows::{ClaimedEvent, EventRelease, EventRow, NewEventRow};
+use crate::row::{Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
+use crate::schema::ofx_events::dsl as ev;
 use crate::schema::ofx_log_trims::dsl as trims;
 use crate::schema::ofx_operations::dsl;
 use crate::{Error, Result};
@@ -103,6 +106,35 @@ impl Backend for Sqlite {
     }
 
     crate::queries::log_queries!();
+
+    crate::queries::event_queries!();
+
+    async fn claim_events(
+        connection: &mut Self::Connection,
+        host: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>> {
+        // One writing statement: SQLite runs it alone, so two claims never take one event.
+        Ok(diesel::sql_query(
+            "UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = ?, \
+             lease_until = ?, attempts = attempts + 1 \
+             WHERE uuid IN (SELECT uuid FROM ofx_events WHERE state = 0 AND due_at <= ?3 \
+             AND (lease_until IS NULL OR lease_until < ?3) ORDER BY due_at LIMIT ?4) \
+             RETURNING uuid, command_name, \
+             CASE WHEN octet_length(command_json) <= ?5 THEN command_json END AS command_json, \
+             CAST(octet_length(command_json) AS BIGINT) AS payload_bytes, attempts, lease_token, \
+             due_at",
+        )
+        .bind::<Text, _>(host)
+        .bind::<BigInt, _>(lease_until)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(limit)
+        .bind::<BigInt, _>(MAX_PAYLOAD_BYTES as i64)
+        .load(connection)
+        .await?)
+    }
 
     async fn start_position(connection: &mut Self::Connection) -> Result<StartPosition> {
         // One writer at a time, and AUTOINCREMENT: a row not visible now gets a higher index.

@@ -1,4 +1,5 @@
-//! The trimmer: deletes operations older than the log's max age, in bounded batches.
+//! The trimmer: deletes operations older than the log's max age, and finished events older
+//! than theirs, in bounded batches.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,7 @@ pub struct Trimmer {
 }
 
 impl Trimmer {
-    /// Rows deleted so far.
+    /// Rows deleted so far (operations and events).
     pub fn trimmed(&self) -> u64 {
         self.trimmed.load(Ordering::Relaxed)
     }
@@ -84,6 +85,13 @@ impl<B: Backend> DbHub<B> {
                         tracing::debug!(count, "trimmed the operation log");
                     }
                     Err(error) => tracing::warn!(%error, "trimming the operation log failed"),
+                }
+                match db.events().trim().await {
+                    Ok(count) => {
+                        counter.fetch_add(count, Ordering::Relaxed);
+                        tracing::debug!(count, "trimmed finished events");
+                    }
+                    Err(error) => tracing::warn!(%error, "trimming finished events failed"),
                 }
             }
         });

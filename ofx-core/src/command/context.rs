@@ -4,9 +4,11 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::OperationItems;
+use super::{Command, OperationItems};
 use crate::Hub;
-use crate::operation::{OperationRecorder, OperationScope};
+use crate::operation::{
+    EventDelivery, EventOptions, OperationEvent, OperationRecorder, OperationScope,
+};
 
 /// How a handler is being called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +149,55 @@ impl CommandContext {
             });
         }
         self.operation.scope(key, name, begin)
+    }
+
+    /// Adds an event to this call's operation: `event`, a command, runs later, once, on one
+    /// host, as an operation of its own. It is stored with the operation, in its transaction:
+    /// if the operation does not commit (or this nested command fails), the event does not
+    /// exist. Returns the event's uuid. See [`add_event_with`](Self::add_event_with) for a
+    /// delay or a key, and ofx-diesel's `EventProcessor` for how events run.
+    ///
+    /// # Errors
+    /// As [`add_event_with`](Self::add_event_with).
+    pub fn add_event<E: Command>(&self, event: E) -> Result<uuid::Uuid, crate::Error> {
+        self.add_event_with(event, EventOptions::new())
+    }
+
+    /// Adds an event (see [`add_event`](Self::add_event)) with a due time or a key.
+    ///
+    /// # Errors
+    /// [`Error::NotInOperation`](crate::Error::NotInOperation) in an invalidation pass (which
+    /// must not produce anything); [`Error::NoHandler`](crate::Error::NoHandler) when no service
+    /// of this hub handles `E` (events run on the hubs that produce them);
+    /// [`Error::CommandJson`](crate::Error::CommandJson) when `E` does not serialize;
+    /// [`Error::EventKeyConflict`](crate::Error::EventKeyConflict) when this operation added an
+    /// event with the same key already and the strategy is
+    /// [`KeyConflict::Fail`](crate::operation::KeyConflict::Fail).
+    pub fn add_event_with<E: Command>(
+        &self,
+        event: E,
+        options: EventOptions,
+    ) -> Result<uuid::Uuid, crate::Error> {
+        if self.kind == CallKind::Invalidation {
+            return Err(crate::Error::NotInOperation {
+                command: self.command_name,
+            });
+        }
+        self.hub.handler(TypeId::of::<E>(), || E::NAME)?;
+        let command = serde_json::to_value(&event).map_err(|source| crate::Error::CommandJson {
+            command: E::NAME.to_owned(),
+            source: Arc::new(source),
+        })?;
+        let event = OperationEvent::new(E::NAME, command, self.operation.logged_at, &options);
+        let uuid = event.uuid;
+        self.operation
+            .add_event(Arc::clone(&self.nested_frames), event)?;
+        Ok(uuid)
+    }
+
+    /// The event this command runs as, when an event processor runs it (`None` otherwise).
+    pub fn event_delivery(&self) -> Option<EventDelivery> {
+        self.context_items.get::<EventDelivery>()
     }
 
     /// Whether the command came from a client (see

@@ -3,15 +3,17 @@
 
 mod handler;
 pub mod pipeline;
+pub mod reprocess;
 
 use std::any::TypeId;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use pipeline::{CommandFilter, Next};
+pub use reprocess::{Permanent, ReprocessPolicy, Transient, TransientClassifier};
 
 use crate::command::handler::{ErasedService, HandlerFns};
-use crate::command::registry::{self, ErasedCommand};
+use crate::command::registry::{self, BoxedOutput, ErasedCommand};
 use crate::command::{CallKind, Command, CommandContext, ContextItems, OperationItems};
 use crate::operation::recorder::RecordedNested;
 use crate::operation::{CommitOutcome, Committed, NestedOperation, Operation, OperationRecorder};
@@ -43,6 +45,84 @@ pub struct Executed<O> {
     /// Where and when the operation was committed; `None` for a nested command, which commits
     /// with its outermost command.
     pub committed: Option<Committed>,
+}
+
+/// How [`Commander::call_by_name`] runs a command.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Context items for the filters and the handler.
+    pub context_items: ContextItems,
+    /// Whether the command comes from a client (a backend command is then refused).
+    pub from_client: bool,
+    /// Called with the outermost command's context before its main branch runs (on every try):
+    /// what an event processor uses to begin the operation's scope with the event's claim, so
+    /// that the event is marked done in the operation's own transaction.
+    pub prepare: Option<PrepareCall>,
+}
+
+/// See [`CallOptions::prepare`].
+pub type PrepareCall = Arc<dyn Fn(&CommandContext) -> Result<(), Error> + Send + Sync>;
+
+impl CallOptions {
+    /// The default options: no context items, not from a client, nothing prepared.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With these context items.
+    #[must_use]
+    pub fn context_items(mut self, items: ContextItems) -> Self {
+        self.context_items = items;
+        self
+    }
+
+    /// Coming from a client, or not.
+    #[must_use]
+    pub fn from_client(mut self, from_client: bool) -> Self {
+        self.from_client = from_client;
+        self
+    }
+
+    /// With `prepare` called before the main branch (see [`CallOptions::prepare`]).
+    #[must_use]
+    pub fn prepare(
+        mut self,
+        prepare: impl Fn(&CommandContext) -> Result<(), Error> + Send + Sync + 'static,
+    ) -> Self {
+        self.prepare = Some(Arc::new(prepare));
+        self
+    }
+}
+
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("from_client", &self.from_client)
+            .field("prepare", &self.prepare.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A command to run, type-erased: from a typed call or decoded by name.
+struct ErasedCall {
+    type_id: TypeId,
+    name: &'static str,
+    backend: bool,
+    encode: fn(&ErasedCommand) -> Result<serde_json::Value, serde_json::Error>,
+    command: Arc<ErasedCommand>,
+}
+
+impl ErasedCall {
+    fn of<C: Command>(command: C) -> Self {
+        Self {
+            type_id: TypeId::of::<C>(),
+            name: C::NAME,
+            backend: C::BACKEND,
+            encode: registry::encode::<C>,
+            command: Arc::new(command),
+        }
+    }
 }
 
 /// One command on its way through the pipeline: what filters see. Filters only ever see main
@@ -108,13 +188,17 @@ impl Commander {
     /// the invalidation branches of its nested commands and its own, before returning. Called
     /// from inside a handler, the command joins the running operation as a nested command.
     ///
+    /// An outermost command that fails for a transient reason before its commit runs again as
+    /// a whole (see [`reprocess`]): its main branch may run more than once, its committed
+    /// effects happen once.
+    ///
     /// # Errors
     /// The handler's error ([`Error::Handler`], or [`Error::HandlerPanicked`]), why the command
     /// could not run ([`Error::NoHandler`], [`Error::ServiceDropped`], ...), or why its
     /// operation was not committed (the scope's error), or [`Error::CommitInDoubt`].
     pub async fn call<C: Command>(&self, command: C) -> Result<C::Output, Error> {
         Ok(self
-            .run(command, false, ContextItems::default())
+            .run_typed(command, CallOptions::default())
             .await?
             .output)
     }
@@ -129,7 +213,7 @@ impl Commander {
         &self,
         command: C,
     ) -> Result<Executed<C::Output>, Error> {
-        self.run(command, false, ContextItems::default()).await
+        self.run_typed(command, CallOptions::default()).await
     }
 
     /// Runs `command` for a client: refused with [`Error::BackendCommand`] if it is a backend
@@ -138,11 +222,8 @@ impl Commander {
     /// # Errors
     /// As [`call`](Self::call), and [`Error::BackendCommand`].
     pub async fn call_from_client<C: Command>(&self, command: C) -> Result<C::Output, Error> {
-        if C::BACKEND {
-            return Err(Error::BackendCommand { command: C::NAME });
-        }
         Ok(self
-            .run(command, true, ContextItems::default())
+            .run_typed(command, CallOptions::new().from_client(true))
             .await?
             .output)
     }
@@ -156,20 +237,114 @@ impl Commander {
         command: C,
         items: ContextItems,
     ) -> Result<C::Output, Error> {
-        Ok(self.run(command, false, items).await?.output)
+        Ok(self
+            .run_typed(command, CallOptions::new().context_items(items))
+            .await?
+            .output)
     }
 
-    async fn run<C: Command>(
+    /// Runs the command registered under `name`, decoded from `command` through the closed
+    /// registry (what an event processor or a web endpoint does). The output is the handler's,
+    /// type-erased (downcast it to the command's output type).
+    ///
+    /// # Errors
+    /// [`Error::UnknownCommandName`], [`Error::CommandJson`] when the JSON is not that command,
+    /// [`Error::BackendCommand`] for a backend command from a client; then as
+    /// [`call`](Self::call).
+    pub async fn call_by_name(
+        &self,
+        name: &str,
+        command: serde_json::Value,
+        options: CallOptions,
+    ) -> Result<Executed<BoxedOutput>, Error> {
+        let registration =
+            registry::registry()?
+                .by_name(name)
+                .ok_or_else(|| Error::UnknownCommandName {
+                    name: name.to_owned(),
+                })?;
+        let decoded = (registration.decode)(command).map_err(|source| Error::CommandJson {
+            command: name.to_owned(),
+            source: Arc::new(source),
+        })?;
+        let call = ErasedCall {
+            type_id: (registration.type_id)(),
+            name: registration.name,
+            backend: registration.backend,
+            encode: registration.encode,
+            command: Arc::from(decoded),
+        };
+        self.run(call, options).await
+    }
+
+    async fn run_typed<C: Command>(
         &self,
         command: C,
-        from_client: bool,
-        context_items: ContextItems,
+        options: CallOptions,
     ) -> Result<Executed<C::Output>, Error> {
-        let (handler, service) = self.hub.handler(TypeId::of::<C>(), || C::NAME)?;
+        let executed = self.run(ErasedCall::of(command), options).await?;
+        match executed.output.downcast::<C::Output>() {
+            Ok(output) => Ok(Executed {
+                output: *output,
+                operation: executed.operation,
+                committed: executed.committed,
+            }),
+            Err(_) => unreachable!("a handler's output is its command's output type"),
+        }
+    }
+
+    /// Runs a command: nested in the task's current command, or outermost, with reprocessing.
+    async fn run(
+        &self,
+        command: ErasedCall,
+        options: CallOptions,
+    ) -> Result<Executed<BoxedOutput>, Error> {
+        if options.from_client && command.backend {
+            return Err(Error::BackendCommand {
+                command: command.name,
+            });
+        }
         let parent = CURRENT_CALL
             .try_with(Clone::clone)
             .ok()
             .filter(|parent| parent.hub.ptr_eq(&self.hub) && parent.kind != CallKind::Invalidation);
+        if let Some(parent) = parent {
+            return self.run_once(&command, Some(parent), &options).await;
+        }
+        let policy = self.hub.reprocess_policy();
+        let mut tries = 1;
+        loop {
+            match self.run_once(&command, None, &options).await {
+                Err(error) if tries < policy.max_tries && self.hub.is_transient(&error) => {
+                    tries += 1;
+                    let delay = policy.delay(tries);
+                    tracing::info!(
+                        command = command.name,
+                        %error,
+                        try_ = tries,
+                        ?delay,
+                        "the command failed for a transient reason before its commit; running it again"
+                    );
+                    self.hub.emit(|| crate::HubEvent::CommandRetried {
+                        command: command.name,
+                        next_try: tries,
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One try of a command.
+    async fn run_once(
+        &self,
+        command: &ErasedCall,
+        parent: Option<CommandContext>,
+        options: &CallOptions,
+    ) -> Result<Executed<BoxedOutput>, Error> {
+        let (handler, service) = self.hub.handler(command.type_id, || command.name)?;
+        let context_items = options.context_items.clone();
         let context = match parent {
             // A nested command shares its parent's operation (and so its scope, such as a
             // database transaction) and context items; items given to `call_with` are added.
@@ -181,7 +356,7 @@ impl Commander {
                 context_items: parent.context_items.merged(context_items),
                 kind: CallKind::Nested,
                 from_client: parent.from_client,
-                command_name: C::NAME,
+                command_name: command.name,
             },
             None => CommandContext {
                 hub: self.hub.clone(),
@@ -189,19 +364,25 @@ impl Commander {
                 items: OperationItems::new(),
                 context_items,
                 kind: CallKind::Outermost,
-                from_client,
-                command_name: C::NAME,
+                from_client: options.from_client,
+                command_name: command.name,
                 nested_frames: Arc::from([]),
             },
         };
         let call = CommandCall {
             handler,
-            encode: registry::encode::<C>,
-            command: Arc::new(command),
+            encode: command.encode,
+            command: Arc::clone(&command.command),
             service,
             context,
         };
-        let result = Next::new(self.hub.filters()).run(&call).await;
+        let result = match &options.prepare {
+            Some(prepare) => match prepare(&call.context) {
+                Ok(()) => Next::new(self.hub.filters()).run(&call).await,
+                Err(error) => Err(error),
+            },
+            None => Next::new(self.hub.filters()).run(&call).await,
+        };
         let operation = call.context.operation.uuid;
         let succeeded = result.is_ok();
         let committed = if call.context.kind == CallKind::Nested {
@@ -211,15 +392,11 @@ impl Commander {
         } else {
             Some(self.commit(&call, succeeded).await?)
         };
-        let output = result?;
-        match output.downcast::<C::Output>() {
-            Ok(output) => Ok(Executed {
-                output: *output,
-                operation,
-                committed,
-            }),
-            Err(_) => unreachable!("a handler's output is its command's output type"),
-        }
+        Ok(Executed {
+            output: result?,
+            operation,
+            committed,
+        })
     }
 
     /// The outermost command's end: its operation built once, committed by its scope, the
@@ -227,7 +404,16 @@ impl Commander {
     /// failed, the scope is rolled back and nothing is recorded or invalidated.
     async fn commit(&self, call: &CommandCall, succeeded: bool) -> Result<Committed, Error> {
         let recorder = &call.context.operation;
-        let scope = recorder.take_scope();
+        let mut scope = recorder.take_scope();
+        if succeeded
+            && scope.is_none()
+            && recorder.has_events()
+            && let Some(begin) = self.hub.event_scope()
+        {
+            // Events, but no write: the hub's home of events stores the operation.
+            begin(&call.context)?;
+            scope = recorder.take_scope();
+        }
         if !succeeded {
             if let Some(scope) = scope {
                 scope.rollback().await;
@@ -244,6 +430,16 @@ impl Commander {
                 return Err(error);
             }
         };
+        if !operation.events.is_empty()
+            && !scope.as_ref().is_some_and(|scope| scope.stores_events())
+        {
+            if let Some(scope) = scope {
+                scope.rollback().await;
+            }
+            return Err(Error::EventsNotStored {
+                command: call.handler.command_name,
+            });
+        }
         let outcome = match &scope {
             Some(scope) => scope.commit(&operation).await,
             None => CommitOutcome::Committed(Committed::new(None, SystemTime::now())),
@@ -301,6 +497,10 @@ async fn end_nested(call: &CommandCall, succeeded: bool) -> Result<(), Error> {
     let Some(frame) = call.context.nested_frames.last().copied() else {
         return Ok(());
     };
+    if !succeeded {
+        // Its events go with its writes.
+        call.context.operation.drop_events_of(frame);
+    }
     let Some(scope) = call.context.operation.active_scope() else {
         return Ok(());
     };

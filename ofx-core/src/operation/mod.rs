@@ -21,6 +21,7 @@
 //! [`OperationCompletionNotifier::complete_remote`]: the same invalidation pass.
 
 mod completion;
+mod events;
 pub(crate) mod invalidation;
 pub(crate) mod recorder;
 mod scope;
@@ -36,6 +37,7 @@ pub use completion::{
     CompletionListener, MAX_KNOWN_OPERATION_AGE, MAX_KNOWN_OPERATIONS, OperationCompletionNotifier,
     ReplayError,
 };
+pub use events::{EventDelivery, EventOptions, KeyConflict, OperationEvent, event_key_uuid};
 pub(crate) use recorder::{LocalCommands, OperationRecorder};
 pub use scope::{AfterCommitHook, CommitOutcome, Committed, OperationScope, ScopeFuture};
 
@@ -79,6 +81,11 @@ pub struct Operation {
     /// When it was committed (`None` before its commit).
     #[serde(default)]
     pub committed_at: Option<SystemTime>,
+    /// The events its main branches added (nested commands' included), stored with it by its
+    /// scope: what [`CommandContext::add_event`](crate::CommandContext::add_event) recorded.
+    /// Empty for an operation read back from the log (events live in their own table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<OperationEvent>,
     /// The typed commands, on the host that executed them (never serialized).
     #[serde(skip)]
     pub(crate) local: Option<Arc<LocalCommands>>,
@@ -131,6 +138,7 @@ impl Operation {
             nested: Vec::new(),
             sequence: None,
             committed_at: None,
+            events: Vec::new(),
             local: None,
         }
     }

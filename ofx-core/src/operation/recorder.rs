@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use super::{NestedOperation, Operation, OperationScope};
+use super::{KeyConflict, NestedOperation, Operation, OperationEvent, OperationScope};
 use crate::command::OperationItems;
 use crate::command::registry::ErasedCommand;
 use crate::{Error, HostId};
@@ -51,6 +51,9 @@ pub(crate) struct OperationRecorder {
     nested: Mutex<Vec<RecordedNested>>,
     scope: Mutex<Option<ActiveScope>>,
     frames: std::sync::atomic::AtomicU64,
+    /// The events added so far, each with the nested calls it was added in (outermost first):
+    /// a failed nested call's events are dropped with it.
+    events: Mutex<Vec<(Arc<[u64]>, OperationEvent)>>,
 }
 
 impl OperationRecorder {
@@ -62,6 +65,7 @@ impl OperationRecorder {
             nested: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
             frames: std::sync::atomic::AtomicU64::new(0),
+            events: Mutex::new(Vec::new()),
         }
     }
 
@@ -74,6 +78,7 @@ impl OperationRecorder {
             nested: Mutex::new(Vec::new()),
             scope: Mutex::new(None),
             frames: std::sync::atomic::AtomicU64::new(0),
+            events: Mutex::new(Vec::new()),
         }
     }
 
@@ -120,6 +125,46 @@ impl OperationRecorder {
         Ok(state)
     }
 
+    /// Adds an event, added by the call inside the nested calls `frames`. An event with the
+    /// uuid of one added before (one key) follows its conflict strategy.
+    pub(crate) fn add_event(&self, frames: Arc<[u64]>, event: OperationEvent) -> Result<(), Error> {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        match events
+            .iter_mut()
+            .find(|(_, added)| added.uuid == event.uuid)
+        {
+            None => events.push((frames, event)),
+            Some(existing) => match event.on_conflict {
+                KeyConflict::Keep => {}
+                KeyConflict::Replace => *existing = (frames, event),
+                KeyConflict::Fail => {
+                    return Err(Error::EventKeyConflict {
+                        command: event.command_name,
+                        key: event.key.unwrap_or_default(),
+                    });
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Drops the events added inside the nested call `frame` (which failed).
+    pub(crate) fn drop_events_of(&self, frame: u64) {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(frames, _)| !frames.contains(&frame));
+    }
+
+    /// Whether an event was added.
+    pub(crate) fn has_events(&self) -> bool {
+        !self
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// A new nested-call id within this operation.
     pub(crate) fn next_frame(&self) -> u64 {
         self.frames
@@ -155,6 +200,11 @@ impl OperationRecorder {
     ) -> Operation {
         let nested =
             std::mem::take(&mut *self.nested.lock().unwrap_or_else(PoisonError::into_inner));
+        let events =
+            std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .map(|(_, event)| event)
+                .collect();
         let (records, typed): (Vec<_>, Vec<_>) = nested
             .into_iter()
             .map(|nested| (nested.record, (nested.command, nested.items)))
@@ -169,6 +219,7 @@ impl OperationRecorder {
             nested: records,
             sequence: None,
             committed_at: None,
+            events,
             local: Some(Arc::new(LocalCommands {
                 outer: (command, items),
                 nested: typed,

@@ -73,6 +73,13 @@ pub trait OperationScope: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// Whether [`commit`](Self::commit) stores the operation's
+    /// [`events`](Operation::events) in its transaction. An operation with events whose scope
+    /// does not is refused rather than committed without them (default `false`).
+    fn stores_events(&self) -> bool {
+        false
+    }
+
     /// Runs after a successful commit, before the hub's after-commit hooks and the invalidation
     /// pass: for example, waking the other hosts' log readers. Must not block.
     fn after_commit(&self, hub: &Hub, operation: &Operation) {
