@@ -309,7 +309,10 @@ impl<B: Backend> DbHub<B> {
                 .start(hub.host_id().clone(), hub.shutdown_token())
                 .await
                 .map_err(Error::Watcher)?;
-            link.set_watcher(watcher, hub.shutdown_token());
+            // Wake-ups are forwarded only to a reader or processor that runs here: a host that
+            // runs neither leaves them to the hosts that do.
+            let consumes = self.settings().read_log || self.settings().events.process;
+            link.set_watcher(watcher, consumes.then(|| hub.shutdown_token()));
         }
         hub.add_transient_classifier("ofx-diesel", crate::transient::is_transient);
         // An operation that added events but wrote nowhere stores them here (the first

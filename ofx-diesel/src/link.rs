@@ -43,8 +43,12 @@ impl HubLink {
 
     /// Keeps the watcher started for this hub. Its wake-ups go to the log reader (through the
     /// returned watcher's `wakes`) and to the event processor: a forwarding task, stopped by
-    /// `stop`, hands each one to both.
-    pub(crate) fn set_watcher(&self, watcher: Arc<dyn LogWatcher>, stop: CancellationToken) {
+    /// `stop`, hands each one to both (none without `stop`: nothing here consumes them).
+    pub(crate) fn set_watcher(
+        &self,
+        watcher: Arc<dyn LogWatcher>,
+        stop: Option<CancellationToken>,
+    ) {
         let shared = Arc::new(SharedWatcher {
             inner: Arc::clone(&watcher),
             reader_wakes: Arc::new(Notify::new()),
@@ -57,6 +61,7 @@ impl HubLink {
         {
             return;
         }
+        let Some(stop) = stop else { return };
         let events = Arc::clone(&self.events_wake);
         let wakes = watcher.wakes();
         tokio::spawn(async move {

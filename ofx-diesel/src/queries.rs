@@ -244,6 +244,7 @@ macro_rules! event_queries {
                 .filter(ev::state.eq(0));
             let common = (
                 ev::state.eq(state),
+                ev::attempts.eq(ev::attempts - i32::from(release.refund)),
                 ev::last_error.eq(Some(release.error)),
                 ev::lease_owner.eq(None::<String>),
                 ev::lease_until.eq(None::<i64>),

@@ -18,6 +18,9 @@ use crate::reader::jitter;
 use crate::row::{MAX_PAYLOAD_BYTES, micros};
 use crate::{Error, Result};
 
+/// How long an event that cannot run on this host (no service handles it here yet) waits.
+const NOT_HERE_DELAY: Duration = Duration::from_secs(1);
+
 /// The shortest and longest wait after a failed claim.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
@@ -409,6 +412,11 @@ enum Ended {
         error: String,
         permanent: bool,
     },
+    /// Could not run here (no service of this hub handles it, yet): given back without counting
+    /// the attempt.
+    NotHere {
+        error: String,
+    },
 }
 
 impl<B: Backend> EventRun<B> {
@@ -426,6 +434,25 @@ impl<B: Backend> EventRun<B> {
                 return stats.add(&stats.in_doubt, 1);
             }
             Ended::Failed { error, permanent } => (error, permanent),
+            Ended::NotHere { error } => {
+                // A host starts its processor before its services are added: an event claimed
+                // in between waits a little, its attempt not counted.
+                tracing::debug!(event = %event.uuid, %error, "an event cannot run on this host yet");
+                let now = SystemTime::now();
+                let release = EventRelease {
+                    uuid: &event.uuid,
+                    lease_token: event.lease_token,
+                    error: &error,
+                    retry_at: Some(micros(now + NOT_HERE_DELAY)),
+                    now: micros(now),
+                    refund: true,
+                };
+                if let Err(release_error) = self.release(release).await {
+                    tracing::warn!(event = %event.uuid, %release_error, "an event could not be given back; it is claimed again after its lease");
+                    stats.add(&stats.release_failures, 1);
+                }
+                return;
+            }
         };
         let retry = self.db.settings().events.retry;
         let attempts = u32::try_from(event.attempts).unwrap_or(u32::MAX);
@@ -438,12 +465,9 @@ impl<B: Backend> EventRun<B> {
             error: &error,
             retry_at,
             now: micros(now),
+            refund: false,
         };
-        let released = async {
-            let mut connection = self.db.connection().await?;
-            B::release_event(&mut connection, release).await
-        };
-        match released.await {
+        match self.release(release).await {
             Ok(true) if dead => {
                 tracing::error!(event = %event.uuid, command = %event.command_name, attempts, %error, "an event is dead");
                 stats.add(&stats.dead, 1);
@@ -458,6 +482,11 @@ impl<B: Backend> EventRun<B> {
                 stats.add(&stats.release_failures, 1);
             }
         }
+    }
+
+    async fn release(&self, release: EventRelease<'_>) -> Result<bool> {
+        let mut connection = self.db.connection().await?;
+        B::release_event(&mut connection, release).await
     }
 
     async fn execute(&self, event: &ClaimedEvent) -> Ended {
@@ -516,6 +545,12 @@ impl<B: Backend> EventRun<B> {
             {
                 Ended::Fenced
             }
+            Err(
+                error
+                @ (ofx_core::Error::NoHandler { .. } | ofx_core::Error::ServiceDropped { .. }),
+            ) => Ended::NotHere {
+                error: error.to_string(),
+            },
             Err(error) => {
                 // A row that names no command, or does not decode as its command, never will.
                 let permanent = error.is_permanent()

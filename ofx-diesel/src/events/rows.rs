@@ -102,4 +102,7 @@ pub struct EventRelease<'a> {
     pub retry_at: Option<i64>,
     /// Now (µs).
     pub now: i64,
+    /// Whether the run does not count as an attempt (the event could not run on this host:
+    /// its handler's service is not added here yet).
+    pub refund: bool,
 }

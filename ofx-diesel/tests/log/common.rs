@@ -200,8 +200,10 @@ impl<B: AccountQueries> Host<B> {
         watcher: Option<Arc<dyn ofx_core::LogWatcher>>,
     ) -> Self {
         let mut settings = settings;
-        // A host that only writes runs no reader (its watcher still announces its commits).
+        // A host that only writes runs no reader and no event processor (its watcher still
+        // announces its commits).
         settings.read_log = read;
+        settings.events.process = read;
         let db = DbHub::<B>::open(url, settings).await.unwrap();
         if let Some(watcher) = watcher {
             db.set_watcher(Started(watcher)).unwrap();
