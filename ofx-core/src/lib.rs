@@ -25,6 +25,8 @@
 //! | [`Operation`] | the record of one executed command: uuid, host, command, [operation items](OperationItems), nested commands, its log sequence and commit time. |
 //! | [`OperationScope`] | where an operation commits: begun lazily by the storage a handler uses (ofx-diesel's database transaction), answering a typed [`CommitOutcome`]: committed (with its sequence), not committed, or in doubt. Without one, an operation commits in memory. |
 //! | [`OperationCompletionNotifier`] | learns that operations completed (here after the commit, or replayed from another host's log), once per uuid, and runs their invalidation pass: nested commands first, then the outer one, each branch's panic caught. |
+//! | event | a command a main branch adds to its operation ([`CommandContext::add_event`], with [`EventOptions`](operation::EventOptions): a delay, a due time, a deduplicating key, debounce): stored with the operation by its scope, run later, once, on one host, as an operation of its own (ofx-diesel's event processor). |
+//! | reprocessing | an outermost command that failed for a transient reason before its commit runs again as a whole ([`commander::reprocess`], [`ReprocessPolicy`]); a commit in doubt never does. |
 //! | [`HubExtension`] | how a storage (a database with its log reader, trimmer and watcher) adds itself to a hub in one step: `Hub::builder().with(db).start().await`. |
 //!
 //! ## Example

@@ -12,7 +12,9 @@
 //! | [`DbHub`] | one database: its pool, settings and migrations ([`DbHub::open`]); added to a hub with `HubBuilder::with`, it starts there its watcher, [`LogReader`] and [`Trimmer`] |
 //! | [`DbOperationScope`] | the operation's [`OperationScope`](ofx_core::OperationScope): the first [`DbHub::operation_connection`] of a command begins a transaction that its nested commands share; after the outermost main branch succeeded, the operation row is inserted and the transaction committed (an ambiguous commit is verified), on failure everything is rolled back |
 //! | [`LogReader`] | polls the log (jittered, or when woken), skips what this hub completed (by uuid), decodes each operation through the compile-time registry and replays its invalidation; unreadable rows are logged and skipped, replays that fail for a passing reason are retried |
-//! | [`Trimmer`] | deletes operations older than the log's max age, in bounded batches |
+//! | [`Trimmer`] | deletes operations older than the log's max age, and finished events older than theirs, in bounded batches |
+//! | [`EventProcessor`] | claims due events under a lease with a fencing number, runs each as its own operation, marks it done in that operation's transaction; retries, dead events (see [`events`]) |
+//! | [`DbEvents`] | lists events, redrives and purges dead ones ([`DbHub::events`]) |
 //!
 //! A host in three steps (the order cannot be wrong: a watcher set after the hub started is an
 //! error, and a command on a hub the database is not attached to is refused):

@@ -106,6 +106,15 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Marks a command handler in a `#[service]` impl: `async fn(&self, command: C, ctx:
 /// &CommandContext) -> Result<C::Output, E>`, whose future is `Send`. One handler per command
 /// type in a service.
+///
+/// **Its main branch may run more than once.** An outermost command that fails for a
+/// transient reason before its commit (a serialization failure, a deadlock, a busy database, a
+/// lost connection, an error marked `Error::transient`) runs again as a whole, with a fresh
+/// context and operation items (`ofx_core::commander::reprocess`); an event's handler may also
+/// run again after a failed or fenced-off run. Its *committed* effects happen once: a command
+/// whose commit happened, or may have happened, is never run again. So keep side effects outside
+/// the transaction (an e-mail, a call to another system) out of the main branch: add an event
+/// for them (`ctx.add_event`), whose run is its own operation.
 #[proc_macro_attribute]
 pub fn command_handler(args: TokenStream, item: TokenStream) -> TokenStream {
     service::lone_handler(args.into(), item.into()).into()
