@@ -28,6 +28,18 @@
 //! 5. The trimmer deletes done events after [`EventSettings::done_max_age`] and dead ones after
 //!    [`EventSettings::dead_max_age`].
 //!
+//! # What a handler of events must know
+//!
+//! - An event runs against the database that stored it: its handler writes through that
+//!   database's [`operation_connection`](crate::DbHub::operation_connection) (another one is a
+//!   scope conflict, and the run fails).
+//! - Its main branch may run more than once (a failed or fenced-off run, reprocessing), its
+//!   committed effects happen once. [`CommandContext::event_delivery`](ofx_core::CommandContext::event_delivery)
+//!   tells it which event and attempt it runs.
+//! - Leases are compared with each host's clock: keep the hosts' clocks within a small part of
+//!   the lease. A host whose clock runs ahead may take an event over early; the fencing number
+//!   still refuses the earlier run's commit, so effects stay once.
+//!
 //! # Keys
 //!
 //! An event with a key has a uuid derived from its command name and key (and, debounced, the

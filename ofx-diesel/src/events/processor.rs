@@ -331,8 +331,10 @@ impl<B: Backend> Processor<B> {
             Ok(Some(due)) => {
                 let wait = u64::try_from(due.saturating_sub(micros(SystemTime::now())))
                     .map_or(Duration::ZERO, Duration::from_micros);
-                // A little after the due time: the claim compares with its own clock.
-                period.min(wait + Duration::from_millis(1))
+                // A little after the due time (the claim compares with its own clock), and not
+                // at once when an event is due already but was not claimable (its row locked by
+                // a transaction about to end): no hot loop.
+                period.min(wait.max(Duration::from_millis(9)) + Duration::from_millis(1))
             }
             Ok(None) => period,
             Err(error) => {
