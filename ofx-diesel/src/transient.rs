@@ -8,26 +8,77 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 /// `LOCKED`, a connection closed or lost (the transaction did not commit: a commit whose
 /// outcome is unknown is verified first, and reported in doubt, never as this), or no
 /// connection to be had.
+///
+/// A handler's error type that wraps Diesel's error with `#[error(transparent)]` hides it from
+/// the chain (its `source()` is the database error's own, none): such a link is recognized by
+/// its message, which is the database's.
 pub(crate) fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
     if let Some(error) = error.downcast_ref::<crate::Error>() {
         return matches!(error, crate::Error::Connect(_));
     }
-    let Some(error) = error.downcast_ref::<DieselError>() else {
-        return false;
-    };
-    match error {
-        DieselError::DatabaseError(kind, info) => match kind {
+    match error.downcast_ref::<DieselError>() {
+        Some(DieselError::DatabaseError(kind, info)) => match kind {
             DatabaseErrorKind::SerializationFailure
             | DatabaseErrorKind::ClosedConnection
             | DatabaseErrorKind::UnableToSendCommand => true,
-            _ => {
-                let message = info.message();
-                message.contains("deadlock detected")
-                    || message.contains("database is locked")
-                    || message.contains("database table is locked")
-                    || message.contains("database schema is locked")
-            }
+            _ => transient_message(info.message()),
         },
-        _ => false,
+        Some(_) => false,
+        None => transient_message(&error.to_string()),
+    }
+}
+
+/// Whether a database's error message says serialization failure, deadlock, or locked.
+fn transient_message(message: &str) -> bool {
+    message.contains("could not serialize access due to")
+        || message.contains("deadlock detected")
+        || message.contains("database is locked")
+        || message.contains("database table is locked")
+        || message.contains("database schema is locked")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum HandlerError {
+        #[error(transparent)]
+        Query(#[from] DieselError),
+        #[error("refused")]
+        Refused,
+    }
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> DieselError {
+        DieselError::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn database_errors_are_recognized_bare_and_wrapped_transparently() {
+        let cases = [
+            (
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize access due to concurrent update",
+                true,
+            ),
+            (DatabaseErrorKind::Unknown, "deadlock detected", true),
+            (DatabaseErrorKind::Unknown, "database is locked", true),
+            (
+                DatabaseErrorKind::UniqueViolation,
+                "duplicate key value violates unique constraint",
+                false,
+            ),
+        ];
+        for (kind, message, transient) in cases {
+            assert_eq!(
+                is_transient(&database_error(kind, message)),
+                transient,
+                "{message}"
+            );
+            let wrapped = HandlerError::from(database_error(kind, message));
+            assert_eq!(is_transient(&wrapped), transient, "wrapped: {message}");
+        }
+        assert!(!is_transient(&HandlerError::Refused));
+        assert!(!is_transient(&DieselError::NotFound));
     }
 }

@@ -128,14 +128,28 @@ impl Error {
         transient
     }
 
-    /// The handler's or scope's error and its sources.
+    /// The handler's or scope's error and its sources, each seen through the shared handler
+    /// errors ([`HandlerError`]) that wrap them.
     fn chain(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
         let first: Option<&(dyn std::error::Error + 'static)> = match self {
             Self::Handler(error) | Self::Scope(error) => Some(&**error),
             _ => None,
         };
-        std::iter::successors(first, |error| error.source())
+        std::iter::successors(first.map(unshared), |error| error.source().map(unshared))
     }
+}
+
+/// The error a [`HandlerError`] shares, when `error` is one. An error that carries an
+/// [`Error`] as its source (a handler's error type wrapping what a nested call or
+/// [`Error::transient`] returned) reaches the marked error through an `Arc`, whose own type
+/// would hide it from `is::<Transient>()` and from the classifiers' downcasts.
+fn unshared<'a>(
+    mut error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    while let Some(shared) = error.downcast_ref::<HandlerError>() {
+        error = &**shared;
+    }
+    error
 }
 
 #[cfg(test)]
@@ -159,6 +173,19 @@ mod tests {
             source: std::sync::Arc::new(Error::transient(Busy)),
         };
         assert!(!doubt.is_transient_by(&[busy]));
+    }
+
+    #[test]
+    fn marks_and_classified_errors_are_seen_through_a_handler_error_that_wraps_them() {
+        // What a handler returns when it passes on a nested call's error, or `Error::transient`
+        // itself: the marked error is a source behind an `Arc`.
+        let nested = Error::handler(Error::transient(Busy));
+        assert!(nested.is_transient_by(&[]));
+        let busy: TransientClassifier = |error| error.is::<Busy>();
+        assert!(Error::handler(Error::handler(Busy)).is_transient_by(&[busy]));
+        let permanent = Error::handler(Error::handler(Error::permanent(Busy)));
+        assert!(permanent.is_permanent());
+        assert!(!permanent.is_transient_by(&[busy]));
     }
 
     #[test]

@@ -11,3 +11,4 @@ mod generic;
 mod lifecycle;
 mod pipeline;
 mod replay;
+mod reprocess;

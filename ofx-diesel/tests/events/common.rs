@@ -126,6 +126,9 @@ pub(crate) enum Behavior {
     Permanent,
     /// Waits at the job's gate (see [`gate`]) after writing its effect, before returning.
     Gated,
+    /// Writes its effect, then fails with a transient error on its first this many runs of one
+    /// delivery (reprocessing runs it again at once, in the same claim).
+    TransientRuns(u32),
 }
 
 /// How a produced event is stored.
@@ -284,8 +287,33 @@ impl<B: JobQueries> Jobs<B> {
         if command.behavior == Behavior::Gated {
             gate(command.job).pass().await;
         }
+        if let Behavior::TransientRuns(failing) = command.behavior
+            && count_run(delivery.event) <= failing
+        {
+            return Err(ofx_core::Error::transient(JobError::Flaky(delivery.attempt)).into());
+        }
         Ok(())
     }
+}
+
+/// Counts a run of `event`'s handler that got past its effect; returns how many so far.
+fn count_run(event: uuid::Uuid) -> u32 {
+    let mut runs = RUNS.get_or_init(Default::default).lock().unwrap();
+    let count = runs.entry(event).or_default();
+    *count += 1;
+    *count
+}
+
+static RUNS: OnceLock<Mutex<HashMap<uuid::Uuid, u32>>> = OnceLock::new();
+
+/// How many runs of `event`'s handler got past its effect.
+pub(crate) fn runs_of(event: uuid::Uuid) -> u32 {
+    RUNS.get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .get(&event)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// A gate a gated event's handler waits at: the test sees it arrive, then opens it.
@@ -297,6 +325,8 @@ pub(crate) struct Gate {
     opened: Mutex<bool>,
 }
 
+// The gated behavior's test side: no test in this binary waits at a gate yet.
+#[allow(dead_code)]
 impl Gate {
     async fn pass(&self) {
         *self.arrivals.lock().unwrap() += 1;

@@ -13,6 +13,7 @@ mod postgres {
     use diesel::QueryableByName;
     use diesel::sql_types::{BigInt, Nullable};
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+    use ofx_core::ReprocessPolicy;
     use ofx_diesel::{
         Backend, DbHub, DbSettings, Doubt, Error, NewOperationRow, Postgres, TransactionStatus,
     };
@@ -136,7 +137,23 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_cut_before_it_reaches_the_server_is_reported_not_committed() {
-        let setup = through_proxy(fast()).await;
+        // The raw outcome: a connection lost before COMMIT is transient, and the default policy
+        // would run the command again (see the end of this test).
+        let url = postgres_database().await;
+        let proxy = Proxy::start(&url).await;
+        let host = Host::<Postgres>::open_reprocessing(
+            proxy.url(),
+            fast(),
+            false,
+            ReprocessPolicy::disabled(),
+        )
+        .await;
+        let direct = DbHub::<Postgres>::open(&url, fast()).await.unwrap();
+        let setup = Setup {
+            proxy,
+            host,
+            direct,
+        };
         for round in 1..=5 {
             setup.proxy.arm(Fault::CutBeforeCommit);
             let error = setup
@@ -165,6 +182,18 @@ mod postgres {
         }
         assert_eq!(setup.host.deposit(6, 1, false).await.unwrap(), 1);
         assert_committed(&setup.direct, 6, 1, 1).await;
+
+        // With reprocessing on (the default), the same cut is retried and the deposit happens
+        // once.
+        let reprocessing = Host::<Postgres>::open(setup.proxy.url(), fast(), false).await;
+        setup.proxy.arm(Fault::CutBeforeCommit);
+        assert_eq!(reprocessing.deposit(7, 10, false).await.unwrap(), 10);
+        assert_eq!(
+            setup.proxy.intercepted(),
+            6,
+            "the sixth armed COMMIT was cut"
+        );
+        assert_committed(&setup.direct, 7, 10, 2).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

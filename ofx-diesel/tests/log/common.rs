@@ -6,8 +6,8 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use ofx_core::{
-    Command, CommandContext, ComputeService, Computed, Hub, command_handler, compute_method,
-    invalidate, service,
+    Command, CommandContext, ComputeService, Computed, Hub, ReprocessPolicy, command_handler,
+    compute_method, invalidate, service,
 };
 use ofx_diesel::{Backend, DbHub, DbSettings, LogReader};
 use serde::{Deserialize, Serialize};
@@ -199,6 +199,26 @@ impl<B: AccountQueries> Host<B> {
         read: bool,
         watcher: Option<Arc<dyn ofx_core::LogWatcher>>,
     ) -> Self {
+        Self::open_full(url, settings, read, watcher, ReprocessPolicy::default()).await
+    }
+
+    /// A host whose hub runs failed commands again as `policy` says.
+    pub(crate) async fn open_reprocessing(
+        url: &str,
+        settings: DbSettings,
+        read: bool,
+        policy: ReprocessPolicy,
+    ) -> Self {
+        Self::open_full(url, settings, read, None, policy).await
+    }
+
+    async fn open_full(
+        url: &str,
+        settings: DbSettings,
+        read: bool,
+        watcher: Option<Arc<dyn ofx_core::LogWatcher>>,
+        policy: ReprocessPolicy,
+    ) -> Self {
         let mut settings = settings;
         // A host that only writes runs no reader and no event processor (its watcher still
         // announces its commits).
@@ -208,7 +228,12 @@ impl<B: AccountQueries> Host<B> {
         if let Some(watcher) = watcher {
             db.set_watcher(Started(watcher)).unwrap();
         }
-        let hub = Hub::builder().with(db.clone()).start().await.unwrap();
+        let hub = Hub::builder()
+            .with(db.clone())
+            .reprocessing(policy)
+            .start()
+            .await
+            .unwrap();
         let accounts = Arc::new(Accounts {
             hub: hub.clone(),
             db: db.clone(),

@@ -8,6 +8,7 @@ mod commit_verification;
 mod common;
 mod lifecycle;
 mod poison_row;
+mod reprocess;
 mod scenarios;
 mod typed_errors;
 
