@@ -134,8 +134,20 @@ impl Error {
             Self::Handler(error) | Self::Scope(error) => Some(&**error),
             _ => None,
         };
-        std::iter::successors(first, |error| error.source())
+        std::iter::successors(first, |error| error.source().map(shared))
     }
+}
+
+/// The error a source shares, when the source is a [`HandlerError`] (an `Arc`): what an
+/// [`Error`] returned inside a handler's own error gives as its source (the `Arc` is an error
+/// itself, so the mark it holds would not be seen).
+fn shared<'a>(
+    mut error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    while let Some(inner) = error.downcast_ref::<HandlerError>() {
+        error = &**inner;
+    }
+    error
 }
 
 #[cfg(test)]
@@ -154,6 +166,15 @@ mod tests {
         assert!(Error::handler(Busy).is_transient_by(&[busy]));
         assert!(!Error::permanent(Busy).is_transient_by(&[busy]));
         assert!(Error::permanent(Busy).is_permanent());
+        // Returned by a handler (wrapped again), or inside the handler's own error.
+        assert!(Error::handler(Error::permanent(Busy)).is_permanent());
+        assert!(Error::handler(Error::transient(Busy)).is_transient_by(&[]));
+        #[derive(Debug, thiserror::Error)]
+        #[error("the handler's error")]
+        struct Own(#[source] Error);
+        assert!(Error::handler(Own(Error::permanent(Busy))).is_permanent());
+        assert!(Error::handler(Own(Error::handler(Busy))).is_transient_by(&[busy]));
+        assert!(!Error::handler(Own(Error::handler(Busy))).is_permanent());
         let doubt = Error::CommitInDoubt {
             operation: uuid::Uuid::nil(),
             source: std::sync::Arc::new(Error::transient(Busy)),
