@@ -347,14 +347,20 @@ impl<B: Backend> Processor<B> {
             processor: self.processor.clone(),
         };
         tokio::spawn(async move {
-            let uuid = event.uuid.clone();
+            let (uuid, token) = (event.uuid.clone(), event.lease_token);
             run.run(event).await;
-            run.processor
+            let mut running = run
+                .processor
                 .shared
                 .running
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&uuid);
+                .unwrap_or_else(PoisonError::into_inner);
+            // Unless this host claimed the event again meanwhile (it was replaced while this
+            // run was in progress): that run's lease must still be renewed.
+            if running.get(&uuid) == Some(&token) {
+                running.remove(&uuid);
+            }
+            drop(running);
             drop(permit);
         });
     }
