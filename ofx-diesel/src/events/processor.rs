@@ -230,6 +230,7 @@ impl<B: Backend> Processor<B> {
         loop {
             // At least one free slot, then as many as are free.
             let first = tokio::select! {
+                biased; // stopped means no new claim, even when a slot or a wake-up is ready too
                 () = stop.cancelled() => return,
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -270,6 +271,7 @@ impl<B: Backend> Processor<B> {
                     let pause = jitter(backoff, 0.25);
                     backoff = (backoff * 2).min(BACKOFF.1);
                     tokio::select! {
+                        biased;
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(pause) => continue,
                     }
@@ -278,6 +280,7 @@ impl<B: Backend> Processor<B> {
             drop(hub);
             let pause = self.pause().await;
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 () = self.shared().wake.notified() => {}
                 () = tokio::time::sleep(pause) => {}
