@@ -168,6 +168,15 @@ mod tests {
         assert!(Error::handler(Busy).is_transient_by(&[busy]));
         assert!(!Error::permanent(Busy).is_transient_by(&[busy]));
         assert!(Error::permanent(Busy).is_permanent());
+        // Returned by a handler (wrapped again), or inside the handler's own error.
+        assert!(Error::handler(Error::permanent(Busy)).is_permanent());
+        assert!(Error::handler(Error::transient(Busy)).is_transient_by(&[]));
+        #[derive(Debug, thiserror::Error)]
+        #[error("the handler's error")]
+        struct Own(#[source] Error);
+        assert!(Error::handler(Own(Error::permanent(Busy))).is_permanent());
+        assert!(Error::handler(Own(Error::handler(Busy))).is_transient_by(&[busy]));
+        assert!(!Error::handler(Own(Error::handler(Busy))).is_permanent());
         let doubt = Error::CommitInDoubt {
             operation: uuid::Uuid::nil(),
             source: std::sync::Arc::new(Error::transient(Busy)),

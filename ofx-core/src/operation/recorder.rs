@@ -52,7 +52,9 @@ pub(crate) struct OperationRecorder {
     scope: Mutex<Option<ActiveScope>>,
     frames: std::sync::atomic::AtomicU64,
     /// The events added so far, each with the nested calls it was added in (outermost first):
-    /// a failed nested call's events are dropped with it.
+    /// a failed nested call's events are dropped with it. Every version of a keyed event is
+    /// kept (see [`resolve_events`]), so that a failed nested call that replaced an event
+    /// leaves the version before.
     events: Mutex<Vec<(Arc<[u64]>, OperationEvent)>>,
 }
 
@@ -129,22 +131,17 @@ impl OperationRecorder {
     /// uuid of one added before (one key) follows its conflict strategy.
     pub(crate) fn add_event(&self, frames: Arc<[u64]>, event: OperationEvent) -> Result<(), Error> {
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        match events
-            .iter_mut()
-            .find(|(_, added)| added.uuid == event.uuid)
+        if event.on_conflict == KeyConflict::Fail
+            && events.iter().any(|(_, added)| added.uuid == event.uuid)
         {
-            None => events.push((frames, event)),
-            Some(existing) => match event.on_conflict {
-                KeyConflict::Keep => {}
-                KeyConflict::Replace => *existing = (frames, event),
-                KeyConflict::Fail => {
-                    return Err(Error::EventKeyConflict {
-                        command: event.command_name,
-                        key: event.key.unwrap_or_default(),
-                    });
-                }
-            },
+            return Err(Error::EventKeyConflict {
+                command: event.command_name,
+                key: event.key.unwrap_or_default(),
+            });
         }
+        // `Keep` and `Replace` are decided when the operation finishes, among the versions
+        // whose nested calls did not fail.
+        events.push((frames, event));
         Ok(())
     }
 
@@ -200,11 +197,9 @@ impl OperationRecorder {
     ) -> Operation {
         let nested =
             std::mem::take(&mut *self.nested.lock().unwrap_or_else(PoisonError::into_inner));
-        let events =
-            std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
-                .into_iter()
-                .map(|(_, event)| event)
-                .collect();
+        let events = resolve_events(std::mem::take(
+            &mut *self.events.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
         let (records, typed): (Vec<_>, Vec<_>) = nested
             .into_iter()
             .map(|nested| (nested.record, (nested.command, nested.items)))
@@ -232,4 +227,70 @@ impl OperationRecorder {
 fn unreachable_state() -> Error {
     // The key includes the state's type, so the downcast cannot fail.
     Error::Rejected("an operation scope's state has another type than its key".to_owned())
+}
+
+/// The events of an operation from the versions added (those of failed nested calls dropped
+/// already): for each uuid, its first version, replaced by each later one whose strategy is
+/// [`KeyConflict::Replace`] (a later `Keep` is dropped).
+fn resolve_events(versions: Vec<(Arc<[u64]>, OperationEvent)>) -> Vec<OperationEvent> {
+    let mut events: Vec<OperationEvent> = Vec::with_capacity(versions.len());
+    let mut positions = std::collections::HashMap::with_capacity(versions.len());
+    for (_, event) in versions {
+        match positions.get(&event.uuid) {
+            None => {
+                positions.insert(event.uuid, events.len());
+                events.push(event);
+            }
+            Some(&position) => {
+                if event.on_conflict == KeyConflict::Replace {
+                    events[position] = event;
+                }
+            }
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::EventOptions;
+
+    fn event(payload: &str, on_conflict: KeyConflict) -> OperationEvent {
+        let options = EventOptions::new().key("k").on_conflict(on_conflict);
+        OperationEvent::new("e", payload.into(), SystemTime::UNIX_EPOCH, &options)
+    }
+
+    fn resolved(recorder: &OperationRecorder) -> Vec<serde_json::Value> {
+        let versions = recorder
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        resolve_events(versions)
+            .into_iter()
+            .map(|event| event.command)
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_nested_call_takes_its_versions_of_an_event_with_it() {
+        let recorder = OperationRecorder::new(HostId::new());
+        let outer: Arc<[u64]> = Arc::from([]);
+        let nested: Arc<[u64]> = Arc::from([1]);
+        let added = [
+            recorder.add_event(Arc::clone(&outer), event("outer", KeyConflict::Replace)),
+            recorder.add_event(Arc::clone(&nested), event("nested", KeyConflict::Replace)),
+            recorder.add_event(Arc::clone(&nested), event("kept", KeyConflict::Keep)),
+        ];
+        assert!(added.iter().all(Result::is_ok));
+        assert_eq!(resolved(&recorder), ["nested"]);
+        recorder.drop_events_of(1);
+        assert_eq!(resolved(&recorder), ["outer"]);
+        assert!(matches!(
+            recorder.add_event(outer, event("again", KeyConflict::Fail)),
+            Err(Error::EventKeyConflict { .. })
+        ));
+        assert_eq!(resolved(&recorder), ["outer"]);
+    }
 }

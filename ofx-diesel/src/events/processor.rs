@@ -233,6 +233,7 @@ impl<B: Backend> Processor<B> {
         loop {
             // At least one free slot, then as many as are free.
             let first = tokio::select! {
+                biased; // stopped means no new claim, even when a slot or a wake-up is ready too
                 () = stop.cancelled() => return,
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -273,6 +274,7 @@ impl<B: Backend> Processor<B> {
                     let pause = jitter(backoff, 0.25);
                     backoff = (backoff * 2).min(BACKOFF.1);
                     tokio::select! {
+                        biased;
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(pause) => continue,
                     }
@@ -281,6 +283,7 @@ impl<B: Backend> Processor<B> {
             drop(hub);
             let pause = self.pause().await;
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 () = self.shared().wake.notified() => {}
                 () = tokio::time::sleep(pause) => {}
@@ -352,14 +355,20 @@ impl<B: Backend> Processor<B> {
             processor: self.processor.clone(),
         };
         tokio::spawn(async move {
-            let uuid = event.uuid.clone();
+            let (uuid, token) = (event.uuid.clone(), event.lease_token);
             run.run(event).await;
-            run.processor
+            let mut running = run
+                .processor
                 .shared
                 .running
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&uuid);
+                .unwrap_or_else(PoisonError::into_inner);
+            // Unless this host claimed the event again meanwhile (it was replaced while this
+            // run was in progress): that run's lease must still be renewed.
+            if running.get(&uuid) == Some(&token) {
+                running.remove(&uuid);
+            }
+            drop(running);
             drop(permit);
         });
     }

@@ -2,7 +2,7 @@
 //! effect in a table keyed by the event's uuid (`UNIQUE`), so that a duplicated effect fails
 //! loudly and a count proves exactly-once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use ofx_core::{
     Command, CommandContext, ComputeService, Hub, command_handler, compute_method, invalidate,
     service,
 };
-use ofx_diesel::{Backend, DbHub, DbSettings, EventProcessor};
+use ofx_diesel::{Backend, DbHub, DbSettings, EventInfo, EventProcessor, EventStats};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -59,6 +59,24 @@ pub(crate) trait JobQueries: Backend {
         id: i64,
         job: i64,
     ) -> impl std::future::Future<Output = QueryResult<usize>> + Send;
+    fn effect_rows(
+        connection: &mut Self::Connection,
+        job: i64,
+    ) -> impl std::future::Future<Output = QueryResult<Vec<Effect>>> + Send;
+    fn produced_exists(
+        connection: &mut Self::Connection,
+        id: i64,
+    ) -> impl std::future::Future<Output = QueryResult<bool>> + Send;
+}
+
+/// One effect row.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub(crate) struct Effect {
+    pub(crate) event_uuid: String,
+    pub(crate) job: i64,
+    pub(crate) payload: String,
+    pub(crate) attempt: i32,
+    pub(crate) host: String,
 }
 
 macro_rules! job_queries {
@@ -105,6 +123,29 @@ macro_rules! job_queries {
                     .execute(connection)
                     .await
             }
+
+            async fn effect_rows(
+                connection: &mut Self::Connection,
+                job: i64,
+            ) -> QueryResult<Vec<Effect>> {
+                effects::table
+                    .filter(effects::job.eq(job))
+                    .order(effects::event_uuid)
+                    .load(connection)
+                    .await
+            }
+
+            async fn produced_exists(
+                connection: &mut Self::Connection,
+                id: i64,
+            ) -> QueryResult<bool> {
+                let count: i64 = produced::table
+                    .filter(produced::id.eq(id))
+                    .count()
+                    .get_result(connection)
+                    .await?;
+                Ok(count > 0)
+            }
         }
     };
 }
@@ -124,11 +165,17 @@ pub(crate) enum Behavior {
     FailUntil(u32),
     /// Fails with a permanent error.
     Permanent,
-    /// Waits at the job's gate (see [`gate`]) after writing its effect, before returning.
+    /// Waits at the job's gate (see [`gate`]) until the test lets it through, then records its
+    /// effect. It waits *before* it writes: a held SQLite write transaction would keep every
+    /// other writer (claims, produces, other runs) waiting, so a run held after writing could
+    /// not be overtaken on SQLite.
     Gated,
     /// Writes its effect, then fails with a transient error on its first this many runs of one
     /// delivery (reprocessing runs it again at once, in the same claim).
     TransientRuns(u32),
+    /// Fails (a plain error: retried) until the job's gate is opened (the cause "fixed"), then
+    /// records its effect.
+    FailUntilOpened,
 }
 
 /// How a produced event is stored.
@@ -175,6 +222,20 @@ pub(crate) struct Produce {
     pub(crate) write: Option<i64>,
     /// Fails after adding the events.
     pub(crate) fail: bool,
+}
+
+/// Adds an event (`outer`), then calls `Produce` as a nested command (`inner_count` events of
+/// `inner`, writing a `produced` row `inner_write`, failing if `inner_fails`), swallowing the
+/// nested command's failure when it was asked to fail.
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = (), name = "jobs.nest")]
+pub(crate) struct Nest {
+    pub(crate) job: i64,
+    pub(crate) outer: EventSpec,
+    pub(crate) inner: EventSpec,
+    pub(crate) inner_count: u32,
+    pub(crate) inner_write: Option<i64>,
+    pub(crate) inner_fails: bool,
 }
 
 /// The event: records its effect, keyed by its own uuid.
@@ -270,6 +331,10 @@ impl<B: JobQueries> Jobs<B> {
             Behavior::Permanent => {
                 return Err(ofx_core::Error::permanent(JobError::Flaky(delivery.attempt)).into());
             }
+            Behavior::FailUntilOpened if !gate::<B>(command.job).is_open() => {
+                return Err(JobError::Flaky(delivery.attempt));
+            }
+            Behavior::Gated => gate::<B>(command.job).pass().await,
             _ => {}
         }
         {
@@ -284,15 +349,40 @@ impl<B: JobQueries> Jobs<B> {
             )
             .await?;
         }
-        if command.behavior == Behavior::Gated {
-            gate(command.job).pass().await;
-        }
         if let Behavior::TransientRuns(failing) = command.behavior
             && count_run(delivery.event) <= failing
         {
             return Err(ofx_core::Error::transient(JobError::Flaky(delivery.attempt)).into());
         }
         Ok(())
+    }
+
+    #[command_handler]
+    pub(crate) async fn nest(&self, command: Nest, ctx: &CommandContext) -> Result<(), JobError> {
+        let event = RunJob {
+            job: command.job,
+            behavior: command.outer.behavior,
+            payload: command.outer.payload.clone(),
+        };
+        ctx.add_event_with(event, command.outer.options())?;
+        // Called from inside a handler: a nested command of this operation.
+        let inner = self
+            .hub
+            .commander()
+            .call(Produce {
+                job: command.job,
+                count: command.inner_count,
+                spec: command.inner,
+                write: command.inner_write,
+                fail: command.inner_fails,
+            })
+            .await;
+        match inner {
+            Ok(_) => Ok(()),
+            // Swallowed: the outer command goes on and commits.
+            Err(_) if command.inner_fails => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
@@ -316,27 +406,39 @@ pub(crate) fn runs_of(event: uuid::Uuid) -> u32 {
         .unwrap_or(0)
 }
 
-/// A gate a gated event's handler waits at: the test sees it arrive, then opens it.
+/// A gate gated events' handlers wait at: each arrival takes the next ticket (1 for the first);
+/// the test sees them arrive, then lets them through one by one ([`release`](Self::release)) or
+/// all at once ([`open`](Self::open)).
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
-    arrived: Notify,
-    arrivals: Mutex<u32>,
-    open: Notify,
-    opened: Mutex<bool>,
+    state: Mutex<GateState>,
+    changed: Notify,
 }
 
-// The gated behavior's test side: no test in this binary waits at a gate yet.
-#[allow(dead_code)]
+#[derive(Debug, Default)]
+struct GateState {
+    arrivals: u32,
+    released: HashSet<u32>,
+    opened: bool,
+}
+
 impl Gate {
     async fn pass(&self) {
-        *self.arrivals.lock().unwrap() += 1;
-        self.arrived.notify_waiters();
+        let ticket = {
+            let mut state = self.state.lock().unwrap();
+            state.arrivals += 1;
+            state.arrivals
+        };
+        self.changed.notify_waiters();
         loop {
-            let open = self.open.notified();
-            if *self.opened.lock().unwrap() {
-                return;
+            let changed = self.changed.notified();
+            {
+                let state = self.state.lock().unwrap();
+                if state.opened || state.released.contains(&ticket) {
+                    return;
+                }
             }
-            open.await;
+            changed.await;
         }
     }
 
@@ -344,33 +446,46 @@ impl Gate {
     pub(crate) async fn arrivals(&self, count: u32) {
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {
-                let arrived = self.arrived.notified();
-                if *self.arrivals.lock().unwrap() >= count {
+                let changed = self.changed.notified();
+                if self.state.lock().unwrap().arrivals >= count {
                     return;
                 }
-                arrived.await;
+                changed.await;
             }
         })
         .await
         .expect("the gated handlers did not arrive");
     }
 
+    /// Lets the handler with this ticket through.
+    pub(crate) fn release(&self, ticket: u32) {
+        self.state.lock().unwrap().released.insert(ticket);
+        self.changed.notify_waiters();
+    }
+
     /// Lets every handler waiting (and every later one) through.
     pub(crate) fn open(&self) {
-        *self.opened.lock().unwrap() = true;
-        self.open.notify_waiters();
+        self.state.lock().unwrap().opened = true;
+        self.changed.notify_waiters();
+    }
+
+    /// Whether it was opened.
+    pub(crate) fn is_open(&self) -> bool {
+        self.state.lock().unwrap().opened
     }
 }
 
-/// The gate of `job`.
-pub(crate) fn gate(job: i64) -> Arc<Gate> {
-    static GATES: OnceLock<Mutex<HashMap<i64, Arc<Gate>>>> = OnceLock::new();
+/// The gate of `job` on backend `B` (a scenario's SQLite and PostgreSQL tests run at the same
+/// time, with the same job ids).
+pub(crate) fn gate<B: Backend>(job: i64) -> Arc<Gate> {
+    type Gates = HashMap<(&'static str, i64), Arc<Gate>>;
+    static GATES: OnceLock<Mutex<Gates>> = OnceLock::new();
     Arc::clone(
         GATES
             .get_or_init(Default::default)
             .lock()
             .unwrap()
-            .entry(job)
+            .entry((B::NAME, job))
             .or_default(),
     )
 }
@@ -383,7 +498,11 @@ pub(crate) struct Host<B: Backend> {
 }
 
 impl<B: JobQueries> Host<B> {
-    pub(crate) async fn open(url: &str, settings: DbSettings) -> Self {
+    pub(crate) async fn open(url: &str, mut settings: DbSettings) -> Self {
+        // The processor starts once the service is added: started when the database attaches,
+        // it could claim a pending event before the hub has its handler (a failed attempt,
+        // retried after its backoff).
+        let process = std::mem::replace(&mut settings.events.process, false);
         let db = DbHub::<B>::open(url, settings).await.unwrap();
         let hub = Hub::builder().with(db.clone()).start().await.unwrap();
         let jobs = Arc::new(Jobs {
@@ -391,6 +510,9 @@ impl<B: JobQueries> Host<B> {
             db: db.clone(),
         });
         hub.add_service(&jobs).unwrap();
+        if process {
+            db.start_event_processor(&hub).unwrap();
+        }
         Self { jobs, db }
     }
 
@@ -426,6 +548,74 @@ impl<B: JobQueries> Host<B> {
         B::count_effects(&mut connection, job).await.unwrap()
     }
 
+    /// The effect rows of `job`, by event uuid.
+    pub(crate) async fn effect_rows(&self, job: i64) -> Vec<Effect> {
+        let mut connection = self.db.connection().await.unwrap();
+        B::effect_rows(&mut connection, job).await.unwrap()
+    }
+
+    /// Whether a `produced` row with this id committed.
+    pub(crate) async fn produced(&self, id: i64) -> bool {
+        let mut connection = self.db.connection().await.unwrap();
+        B::produced_exists(&mut connection, id).await.unwrap()
+    }
+
+    /// The stored event.
+    pub(crate) async fn event(&self, uuid: uuid::Uuid) -> EventInfo {
+        self.db
+            .events()
+            .get(uuid)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no event {uuid}"))
+    }
+
+    /// Waits until the stored event meets `condition`, at most `timeout`; returns it.
+    pub(crate) async fn wait_event(
+        &self,
+        uuid: uuid::Uuid,
+        condition: impl Fn(&EventInfo) -> bool,
+        timeout: Duration,
+    ) -> EventInfo {
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(event) = self.db.events().get(uuid).await.unwrap()
+                    && condition(&event)
+                {
+                    return event;
+                }
+                self.next_change().await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(event) => event,
+            Err(_) => panic!(
+                "event {uuid} did not reach the expected state: {:?}",
+                self.db.events().get(uuid).await
+            ),
+        }
+    }
+
+    /// Until this host's processor did something, at most 50 ms (other hosts work too).
+    async fn next_change(&self) {
+        match self.db.event_processor(self.hub()) {
+            Some(processor) => {
+                let seen = activity(processor.stats());
+                processor
+                    .wait_until(|stats| activity(stats) != seen, Duration::from_millis(50))
+                    .await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+
+    /// Runs SQL statements as they are (the tests' own, on the events table).
+    pub(crate) async fn sql(&self, statements: &str) {
+        let mut connection = self.db.connection().await.unwrap();
+        connection.batch_execute(statements).await.unwrap();
+    }
+
     /// Waits until no event is pending, at most `timeout`.
     pub(crate) async fn drained(&self, timeout: Duration) {
         let events = self.db.events();
@@ -449,6 +639,11 @@ impl<B: JobQueries> Host<B> {
         .await
         .expect("events were still pending");
     }
+}
+
+/// Everything a processor's stats count.
+fn activity(stats: &EventStats) -> u64 {
+    stats.claimed() + stats.completed() + stats.retried() + stats.dead() + stats.fenced()
 }
 
 /// Settings for tests: a short poll period.
