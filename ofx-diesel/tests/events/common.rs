@@ -500,8 +500,9 @@ pub(crate) struct Host<B: Backend> {
 impl<B: JobQueries> Host<B> {
     pub(crate) async fn open(url: &str, mut settings: DbSettings) -> Self {
         // The processor starts once the service is added: started when the database attaches,
-        // it could claim a pending event before the hub has its handler (a failed attempt,
-        // retried after its backoff).
+        // it could claim a pending event before the hub has its handler, which gives it back
+        // for a second (without counting an attempt; see `no_processor`): the tests' timings
+        // would depend on it.
         let process = std::mem::replace(&mut settings.events.process, false);
         let db = DbHub::<B>::open(url, settings).await.unwrap();
         let hub = Hub::builder().with(db.clone()).start().await.unwrap();
