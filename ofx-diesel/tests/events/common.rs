@@ -687,7 +687,12 @@ pub(crate) async fn postgres_database() -> String {
                  or set OFX_TEST_POSTGRES to another server"
             )
         });
-    let name = format!("ofx_events_{}", uuid::Uuid::new_v4().simple());
+    drop_leftovers(&mut admin, "ofx_events_").await;
+    let name = format!(
+        "ofx_events_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
@@ -703,4 +708,35 @@ pub(crate) async fn postgres_database() -> String {
         .await
         .unwrap();
     url
+}
+
+/// Drops the test databases named `{prefix}{pid}_…` whose process is gone (a test that failed
+/// before it could drop its own); databases of running processes are left alone.
+async fn drop_leftovers(admin: &mut diesel_async::AsyncPgConnection, prefix: &str) {
+    use diesel::QueryableByName;
+    use diesel_async::{RunQueryDsl as _, SimpleAsyncConnection as _};
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let names: Vec<Name> = diesel::sql_query(format!(
+        "SELECT datname FROM pg_database WHERE datname LIKE '{prefix}%'"
+    ))
+    .load(admin)
+    .await
+    .unwrap_or_default();
+    for Name { datname } in names {
+        let pid = datname[prefix.len()..]
+            .split('_')
+            .next()
+            .unwrap_or_default();
+        let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            // Fails harmlessly if the database is still in use.
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {datname}"))
+                .await;
+        }
+    }
 }
