@@ -79,11 +79,11 @@ impl<B: Backend> DbOperationScope<B> {
                 &mut connection,
             )
             .await?;
-            if let Some(isolation) = B::isolation_statement(&self.db.settings) {
-                if let Err(error) = connection.batch_execute(isolation).await {
-                    B::discard(connection);
-                    return Err(error.into());
-                }
+            if let Some(isolation) = B::isolation_statement(&self.db.settings)
+                && let Err(error) = connection.batch_execute(isolation).await
+            {
+                B::discard(connection);
+                return Err(error.into());
             }
             *guard = Some(connection);
         }
