@@ -119,7 +119,7 @@ fn print_profile(label: &str, count: usize) {
         return;
     };
     let mut rows: Vec<(String, (u64, Duration))> = profiled.into_iter().collect();
-    rows.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.1.1));
     let total: Duration = rows.iter().map(|(_, (_, time))| *time).sum();
     eprintln!(
         "    statements of {label} per event: count, µs inside (all connections; {:.0} µs in all)",
