@@ -199,6 +199,14 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         release: EventRelease<'_>,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// Gives back an event claimed but never run (its lease ends now, its attempt is not
+    /// counted), if the claim `lease_token` is still the event's. Returns whether it did.
+    fn unclaim_event(
+        connection: &mut Self::Connection,
+        uuid: &str,
+        lease_token: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// When the next pending event may be claimed: the earliest due time of an unleased one or
     /// lease end of a leased one.
     fn next_event_due(

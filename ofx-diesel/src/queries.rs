@@ -266,6 +266,27 @@ macro_rules! event_queries {
             Ok(updated == 1)
         }
 
+        async fn unclaim_event(
+            connection: &mut Self::Connection,
+            uuid: &str,
+            lease_token: i64,
+        ) -> Result<bool> {
+            let updated = diesel::update(
+                ev::ofx_events
+                    .filter(ev::uuid.eq(uuid))
+                    .filter(ev::lease_token.eq(lease_token))
+                    .filter(ev::state.eq(0)),
+            )
+            .set((
+                ev::lease_owner.eq(None::<String>),
+                ev::lease_until.eq(None::<i64>),
+                ev::attempts.eq(ev::attempts - 1),
+            ))
+            .execute(connection)
+            .await?;
+            Ok(updated == 1)
+        }
+
         async fn next_event_due(connection: &mut Self::Connection) -> Result<Option<i64>> {
             let unleased: Option<i64> = ev::ofx_events
                 .filter(ev::state.eq(0))

@@ -126,6 +126,8 @@ pub(crate) enum Behavior {
     Permanent,
     /// Waits at the job's gate (see [`gate`]) after writing its effect, before returning.
     Gated,
+    /// Waits at the job's gate before writing anything (on SQLite, holding no write lock).
+    GatedFirst,
 }
 
 /// How a produced event is stored.
@@ -267,6 +269,7 @@ impl<B: JobQueries> Jobs<B> {
             Behavior::Permanent => {
                 return Err(ofx_core::Error::permanent(JobError::Flaky(delivery.attempt)).into());
             }
+            Behavior::GatedFirst => gate(command.job).pass().await,
             _ => {}
         }
         {

@@ -4,5 +4,6 @@
 // Tests state their expectations with `unwrap`/`expect`: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
+mod ahead;
 mod common;
 mod smoke;
