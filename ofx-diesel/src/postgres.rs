@@ -46,7 +46,9 @@ impl Backend for Postgres {
         AsyncPgConnection::establish(url).await
     }
 
-    crate::queries::deadpool_pool!();
+    // A test query (`SELECT 1`) at each checkout: one round trip that finds a connection gone
+    // stale (a server closing it is seen without it).
+    crate::queries::deadpool_pool!(diesel_async::pooled_connection::RecyclingMethod::Verified);
 
     fn isolation_statement(settings: &crate::DbSettings) -> Option<&'static str> {
         settings

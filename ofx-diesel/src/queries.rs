@@ -108,11 +108,13 @@ macro_rules! log_queries {
 
 /// The pool methods of [`Backend`](crate::Backend) (`pool`, `get`, `discard`) for a backend whose
 /// `Pool` and `Pooled` are diesel-async's deadpool `Pool` and `Object` of its `Connection`,
-/// each connection opened with the backend's `connect`.
+/// each connection opened with the backend's `connect` and checked out as `$recycling` (a
+/// diesel-async `RecyclingMethod`) says.
 macro_rules! deadpool_pool {
-    () => {
+    ($recycling:expr) => {
         fn pool(url: &str, size: usize) -> Result<Self::Pool> {
             let mut config = ManagerConfig::default();
+            config.recycling_method = $recycling;
             config.custom_setup = Box::new(|url| {
                 let url = url.to_owned();
                 Box::pin(async move { Self::connect(&url).await })

@@ -58,7 +58,11 @@ impl Backend for Sqlite {
         Ok(connection)
     }
 
-    crate::queries::deadpool_pool!();
+    // No test query at checkout: a connection to a local file does not go stale as a network
+    // connection does, and one whose transaction manager broke is still discarded. The test
+    // query was one more hop to the blocking pool per checkout: per command, per claim, per
+    // read.
+    crate::queries::deadpool_pool!(diesel_async::pooled_connection::RecyclingMethod::Fast);
 
     async fn migrate(url: &str) -> Result<()> {
         let url = url.to_owned();
