@@ -11,7 +11,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::backend::{Backend, StartPosition, TransactionStatus, sealed};
-use crate::events::rows::{ClaimedEvent, EventRelease, EventRow, NewEventRow};
+use crate::events::rows::{ClaimEvents, ClaimedEvent, EventRelease, EventRow, NewEventRow};
 use crate::row::{Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
 use crate::schema::ofx_events::dsl as ev;
 use crate::schema::ofx_log_trims::dsl as trims;
@@ -117,22 +117,13 @@ impl Backend for Postgres {
         limit: i64,
     ) -> Result<Vec<ClaimedEvent>> {
         // `SKIP LOCKED`: concurrent claimers take different events, none waits for another.
-        Ok(diesel::sql_query(
-            "UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = $1, \
-             lease_until = $2, attempts = attempts + 1 \
-             WHERE uuid IN (SELECT uuid FROM ofx_events WHERE state = 0 AND due_at <= $3 \
-             AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 \
-             FOR UPDATE SKIP LOCKED) \
-             RETURNING uuid, command_name, \
-             CASE WHEN octet_length(command_json) <= $5 THEN command_json END AS command_json, \
-             CAST(octet_length(command_json) AS BIGINT) AS payload_bytes, attempts, lease_token, \
-             due_at",
-        )
-        .bind::<Text, _>(host)
-        .bind::<BigInt, _>(lease_until)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(limit)
-        .bind::<BigInt, _>(MAX_PAYLOAD_BYTES as i64)
+        Ok(ClaimEvents {
+            host,
+            now,
+            lease_until,
+            limit,
+            max_payload: MAX_PAYLOAD_BYTES as i64,
+        }
         .load(connection)
         .await?)
     }
@@ -238,6 +229,12 @@ struct RunningRow {
 ///
 /// A query of its own (not `diesel::sql_query`) so that it has a static query id: diesel caches
 /// it as a prepared statement, one round trip per command.
+impl QueryFragment<Pg> for ClaimEvents<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.write(&mut out, " FOR UPDATE SKIP LOCKED")
+    }
+}
+
 struct InsertOperation<'a>(NewOperationRow<'a>);
 
 impl QueryId for InsertOperation<'_> {
