@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use ofx_core::{Command, CommandContext, ComputeService, Hub, command_handler, service};
@@ -264,6 +265,24 @@ trait Target: Backend + Sized {
     fn done(connection: &mut Self::Connection) -> impl Future<Output = QueryResult<i64>> + Send;
 }
 
+/// The hand-written claim: the same claiming `UPDATE … RETURNING` as ofx's (`FOR UPDATE SKIP
+/// LOCKED` on PostgreSQL), prepared once per connection as ofx's is (a static query id).
+struct HandClaim<'a> {
+    host: &'a str,
+    now: i64,
+    until: i64,
+    limit: i64,
+}
+
+impl QueryId for HandClaim<'_> {
+    type QueryId = HandClaim<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for HandClaim<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
 /// A claimed event, as the hand-written loop reads it.
 #[derive(Debug, QueryableByName)]
 struct Claimed {
@@ -277,7 +296,28 @@ struct Claimed {
 }
 
 macro_rules! target {
-    ($backend:ty, $clear:literal, $after_fill:literal, $claim:literal) => {
+    ($backend:ty, $diesel:ty, $clear:literal, $after_fill:literal, $lock:literal) => {
+        impl QueryFragment<$diesel> for HandClaim<'_> {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, $diesel>) -> QueryResult<()> {
+                out.push_sql("UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = ");
+                out.push_bind_param::<Text, _>(self.host)?;
+                out.push_sql(", lease_until = ");
+                out.push_bind_param::<BigInt, _>(&self.until)?;
+                out.push_sql(
+                    ", attempts = attempts + 1 WHERE uuid IN (SELECT uuid FROM ofx_events \
+                     WHERE state = 0 AND due_at <= ",
+                );
+                out.push_bind_param::<BigInt, _>(&self.now)?;
+                out.push_sql(" AND (lease_until IS NULL OR lease_until < ");
+                out.push_bind_param::<BigInt, _>(&self.now)?;
+                out.push_sql(") ORDER BY due_at LIMIT ");
+                out.push_bind_param::<BigInt, _>(&self.limit)?;
+                out.push_sql($lock);
+                out.push_sql(") RETURNING uuid, lease_token, command_json");
+                Ok(())
+            }
+        }
+
         impl Target for $backend {
             const CLEAR: &'static str = $clear;
             const AFTER_FILL: &'static str = $after_fill;
@@ -296,13 +336,14 @@ macro_rules! target {
                 until: i64,
                 limit: i64,
             ) -> QueryResult<Vec<Claimed>> {
-                diesel::sql_query($claim)
-                    .bind::<Text, _>(host)
-                    .bind::<BigInt, _>(until)
-                    .bind::<BigInt, _>(now)
-                    .bind::<BigInt, _>(limit)
-                    .load(connection)
-                    .await
+                HandClaim {
+                    host,
+                    now,
+                    until,
+                    limit,
+                }
+                .load(connection)
+                .await
             }
 
             async fn complete(
@@ -347,21 +388,17 @@ macro_rules! target {
 
 target!(
     Postgres,
+    diesel::pg::Pg,
     "TRUNCATE ofx_events, ofx_operations",
     "ANALYZE ofx_events",
-    "UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = $1, lease_until = $2, \
-     attempts = attempts + 1 WHERE uuid IN (SELECT uuid FROM ofx_events WHERE state = 0 \
-     AND due_at <= $3 AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 \
-     FOR UPDATE SKIP LOCKED) RETURNING uuid, lease_token, command_json"
+    " FOR UPDATE SKIP LOCKED"
 );
 target!(
     Sqlite,
+    diesel::sqlite::Sqlite,
     "DELETE FROM ofx_events; DELETE FROM ofx_operations",
     "ANALYZE",
-    "UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = ?1, lease_until = ?2, \
-     attempts = attempts + 1 WHERE uuid IN (SELECT uuid FROM ofx_events WHERE state = 0 \
-     AND due_at <= ?3 AND (lease_until IS NULL OR lease_until < ?3) ORDER BY due_at LIMIT ?4) \
-     RETURNING uuid, lease_token, command_json"
+    ""
 );
 
 #[service]
