@@ -81,6 +81,38 @@ impl Backend for Postgres {
         Ok(Inserted { idx, xid })
     }
 
+    async fn insert_operation_completing(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+        event: &str,
+        lease_token: i64,
+        now: i64,
+    ) -> Result<(Inserted, bool)> {
+        // Pipelined: both statements are sent before either reply is awaited, and the server
+        // runs them in order, in the transaction. The row's error (if any) is the one reported:
+        // after it, the completion only fails as part of an aborted transaction.
+        let shared: &AsyncPgConnection = connection;
+        let insert = InsertOperation(row).get_result::<(i64, Option<i64>)>(&mut &*shared);
+        let complete = diesel::update(
+            ev::ofx_events
+                .filter(ev::uuid.eq(event))
+                .filter(ev::lease_token.eq(lease_token))
+                .filter(ev::state.eq(0))
+                .filter(ev::lease_until.ge(now)),
+        )
+        .set((
+            ev::state.eq(1),
+            ev::finished_at.eq(Some(now)),
+            ev::lease_owner.eq(None::<String>),
+            ev::lease_until.eq(None::<i64>),
+            ev::last_error.eq(None::<String>),
+        ))
+        .execute(&mut &*shared);
+        let (inserted, completed) = tokio::join!(insert, complete);
+        let (idx, xid) = inserted?;
+        Ok((Inserted { idx, xid }, completed? == 1))
+    }
+
     async fn transaction_status(
         connection: &mut Self::Connection,
         xid: i64,

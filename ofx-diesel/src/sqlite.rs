@@ -101,6 +101,18 @@ impl Backend for Sqlite {
         Ok(Inserted { idx, xid: None })
     }
 
+    async fn insert_operation_completing(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+        event: &str,
+        lease_token: i64,
+        now: i64,
+    ) -> Result<(Inserted, bool)> {
+        let inserted = Self::insert_operation(connection, row).await?;
+        let completed = Self::complete_event(connection, event, lease_token, now).await?;
+        Ok((inserted, completed))
+    }
+
     async fn transaction_status(
         _connection: &mut Self::Connection,
         _xid: i64,

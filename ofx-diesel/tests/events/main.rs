@@ -6,4 +6,5 @@
 
 mod ahead;
 mod common;
+mod fencing;
 mod smoke;
