@@ -1,7 +1,7 @@
 //! Events with guaranteed delivery, on PostgreSQL and SQLite, measured against hand-written
 //! code in the same run.
 //!
-//! Run: `cargo bench -p ofx-tests --bench events` (about 10 minutes on two cores after the
+//! Run: `cargo bench -p ofx-tests --bench events` (about 7 minutes on two cores after the
 //! build, most of it the burn-down). `OFX_BENCH_ONLY=burn,latency,cost` picks parts;
 //! `OFX_BENCH_EVENTS` (default 20000) and `OFX_BENCH_ROUNDS` (default 3) size the burn-down;
 //! `OFX_BENCH_PROFILE=1` prints, after each burn-down round, every statement's count and time
