@@ -70,6 +70,18 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         row: NewOperationRow<'_>,
     ) -> impl Future<Output = Result<Inserted>> + Send;
 
+    /// Inserts the operation row of a run that completes a claimed event, and marks the event
+    /// done as [`complete_event`](Self::complete_event) does, in the scope's transaction, the
+    /// row first. Returns the row's [`Inserted`] and whether the claim was still the event's.
+    /// PostgreSQL sends both statements before awaiting either reply: one round trip.
+    fn insert_operation_completing(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+        event: &str,
+        lease_token: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(Inserted, bool)>> + Send;
+
     /// The status of transaction `xid` (an [`Inserted::xid`]); `None` when the server no longer
     /// knows it (PostgreSQL's `pg_xact_status`). On a backend without transaction ids (SQLite)
     /// the answer is always `None`.
@@ -197,6 +209,14 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     fn release_event(
         connection: &mut Self::Connection,
         release: EventRelease<'_>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Gives back an event claimed but never run (its lease ends now, its attempt is not
+    /// counted), if the claim `lease_token` is still the event's. Returns whether it did.
+    fn unclaim_event(
+        connection: &mut Self::Connection,
+        uuid: &str,
+        lease_token: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// When the next pending event may be claimed: the earliest due time of an unleased one or

@@ -11,7 +11,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::backend::{Backend, StartPosition, TransactionStatus, sealed};
-use crate::events::rows::{ClaimedEvent, EventRelease, EventRow, NewEventRow};
+use crate::events::rows::{ClaimEvents, ClaimedEvent, EventRelease, EventRow, NewEventRow};
 use crate::row::{Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
 use crate::schema::ofx_events::dsl as ev;
 use crate::schema::ofx_log_trims::dsl as trims;
@@ -46,7 +46,9 @@ impl Backend for Postgres {
         AsyncPgConnection::establish(url).await
     }
 
-    crate::queries::deadpool_pool!();
+    // A test query (`SELECT 1`) at each checkout: one round trip that finds a connection gone
+    // stale (a server closing it is seen without it).
+    crate::queries::deadpool_pool!(diesel_async::pooled_connection::RecyclingMethod::Verified);
 
     fn isolation_statement(settings: &crate::DbSettings) -> Option<&'static str> {
         settings
@@ -77,6 +79,38 @@ impl Backend for Postgres {
             .get_result::<(i64, Option<i64>)>(connection)
             .await?;
         Ok(Inserted { idx, xid })
+    }
+
+    async fn insert_operation_completing(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+        event: &str,
+        lease_token: i64,
+        now: i64,
+    ) -> Result<(Inserted, bool)> {
+        // Pipelined: both statements are sent before either reply is awaited, and the server
+        // runs them in order, in the transaction. The row's error (if any) is the one reported:
+        // after it, the completion only fails as part of an aborted transaction.
+        let shared: &AsyncPgConnection = connection;
+        let insert = InsertOperation(row).get_result::<(i64, Option<i64>)>(&mut &*shared);
+        let complete = diesel::update(
+            ev::ofx_events
+                .filter(ev::uuid.eq(event))
+                .filter(ev::lease_token.eq(lease_token))
+                .filter(ev::state.eq(0))
+                .filter(ev::lease_until.ge(now)),
+        )
+        .set((
+            ev::state.eq(1),
+            ev::finished_at.eq(Some(now)),
+            ev::lease_owner.eq(None::<String>),
+            ev::lease_until.eq(None::<i64>),
+            ev::last_error.eq(None::<String>),
+        ))
+        .execute(&mut &*shared);
+        let (inserted, completed) = tokio::join!(insert, complete);
+        let (idx, xid) = inserted?;
+        Ok((Inserted { idx, xid }, completed? == 1))
     }
 
     async fn transaction_status(
@@ -115,22 +149,13 @@ impl Backend for Postgres {
         limit: i64,
     ) -> Result<Vec<ClaimedEvent>> {
         // `SKIP LOCKED`: concurrent claimers take different events, none waits for another.
-        Ok(diesel::sql_query(
-            "UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = $1, \
-             lease_until = $2, attempts = attempts + 1 \
-             WHERE uuid IN (SELECT uuid FROM ofx_events WHERE state = 0 AND due_at <= $3 \
-             AND (lease_until IS NULL OR lease_until < $3) ORDER BY due_at LIMIT $4 \
-             FOR UPDATE SKIP LOCKED) \
-             RETURNING uuid, command_name, \
-             CASE WHEN octet_length(command_json) <= $5 THEN command_json END AS command_json, \
-             CAST(octet_length(command_json) AS BIGINT) AS payload_bytes, attempts, lease_token, \
-             due_at",
-        )
-        .bind::<Text, _>(host)
-        .bind::<BigInt, _>(lease_until)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(limit)
-        .bind::<BigInt, _>(MAX_PAYLOAD_BYTES as i64)
+        Ok(ClaimEvents {
+            host,
+            now,
+            lease_until,
+            limit,
+            max_payload: MAX_PAYLOAD_BYTES as i64,
+        }
         .load(connection)
         .await?)
     }
@@ -236,6 +261,12 @@ struct RunningRow {
 ///
 /// A query of its own (not `diesel::sql_query`) so that it has a static query id: diesel caches
 /// it as a prepared statement, one round trip per command.
+impl QueryFragment<Pg> for ClaimEvents<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.write(&mut out, " FOR UPDATE SKIP LOCKED")
+    }
+}
+
 struct InsertOperation<'a>(NewOperationRow<'a>);
 
 impl QueryId for InsertOperation<'_> {

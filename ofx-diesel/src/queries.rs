@@ -108,11 +108,13 @@ macro_rules! log_queries {
 
 /// The pool methods of [`Backend`](crate::Backend) (`pool`, `get`, `discard`) for a backend whose
 /// `Pool` and `Pooled` are diesel-async's deadpool `Pool` and `Object` of its `Connection`,
-/// each connection opened with the backend's `connect`.
+/// each connection opened with the backend's `connect` and checked out as `$recycling` (a
+/// diesel-async `RecyclingMethod`) says.
 macro_rules! deadpool_pool {
-    () => {
+    ($recycling:expr) => {
         fn pool(url: &str, size: usize) -> Result<Self::Pool> {
             let mut config = ManagerConfig::default();
+            config.recycling_method = $recycling;
             config.custom_setup = Box::new(|url| {
                 let url = url.to_owned();
                 Box::pin(async move { Self::connect(&url).await })
@@ -264,6 +266,27 @@ macro_rules! event_queries {
                         .await?
                 }
             };
+            Ok(updated == 1)
+        }
+
+        async fn unclaim_event(
+            connection: &mut Self::Connection,
+            uuid: &str,
+            lease_token: i64,
+        ) -> Result<bool> {
+            let updated = diesel::update(
+                ev::ofx_events
+                    .filter(ev::uuid.eq(uuid))
+                    .filter(ev::lease_token.eq(lease_token))
+                    .filter(ev::state.eq(0)),
+            )
+            .set((
+                ev::lease_owner.eq(None::<String>),
+                ev::lease_until.eq(None::<i64>),
+                ev::attempts.eq(ev::attempts - 1),
+            ))
+            .execute(connection)
+            .await?;
             Ok(updated == 1)
         }
 

@@ -238,31 +238,32 @@ impl<B: Backend> DbOperationScope<B> {
             return CommitOutcome::NotCommitted(error.into());
         }
         let committed_at = SystemTime::now();
-        let inserted = match B::insert_operation(&mut connection, row.new_row(committed_at)).await {
-            Ok(inserted) => inserted,
-            Err(error) => {
+        // A run of a claimed event marks it done in the same transaction, if the claim is still
+        // the event's (PostgreSQL: in the round trip of the operation row).
+        let stored = match &self.claim {
+            None => B::insert_operation(&mut connection, row.new_row(committed_at))
+                .await
+                .map(|inserted| (inserted, None)),
+            Some(claim) => B::insert_operation_completing(
+                &mut connection,
+                row.new_row(committed_at),
+                &claim.uuid.to_string(),
+                claim.lease_token,
+                micros(SystemTime::now()),
+            )
+            .await
+            .map(|(inserted, completed)| {
+                let lost = (!completed).then_some(Error::EventLeaseLost { event: claim.uuid });
+                (inserted, lost)
+            }),
+        };
+        let inserted = match stored {
+            Ok((inserted, None)) => inserted,
+            Ok((_, Some(error))) | Err(error) => {
                 rollback::<B>(&mut connection).await;
                 return CommitOutcome::NotCommitted(error.into());
             }
         };
-        if let Some(claim) = &self.claim {
-            let completed = B::complete_event(
-                &mut connection,
-                &claim.uuid.to_string(),
-                claim.lease_token,
-                crate::row::micros(SystemTime::now()),
-            )
-            .await;
-            let refused = match completed {
-                Ok(true) => None,
-                Ok(false) => Some(Error::EventLeaseLost { event: claim.uuid }),
-                Err(error) => Some(error),
-            };
-            if let Some(error) = refused {
-                rollback::<B>(&mut connection).await;
-                return CommitOutcome::NotCommitted(error.into());
-            }
-        }
         let fault = self
             .db
             .fault

@@ -2,7 +2,6 @@
 //! mode. The embedded default.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::SqliteConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
@@ -11,7 +10,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use crate::backend::{Backend, StartPosition, TransactionStatus, sealed};
-use crate::events::rows::{ClaimedEvent, EventRelease, EventRow, NewEventRow};
+use crate::events::rows::{ClaimEvents, ClaimedEvent, EventRelease, EventRow, NewEventRow};
 use crate::row::{Inserted, MAX_PAYLOAD_BYTES, NewOperationRow, OperationRow};
 use crate::schema::ofx_events::dsl as ev;
 use crate::schema::ofx_log_trims::dsl as trims;
@@ -58,7 +57,11 @@ impl Backend for Sqlite {
         Ok(connection)
     }
 
-    crate::queries::deadpool_pool!();
+    // No test query at checkout: a connection to a local file does not go stale as a network
+    // connection does, and one whose transaction manager broke is still discarded. The test
+    // query was one more hop to the blocking pool per checkout: per command, per claim, per
+    // read.
+    crate::queries::deadpool_pool!(diesel_async::pooled_connection::RecyclingMethod::Fast);
 
     async fn migrate(url: &str) -> Result<()> {
         let url = url.to_owned();
@@ -98,6 +101,18 @@ impl Backend for Sqlite {
         Ok(Inserted { idx, xid: None })
     }
 
+    async fn insert_operation_completing(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+        event: &str,
+        lease_token: i64,
+        now: i64,
+    ) -> Result<(Inserted, bool)> {
+        let inserted = Self::insert_operation(connection, row).await?;
+        let completed = Self::complete_event(connection, event, lease_token, now).await?;
+        Ok((inserted, completed))
+    }
+
     async fn transaction_status(
         _connection: &mut Self::Connection,
         _xid: i64,
@@ -117,21 +132,13 @@ impl Backend for Sqlite {
         limit: i64,
     ) -> Result<Vec<ClaimedEvent>> {
         // One writing statement: SQLite runs it alone, so two claims never take one event.
-        Ok(diesel::sql_query(
-            "UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = ?, \
-             lease_until = ?, attempts = attempts + 1 \
-             WHERE uuid IN (SELECT uuid FROM ofx_events WHERE state = 0 AND due_at <= ?3 \
-             AND (lease_until IS NULL OR lease_until < ?3) ORDER BY due_at LIMIT ?4) \
-             RETURNING uuid, command_name, \
-             CASE WHEN octet_length(command_json) <= ?5 THEN command_json END AS command_json, \
-             CAST(octet_length(command_json) AS BIGINT) AS payload_bytes, attempts, lease_token, \
-             due_at",
-        )
-        .bind::<Text, _>(host)
-        .bind::<BigInt, _>(lease_until)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(limit)
-        .bind::<BigInt, _>(MAX_PAYLOAD_BYTES as i64)
+        Ok(ClaimEvents {
+            host,
+            now,
+            lease_until,
+            limit,
+            max_payload: MAX_PAYLOAD_BYTES as i64,
+        }
         .load(connection)
         .await?)
     }
@@ -162,5 +169,15 @@ impl Backend for Sqlite {
         _transactions: &[i64],
     ) -> Result<Vec<i64>> {
         Ok(Vec::new())
+    }
+}
+
+impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for ClaimEvents<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
+    ) -> QueryResult<()> {
+        // No row locks: SQLite runs one writing statement at a time.
+        self.write(&mut out, "")
     }
 }

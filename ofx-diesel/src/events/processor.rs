@@ -1,9 +1,9 @@
 //! [`EventProcessor`]: claims due events under a lease and runs each as its own operation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ofx_core::background::{TaskHealth, spawn_supervised};
 use ofx_core::{CallOptions, Hub, WeakHub};
@@ -24,6 +24,10 @@ const NOT_HERE_DELAY: Duration = Duration::from_secs(1);
 /// The shortest and longest wait after a failed claim.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
 
+/// Runs (from their start to their commit) taking less than this on average are short: the processor then
+/// claims a batch ahead while its slots are busy (see [`Processor::run`]).
+const SHORT_RUN: Duration = Duration::from_millis(100);
+
 /// What an [`EventProcessor`] did so far.
 #[derive(Debug, Default)]
 pub struct EventStats {
@@ -35,6 +39,7 @@ pub struct EventStats {
     in_doubt: AtomicU64,
     claim_failures: AtomicU64,
     release_failures: AtomicU64,
+    given_back: AtomicU64,
     changed: Notify,
 }
 
@@ -69,6 +74,9 @@ impl EventStats {
         claim_failures,
         /// Failed runs that could not be given back (the event is claimed again after its lease).
         release_failures,
+        /// Events claimed ahead but given back unrun: the processor stopped, or they waited for
+        /// a slot longer than half their lease.
+        given_back,
     }
 
     fn add(&self, counter: &AtomicU64, count: u64) {
@@ -94,6 +102,23 @@ struct Shared {
     wake: Arc<Notify>,
     /// The events being run here: uuid → fencing number.
     running: Mutex<HashMap<String, i64>>,
+    /// The recent runs' mean duration in µs (a moving average).
+    run_micros: AtomicU64,
+}
+
+impl Shared {
+    /// Whether the recent runs were short (see [`SHORT_RUN`]).
+    fn runs_are_short(&self) -> bool {
+        u128::from(self.run_micros.load(Ordering::Relaxed)) < SHORT_RUN.as_micros()
+    }
+
+    /// Counts a run of `took` into the moving average (weight 1/8).
+    fn ran(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let average = self.run_micros.load(Ordering::Relaxed);
+        let updated = average - average / 8 + took / 8;
+        self.run_micros.store(updated, Ordering::Relaxed);
+    }
 }
 
 impl EventProcessor {
@@ -182,6 +207,7 @@ impl<B: Backend> DbHub<B> {
                 stop: hub.shutdown_token(),
                 wake: link.events_wake(),
                 running: Mutex::new(HashMap::new()),
+                run_micros: AtomicU64::new(0),
             }),
         };
         let run = Processor {
@@ -219,6 +245,14 @@ impl<B: Backend> Processor<B> {
         &self.processor.shared
     }
 
+    /// Claims events and runs each on a free slot (at most `concurrency` at once).
+    ///
+    /// While runs are short (under [`SHORT_RUN`] on average), it claims a batch of
+    /// `concurrency` events as soon as the ones claimed before have all started, so that a
+    /// backlog is claimed by one statement per batch rather than one per freed slot; the
+    /// batch's events wait here for a slot (not for longer than half their lease: then they are
+    /// given back). While runs are long, it claims only for the slots free, so that events do
+    /// not wait behind long runs here while another host could run them.
     async fn run(self) {
         let settings = self.db.settings().events.clone();
         let concurrency = settings.concurrency.max(1);
@@ -229,90 +263,144 @@ impl<B: Backend> Processor<B> {
             self.host.clone(),
             self.processor.clone(),
         ));
+        // Claimed, waiting for a slot, with when they were claimed.
+        let mut queue: VecDeque<(ClaimedEvent, Instant)> = VecDeque::new();
+        // Free slots taken for the events of the next claim.
+        let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+        // Whether the last claim was full: more may be due now.
+        let mut more_due = true;
         let mut backoff = BACKOFF.0;
         loop {
-            // At least one free slot, then as many as are free.
-            let first = tokio::select! {
-                biased; // stopped means no new claim, even when a slot or a wake-up is ready too
-                () = stop.cancelled() => return,
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return, // never closed
+            if stop.is_cancelled() {
+                break;
+            }
+            if queue.is_empty() {
+                if !more_due {
+                    permits.clear();
+                    let pause = self.pause().await;
+                    tokio::select! {
+                        biased; // stopped: no new claim, even when a slot or a wake-up is ready too
+                        () = stop.cancelled() => break,
+                        () = self.shared().wake.notified() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+                let ahead = self.shared().runs_are_short();
+                if !ahead {
+                    // For the free slots only: at least one, then as many as are free.
+                    if permits.is_empty() {
+                        tokio::select! {
+                            biased; // stopped: no new claim, even when a slot or a wake-up is ready too
+                            () = stop.cancelled() => break,
+                            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                                Ok(permit) => permits.push(permit),
+                                Err(_) => break, // never closed
+                            },
+                        }
+                    }
+                    while permits.len() < concurrency {
+                        match Arc::clone(&slots).try_acquire_owned() {
+                            Ok(permit) => permits.push(permit),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                let wanted = if ahead { concurrency } else { permits.len() };
+                match self.claim(wanted, settings.lease).await {
+                    Ok(events) => {
+                        backoff = BACKOFF.0;
+                        more_due = events.len() == wanted;
+                        let claimed_at = Instant::now();
+                        queue.extend(events.into_iter().map(|event| (event, claimed_at)));
+                    }
+                    Err(error) => {
+                        permits.clear();
+                        self.shared()
+                            .stats
+                            .add(&self.shared().stats.claim_failures, 1);
+                        tracing::warn!(%error, backend = B::NAME, "claiming events failed; retrying");
+                        let pause = jitter(backoff, 0.25);
+                        backoff = (backoff * 2).min(BACKOFF.1);
+                        tokio::select! {
+                            biased; // stopped: no new claim, even when a slot or a wake-up is ready too
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(pause) => continue,
+                        }
+                    }
+                }
+                continue;
+            }
+            // The next claimed event, on a free slot.
+            let permit = match permits.pop() {
+                Some(permit) => permit,
+                None => tokio::select! {
+                    biased; // stopped: no new claim, even when a slot or a wake-up is ready too
+                    () = stop.cancelled() => break,
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break, // never closed
+                    },
                 },
             };
-            let mut permits = vec![first];
-            while permits.len() < concurrency {
-                match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => break,
-                }
+            let Some((event, claimed_at)) = queue.pop_front() else {
+                continue;
+            };
+            if claimed_at.elapsed() > settings.lease / 2 {
+                // It waited here too long (runs got slow): another host may run it sooner, and
+                // its lease may end before its run would commit.
+                self.give_back(vec![event]).await;
+                continue;
             }
             let Some(hub) = self.hub.upgrade() else {
                 stop.cancel(); // the hub is gone
-                return;
+                queue.push_front((event, claimed_at));
+                break;
             };
-            let wanted = permits.len();
-            match self.claim(wanted, settings.lease).await {
-                Ok(events) => {
-                    backoff = BACKOFF.0;
-                    let full = events.len() == wanted;
-                    for event in events {
-                        let Some(permit) = permits.pop() else { break };
-                        self.spawn_run(&hub, event, permit);
-                    }
-                    drop(permits);
-                    if full {
-                        continue; // more may be due
-                    }
-                }
-                Err(error) => {
-                    drop(permits);
-                    self.shared()
-                        .stats
-                        .add(&self.shared().stats.claim_failures, 1);
-                    tracing::warn!(%error, backend = B::NAME, "claiming events failed; retrying");
-                    let pause = jitter(backoff, 0.25);
-                    backoff = (backoff * 2).min(BACKOFF.1);
-                    tokio::select! {
-                        biased;
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(pause) => continue,
-                    }
-                }
-            }
-            drop(hub);
-            let pause = self.pause().await;
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return,
-                () = self.shared().wake.notified() => {}
-                () = tokio::time::sleep(pause) => {}
-            }
+            self.spawn_run(&hub, event, permit);
         }
+        // Stopped: the events claimed ahead are given back for another host to run now.
+        self.give_back(queue.into_iter().map(|(event, _)| event).collect())
+            .await;
     }
 
     async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedEvent>> {
         let now = SystemTime::now();
         let mut connection = self.db.connection().await?;
-        let events = B::claim_events(
+        B::claim_events(
             &mut connection,
             &self.host,
             micros(now),
             micros(now + lease),
             i64::try_from(limit).unwrap_or(i64::MAX),
         )
-        .await?;
-        if !events.is_empty() {
-            let mut running = self
-                .shared()
-                .running
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+        .await
+    }
+
+    /// Gives back events claimed but not run.
+    async fn give_back(&self, events: Vec<ClaimedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let count = events.len();
+        let given = async {
+            let mut connection = self.db.connection().await?;
+            let mut given = 0;
             for event in &events {
-                running.insert(event.uuid.clone(), event.lease_token);
+                if B::unclaim_event(&mut connection, &event.uuid, event.lease_token).await? {
+                    given += 1;
+                }
+            }
+            Ok::<_, Error>(given)
+        };
+        match given.await {
+            Ok(given) => self
+                .shared()
+                .stats
+                .add(&self.shared().stats.given_back, given),
+            Err(error) => {
+                tracing::warn!(%error, count, "giving back claimed events failed; they are claimed again after their lease");
             }
         }
-        Ok(events)
     }
 
     /// Until the next poll: the poll period (jittered), or the next due time if sooner.
@@ -354,9 +442,16 @@ impl<B: Backend> Processor<B> {
             hub: hub.clone(),
             processor: self.processor.clone(),
         };
+        self.shared()
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(event.uuid.clone(), event.lease_token);
         tokio::spawn(async move {
             let (uuid, token) = (event.uuid.clone(), event.lease_token);
+            let started = Instant::now();
             run.run(event).await;
+            run.processor.shared.ran(started.elapsed());
             let mut running = run
                 .processor
                 .shared

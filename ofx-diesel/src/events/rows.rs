@@ -1,7 +1,8 @@
 //! The events table's rows.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use diesel::query_builder::{AstPass, Query, QueryId};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Untyped};
 
 use crate::schema::ofx_events;
 
@@ -105,4 +106,70 @@ pub struct EventRelease<'a> {
     /// Whether the run does not count as an attempt (the event could not run on this host:
     /// its handler's service is not added here yet).
     pub refund: bool,
+}
+
+/// The claiming statement of [`Backend::claim_events`](crate::Backend::claim_events): a type of
+/// its own with a static query id, so that each connection prepares it once (a `sql_query` is
+/// prepared again at every claim: one more round trip on PostgreSQL). Each backend writes its
+/// SQL (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimEvents<'a> {
+    /// The claiming host.
+    pub(crate) host: &'a str,
+    /// Now (µs): events due by then, whose lease (if any) ended before.
+    pub(crate) now: i64,
+    /// The new lease's end (µs).
+    pub(crate) lease_until: i64,
+    /// The most events claimed.
+    pub(crate) limit: i64,
+    /// Commands over this many bytes are not transferred.
+    pub(crate) max_payload: i64,
+}
+
+impl QueryId for ClaimEvents<'_> {
+    type QueryId = ClaimEvents<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for ClaimEvents<'_> {
+    type SqlType = Untyped;
+}
+
+impl ClaimEvents<'_> {
+    /// Writes the statement; `lock` goes after the selection of the events (PostgreSQL's row
+    /// locks).
+    pub(crate) fn write<'b, DB>(
+        &'b self,
+        out: &mut AstPass<'_, 'b, DB>,
+        lock: &str,
+    ) -> QueryResult<()>
+    where
+        DB: diesel::backend::Backend,
+        str: diesel::serialize::ToSql<Text, DB>,
+        i64: diesel::serialize::ToSql<BigInt, DB>,
+        DB: diesel::sql_types::HasSqlType<Text> + diesel::sql_types::HasSqlType<BigInt>,
+    {
+        out.push_sql("UPDATE ofx_events SET lease_token = lease_token + 1, lease_owner = ");
+        out.push_bind_param::<Text, _>(self.host)?;
+        out.push_sql(", lease_until = ");
+        out.push_bind_param::<BigInt, _>(&self.lease_until)?;
+        out.push_sql(
+            ", attempts = attempts + 1 WHERE uuid IN (SELECT uuid FROM ofx_events \
+             WHERE state = 0 AND due_at <= ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(" AND (lease_until IS NULL OR lease_until < ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql(") ORDER BY due_at LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        out.push_sql(lock);
+        out.push_sql(") RETURNING uuid, command_name, CASE WHEN octet_length(command_json) <= ");
+        out.push_bind_param::<BigInt, _>(&self.max_payload)?;
+        out.push_sql(
+            " THEN command_json END AS command_json, \
+             CAST(octet_length(command_json) AS BIGINT) AS payload_bytes, attempts, \
+             lease_token, due_at",
+        );
+        Ok(())
+    }
 }

@@ -24,6 +24,7 @@ macro_rules! backend_tests {
     )*};
 }
 
+mod ahead;
 mod bad_rows;
 mod common;
 mod delays;
@@ -36,3 +37,4 @@ mod retention;
 mod retries;
 mod scale;
 mod smoke;
+mod takeover;
