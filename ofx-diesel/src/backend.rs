@@ -175,8 +175,9 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         on_conflict: ofx_core::operation::KeyConflict,
     ) -> impl Future<Output = Result<usize>> + Send;
 
-    /// Marks a claimed event done, in its operation's transaction, if the claim `lease_token`
-    /// is still the event's and its lease has not ended at `now`. Returns whether it did.
+    /// Marks a claimed event done at `now`, in its operation's transaction, if the claim
+    /// `lease_token` is still the event's (no other claim, redrive or replacement since).
+    /// Returns whether it did.
     fn complete_event(
         connection: &mut Self::Connection,
         uuid: &str,

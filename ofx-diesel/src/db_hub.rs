@@ -153,8 +153,16 @@ impl<B: Backend> DbHub<B> {
     /// migrations if the settings say so.
     ///
     /// # Errors
-    /// [`Error::Migration`] or [`Error::Connect`].
+    /// [`Error::Settings`] for settings that cannot work, [`Error::Migration`] or
+    /// [`Error::Connect`].
     pub async fn open(url: &str, settings: DbSettings) -> Result<Self> {
+        if settings.events.lease < crate::events::MIN_LEASE {
+            return Err(Error::Settings(format!(
+                "events.lease is {:?}; it must be at least {:?} (a claim must outlive a claim's round trip)",
+                settings.events.lease,
+                crate::events::MIN_LEASE
+            )));
+        }
         if settings.migrate {
             B::migrate(url).await?;
         }

@@ -125,14 +125,18 @@ pub enum Error {
         key: String,
     },
 
-    /// A processor's run of an event could not complete it: its lease ended, or another claim
-    /// (after the lease ended) or a replacement of the event took it over. The run's operation
+    /// A processor's run of an event could not complete it: another claim (after its lease
+    /// ended), a redrive or a replacement of the event took it over. The run's operation
     /// was rolled back: its effects do not exist; the event's current holder runs it.
     #[error("the lease on event {event} was lost: its run's operation was rolled back")]
     EventLeaseLost {
         /// The event's uuid.
         event: uuid::Uuid,
     },
+
+    /// A setting that cannot work (say, a zero event lease).
+    #[error("invalid settings: {0}")]
+    Settings(String),
 
     /// No event has this uuid in the state the call needs.
     #[error("no event {0} in the required state")]

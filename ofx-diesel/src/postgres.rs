@@ -97,8 +97,7 @@ impl Backend for Postgres {
             ev::ofx_events
                 .filter(ev::uuid.eq(event))
                 .filter(ev::lease_token.eq(lease_token))
-                .filter(ev::state.eq(0))
-                .filter(ev::lease_until.ge(now)),
+                .filter(ev::state.eq(0)),
         )
         .set((
             ev::state.eq(1),

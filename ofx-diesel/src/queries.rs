@@ -197,8 +197,7 @@ macro_rules! event_queries {
                 ev::ofx_events
                     .filter(ev::uuid.eq(uuid))
                     .filter(ev::lease_token.eq(lease_token))
-                    .filter(ev::state.eq(0))
-                    .filter(ev::lease_until.ge(now)),
+                    .filter(ev::state.eq(0)),
             )
             .set((
                 ev::state.eq(1),

@@ -9,7 +9,10 @@ use ofx_core::{HostId, Operation};
 use crate::schema::ofx_operations;
 
 /// The largest command, items or nested JSON the log writes or reads (bytes, the three together);
-/// larger rows are refused when written, and skipped when read without being transferred.
+/// larger rows are refused when written, and skipped when read without being transferred. Also
+/// the largest event command: a larger one fails its producing command when it commits
+/// ([`Error::PayloadTooLarge`](crate::Error::PayloadTooLarge)), and an event row over it is dead
+/// when claimed.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// [`MAX_PAYLOAD_BYTES`] as the readers' queries bind it.

@@ -233,10 +233,6 @@ impl<B: Backend> DbOperationScope<B> {
                 return CommitOutcome::NotCommitted(error.into());
             }
         };
-        if let Err(error) = store_events::<B>(&mut connection, operation).await {
-            rollback::<B>(&mut connection).await;
-            return CommitOutcome::NotCommitted(error.into());
-        }
         let committed_at = SystemTime::now();
         // A run of a claimed event marks it done in the same transaction, if the claim is still
         // the event's (PostgreSQL: in the round trip of the operation row).
@@ -264,6 +260,12 @@ impl<B: Backend> DbOperationScope<B> {
                 return CommitOutcome::NotCommitted(error.into());
             }
         };
+        // The events after the completion: a run that reschedules its own event (same key,
+        // `KeyConflict::Replace`) makes it pending again, rather than fencing off its own claim.
+        if let Err(error) = store_events::<B>(&mut connection, operation).await {
+            rollback::<B>(&mut connection).await;
+            return CommitOutcome::NotCommitted(error.into());
+        }
         let fault = self
             .db
             .fault

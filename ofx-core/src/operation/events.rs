@@ -112,7 +112,8 @@ impl EventOptions {
     pub(crate) fn due_time(&self, logged_at: SystemTime) -> SystemTime {
         let due = match self.due {
             Due::Now => logged_at,
-            Due::After(delay) => logged_at + delay,
+            // A delay past what a time can hold is the farthest future the storage knows.
+            Due::After(delay) => logged_at.checked_add(delay).unwrap_or_else(far_future),
             Due::At(at) => at,
         };
         match self.window {
@@ -120,6 +121,11 @@ impl EventOptions {
             None => due,
         }
     }
+}
+
+/// The latest due time: `i64::MAX` microseconds after the Unix epoch (what a storage holds).
+fn far_future() -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(i64::MAX.unsigned_abs())
 }
 
 /// `time` rounded up to a multiple of `window` since the Unix epoch.
@@ -139,17 +145,20 @@ const KEY_NAMESPACE: Uuid = Uuid::from_u128(0x6f66_785f_6576_656e_745f_6b65_795f
 
 /// The uuid of an event of `command_name` with `key` (and, when debounced, due at `window_end`).
 pub fn event_key_uuid(command_name: &str, key: &str, window_end: Option<SystemTime>) -> Uuid {
-    let mut name = Vec::with_capacity(command_name.len() + key.len() + 24);
-    name.extend_from_slice(command_name.as_bytes());
-    name.push(0);
-    name.extend_from_slice(key.as_bytes());
+    // Each part with its length first, so that no two different (name, key, window) give one
+    // byte string, whatever bytes the key holds.
+    let mut name = Vec::with_capacity(command_name.len() + key.len() + 40);
+    for part in [command_name.as_bytes(), key.as_bytes()] {
+        name.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        name.extend_from_slice(part);
+    }
     if let Some(end) = window_end {
         let micros = end
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_micros();
-        name.push(0);
-        name.extend_from_slice(micros.to_string().as_bytes());
+        name.push(1);
+        name.extend_from_slice(&micros.to_le_bytes());
     }
     Uuid::new_v5(&KEY_NAMESPACE, &name)
 }
@@ -263,6 +272,26 @@ mod tests {
         assert_eq!(first.uuid, same.uuid);
         assert_ne!(first.uuid, next.uuid);
         assert_eq!(next.due_at, UNIX_EPOCH + Duration::from_secs(1_080));
+    }
+
+    #[test]
+    fn keys_never_collide_across_parts() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_ne!(
+            event_key_uuid("h.ev", "k\0z", None),
+            event_key_uuid("h.ev\0k", "z", None)
+        );
+        assert_ne!(
+            event_key_uuid("h.ev", "k\01800000000000000", None),
+            event_key_uuid("h.ev", "k", Some(at))
+        );
+    }
+
+    #[test]
+    fn a_delay_past_the_representable_is_the_far_future() {
+        let options = EventOptions::new().delay(Duration::MAX);
+        let event = OperationEvent::new("a", serde_json::Value::Null, SystemTime::now(), &options);
+        assert_eq!(event.due_at, far_future());
     }
 
     #[test]

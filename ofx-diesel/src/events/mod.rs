@@ -14,11 +14,15 @@
 //!    increments the event's **fencing number** and its attempt count.
 //! 3. It runs the event as a command ([`Commander::call_by_name`](ofx_core::Commander::call_by_name)):
 //!    its own operation, whose transaction also marks the event done, *if the claim is still
-//!    the event's and its lease has not ended*. So the event's effects and its completion commit
-//!    together, once: a host whose lease ended (paused, partitioned, slow) has its transaction
-//!    refused ([`Error::EventLeaseLost`](crate::Error::EventLeaseLost)), and whoever took the
-//!    event over runs it. A host that dies mid-event loses its lease, and another host takes the
-//!    event after it.
+//!    the event's*: no other claim, redrive or replacement took it since. So the event's effects
+//!    and its completion commit together, once: a host whose lease ended (paused, partitioned,
+//!    slow) and whose event another host claimed meanwhile has its transaction refused
+//!    ([`Error::EventLeaseLost`](crate::Error::EventLeaseLost)); the host that took the event
+//!    over runs it. A host that dies mid-event loses its lease, and another host takes the event
+//!    after it. (The fencing number is the check, not the clock: a run whose lease ended but
+//!    whose event nobody claimed since is still the only run, and commits. Refusing it would
+//!    only waste its work, and on SQLite, where a run that wrote holds the write lock that the
+//!    heartbeat needs, it would refuse every run that writes and then outlasts its lease.)
 //! 4. A run that fails gives the event back, due again after a backoff
 //!    ([`EventRetry`]), or **dead** when the handler's error is
 //!    [permanent](ofx_core::Error::permanent) or the attempts are spent. Dead events keep their
@@ -62,6 +66,9 @@ pub use rows::{ClaimedEvent, EventRelease, EventRow, NewEventRow};
 
 use crate::row::time;
 
+/// The shortest event lease [`DbHub::open`](crate::DbHub::open) accepts.
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How a database's events are processed and kept; part of [`DbSettings`](crate::DbSettings).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -69,14 +76,19 @@ pub struct EventSettings {
     /// Whether attaching the database to a hub starts an event processor there (default
     /// true).
     pub process: bool,
-    /// How long a claim holds an event (default 30 s). A heartbeat renews it every third of it
-    /// while the handler runs; a host that stops renewing loses its events after it.
+    /// How long a claim holds an event (default 30 s, at least [`MIN_LEASE`]: `DbHub::open`
+    /// refuses less). A heartbeat renews it every third of it while the handler runs; a host
+    /// that stops renewing loses its events after it: another host may claim them, and the
+    /// first one's run is then refused at its commit. (On SQLite the heartbeat waits while the
+    /// run's own transaction holds the write lock; nobody else can claim meanwhile either, so
+    /// such a run still commits unless another host claimed the event before it wrote.)
     pub lease: Duration,
     /// Events one host runs at once (default 4). Each holds a pooled connection for its
     /// transaction: keep it below the pool's size. While runs are short (under 100 ms on
     /// average), as many more are claimed ahead in one statement and wait on this host for a
     /// slot (given back if they wait longer than half their lease, or when the processor
     /// stops); while runs are long, only the free slots are claimed for.
+    /// 0 counts as 1.
     pub concurrency: usize,
     /// Retries after failed runs.
     pub retry: EventRetry,
@@ -109,7 +121,11 @@ impl Default for EventSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EventRetry {
-    /// Attempts in all, the first included; the event is dead after the last one fails.
+    /// Attempts in all, the first included (0 counts as 1): the event is dead after the last
+    /// one fails. A claim is an attempt, whether its run failed or was lost (its host crashed,
+    /// its lease ended and another host claimed it): an event claimed once more than this
+    /// without a run that ended is dead too, with the reason. A claim given back unrun (a host
+    /// without the event's service, a processor that stopped) is not.
     pub max_attempts: u32,
     /// The wait after the first failure, doubled after each next one.
     pub initial_delay: Duration,

@@ -527,7 +527,21 @@ enum Ended {
 
 impl<B: Backend> EventRun<B> {
     async fn run(&self, event: ClaimedEvent) {
-        let ended = self.execute(&event).await;
+        let max_attempts = self.db.settings().events.retry.max_attempts.max(1);
+        let ended = if u32::try_from(event.attempts).unwrap_or(u32::MAX) > max_attempts {
+            // Claimed more often than its attempts allow without a run giving it back: its
+            // runs were lost (a host that crashed running it, leases that kept ending). It
+            // dies instead of running again.
+            Ended::Failed {
+                error: format!(
+                    "claimed {} times without a run that ended: its runs were lost (a host that crashed running it, or leases that kept ending)",
+                    event.attempts - 1
+                ),
+                permanent: true,
+            }
+        } else {
+            self.execute(&event).await
+        };
         let stats = &self.processor.shared.stats;
         let (error, permanent) = match ended {
             Ended::Done => return stats.add(&stats.completed, 1),
