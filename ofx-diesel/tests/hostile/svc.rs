@@ -364,7 +364,7 @@ impl<B: HQ> H<B> {
     #[command_handler]
     pub async fn inval(&self, command: HInval, ctx: &CommandContext) -> Result<(), HError> {
         invalidate! {
-            let _ = record_inval(
+            let _answers = record_inval(
                 &format!("{}/{}", self.db.url(), command.tag),
                 format!("{:?}", ctx.add_event(HEvent {
                     tag: command.tag.clone(),
@@ -617,12 +617,11 @@ pub fn hgate_open(url: &str, job: i64) {
         .1 = true;
 }
 
-fn record_inval(name: &str, result: String) {
-    INVAL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(name.to_owned())
-        .or_default()
-        .push(result);
+/// Records what `add_event` answered in an invalidation branch; returns how many answers `name`
+/// has (a value, so that `invalidate!` can bind it with `let`).
+fn record_inval(name: &str, result: String) -> usize {
+    let mut answers = INVAL.get_or_init(Default::default).lock().unwrap();
+    let answers = answers.entry(name.to_owned()).or_default();
+    answers.push(result);
+    answers.len()
 }
