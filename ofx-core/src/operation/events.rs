@@ -282,7 +282,7 @@ mod tests {
             event_key_uuid("h.ev\0k", "z", None)
         );
         assert_ne!(
-            event_key_uuid("h.ev", "k\01800000000000000", None),
+            event_key_uuid("h.ev", "k\x001800000000000000", None),
             event_key_uuid("h.ev", "k", Some(at))
         );
     }
