@@ -1070,7 +1070,8 @@ impl<B: Backend> Reader<B> {
 /// `period` ± `spread` (a fraction), at random.
 pub(crate) fn jitter(period: Duration, spread: f64) -> Duration {
     let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
-    period.mul_f64(factor.max(0.0))
+    // Saturating: a period near `Duration::MAX` times the jitter would overflow.
+    Duration::try_from_secs_f64(period.as_secs_f64() * factor.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]

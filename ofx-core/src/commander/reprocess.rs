@@ -68,7 +68,9 @@ impl ReprocessPolicy {
             .initial_delay
             .saturating_mul(1 << doublings)
             .min(self.max_delay);
-        delay.mul_f64(0.5 + rand::random::<f64>())
+        // Saturating: a delay near `Duration::MAX` times the jitter would overflow.
+        Duration::try_from_secs_f64(delay.as_secs_f64() * (0.5 + rand::random::<f64>()))
+            .unwrap_or(Duration::MAX)
     }
 }
 
