@@ -24,7 +24,7 @@ async fn events_claimed_ahead_are_given_back_when_stopped<B: JobQueries>(url: &s
             if events.iter().filter(|e| e.lease_owner.is_some()).count() == 4 {
                 return events;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            host.next_change().await;
         }
     };
     tokio::time::timeout(Duration::from_secs(10), leased)

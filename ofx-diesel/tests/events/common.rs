@@ -599,7 +599,7 @@ impl<B: JobQueries> Host<B> {
     }
 
     /// Until this host's processor did something, at most 50 ms (other hosts work too).
-    async fn next_change(&self) {
+    pub(crate) async fn next_change(&self) {
         match self.db.event_processor(self.hub()) {
             Some(processor) => {
                 let seen = activity(processor.stats());
@@ -607,6 +607,8 @@ impl<B: JobQueries> Host<B> {
                     .wait_until(|stats| activity(stats) != seen, Duration::from_millis(50))
                     .await;
             }
+            // No processor here: only other hosts change the table, and nothing here hears of
+            // it; poll.
             None => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }

@@ -79,7 +79,7 @@ async fn reprocessing_follows_the_error_shape_and_commits_once<B: HQ>(url: &str)
                 "shape {shape}: ran {ran} times (expected {expected_runs}), result {result:?}"
             ));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // `call` returned: what it committed is there now.
         let writes = host
             .payloads(&tag)
             .await
@@ -142,7 +142,8 @@ async fn a_nested_transient_error_reprocesses_the_outermost_only_when_it_fails<B
     );
     assert!(host.drained(WAIT).await);
     let payloads = host.wait_payloads(tag, |p| p.len() >= 3, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Drained: no event pending or running, so nothing writes any more.
+    assert!(host.drained(WAIT).await);
     let payloads2 = host.payloads(tag).await;
     assert_eq!(payloads, payloads2);
     assert_eq!(
@@ -173,14 +174,7 @@ async fn an_event_failing_with_a_wrapped_permanent_error_is_dead_at_once<B: HQ>(
             })
             .await
             .unwrap()[0];
-        let start = std::time::Instant::now();
-        let event = loop {
-            let event = host.db.events().get(uuid).await.unwrap().unwrap();
-            if event.state == Some(EventState::Dead) || start.elapsed() > WAIT {
-                break event;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let event = host.wait_dead(uuid, WAIT).await;
         let handler_runs = runs(&format!("ev/{}/{tag}", host.db.url()));
         if event.state != Some(EventState::Dead) || event.attempts != 1 || handler_runs != 1 {
             wrong.push(format!(

@@ -52,7 +52,7 @@ async fn add_event_in_an_invalidation_branch_is_refused_and_stores_nothing<B: HQ
         results[0].contains("NotInOperation"),
         "add_event in an invalidation branch: {results:?}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The operation committed before `call` returned: what it stored is there now.
     assert!(
         host.events_of(tag).await.is_empty(),
         "an invalidation branch stored an event"
@@ -147,17 +147,17 @@ async fn replace_on_a_done_or_dead_event_runs_it_again<B: HQ>(url: &str) {
         .call(ev(tag, Mode::Fail(2), keyed("rdd", 1)))
         .await
         .unwrap()[0];
-    let start = std::time::Instant::now();
-    while host.db.events().get(dead).await.unwrap().unwrap().state != Some(EventState::Dead) {
-        assert!(start.elapsed() < WAIT, "not dead");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(
+        host.wait_dead(dead, WAIT).await.state,
+        Some(EventState::Dead),
+        "not dead"
+    );
     // Keep: the dead event stays dead.
     commander
         .call(ev(tag, Mode::Log, keyed("rdd", 0)))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Committed when `call` returned: a revived event would be pending now.
     assert_eq!(
         host.db.events().get(dead).await.unwrap().unwrap().state,
         Some(EventState::Dead),
@@ -234,14 +234,7 @@ async fn a_panicking_event_handler_is_retried_then_dead_and_the_processor_lives<
         .call(ev("panic", Mode::Panic, Opts::default()))
         .await
         .unwrap()[0];
-    let start = std::time::Instant::now();
-    let event = loop {
-        let event = host.db.events().get(uuid).await.unwrap().unwrap();
-        if event.state == Some(EventState::Dead) || start.elapsed() > WAIT {
-            break event;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let event = host.wait_dead(uuid, WAIT).await;
     assert_eq!(
         event.state,
         Some(EventState::Dead),
@@ -314,6 +307,8 @@ async fn a_hub_dropped_mid_event_still_runs_it_once<B: HQ>(url: &str) {
     let uuid = a.produce(job, 1, spec).await.unwrap()[0];
     gate.arrivals(1).await;
     drop(a);
+    // Past the lease (900 ms): what is tested is whether A's dropped hub still renews it. The
+    // lease is a duration; no signal tells that it would have ended.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let b = crate::common::Host::<B>::open(url, settings).await;
     // B takes it over after the lease (unless A's run lives on and renews it).
@@ -346,7 +341,7 @@ async fn an_event_over_the_payload_limit_is_refused_when_added<B: HQ>(url: &str)
             ..ev(tag, Mode::Log, Opts::default())
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `call` returned: a stored event or write would be there now.
     let events = host.events_of(tag).await;
     let payloads = host.payloads(tag).await;
     assert!(
@@ -516,8 +511,14 @@ async fn an_event_that_keeps_losing_its_claim_dies_after_its_attempts<B: HQ>(url
         hosts.push(host);
     }
     let last = crate::common::Host::<B>::open(url, settings.clone()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let event = producer.event(uuid).await;
+    // The last host claims it once more than its attempts allow, and declares it dead.
+    let event = producer
+        .wait_event(
+            uuid,
+            |event| event.state == Some(EventState::Dead),
+            Duration::from_secs(10),
+        )
+        .await;
     gate.open();
     assert!(
         event.state == Some(EventState::Dead) && event.attempts <= 4,
@@ -667,7 +668,7 @@ async fn events_of_a_command_that_writes_nothing_are_stored<B: HQ>(url: &str) {
         })
         .await;
     assert!(result.is_err());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing of a failed call commits after it returned.
     assert!(host.events_of(tag).await.is_empty());
 }
 

@@ -300,6 +300,7 @@ impl<B: HQ> H<B> {
         if command.hold_ms == u64::MAX {
             std::future::pending::<()>().await;
         } else if command.hold_ms > 0 {
+            // A slow main branch: the window a cancellation test cuts into.
             tokio::time::sleep(Duration::from_millis(command.hold_ms)).await;
         }
         if command.fail {
@@ -316,6 +317,7 @@ impl<B: HQ> H<B> {
         count(&format!("ev/{}/{}", self.db.url(), command.tag));
         match &command.mode {
             Mode::Panic => panic!("hostile panic in an event handler"),
+            // A slow handler (longer than its lease): the behaviour under test.
             Mode::Sleep(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
             Mode::Gated(job) => hgate_pass(&format!("{}/{job}", self.db.url())).await,
             Mode::Fail(shape) => return Err(shaped_error(*shape)),
@@ -528,7 +530,7 @@ impl<B: HQ> HHost<B> {
             if condition(&payloads) || start.elapsed() > timeout {
                 return payloads;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            self.next_change().await;
         }
     }
 
@@ -542,7 +544,34 @@ impl<B: HQ> HHost<B> {
             if start.elapsed() > timeout {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            self.next_change().await;
+        }
+    }
+
+    /// Waits until the event `uuid` is dead, at most `timeout`; returns it as it is then.
+    pub async fn wait_dead(&self, uuid: uuid::Uuid, timeout: Duration) -> EventInfo {
+        let start = std::time::Instant::now();
+        loop {
+            let event = self.db.events().get(uuid).await.unwrap().unwrap();
+            if event.state == Some(ofx_diesel::EventState::Dead) || start.elapsed() > timeout {
+                return event;
+            }
+            self.next_change().await;
+        }
+    }
+
+    /// Until this host's processor did something, at most 50 ms (other hosts work too).
+    async fn next_change(&self) {
+        match self.db.event_processor(self.hub()) {
+            Some(processor) => {
+                let seen = activity(processor.stats());
+                processor
+                    .wait_until(|stats| activity(stats) != seen, Duration::from_millis(50))
+                    .await;
+            }
+            // No processor here: only other hosts change the table, and nothing here hears of
+            // it; poll.
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
@@ -560,46 +589,49 @@ pub fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-/// A simple gate for `Mode::Gated`: (arrivals, open) by name.
-static HGATES: OnceLock<Mutex<HashMap<String, (u32, bool)>>> = OnceLock::new();
+/// A simple gate for `Mode::Gated`, by name: arrivals, whether open, and a notification on
+/// every change.
+#[derive(Default)]
+struct HGate {
+    state: Mutex<(u32, bool)>,
+    changed: tokio::sync::Notify,
+}
 
-async fn hgate_pass(name: &str) {
-    HGATES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(name.to_owned())
-        .or_default()
-        .0 += 1;
-    loop {
-        if HGATES
+fn hgate(name: &str) -> std::sync::Arc<HGate> {
+    static HGATES: OnceLock<Mutex<HashMap<String, std::sync::Arc<HGate>>>> = OnceLock::new();
+    std::sync::Arc::clone(
+        HGATES
             .get_or_init(Default::default)
             .lock()
             .unwrap()
-            .get(name)
-            .is_some_and(|g| g.1)
-        {
+            .entry(name.to_owned())
+            .or_default(),
+    )
+}
+
+async fn hgate_pass(name: &str) {
+    let gate = hgate(name);
+    gate.state.lock().unwrap().0 += 1;
+    gate.changed.notify_waiters();
+    loop {
+        let changed = gate.changed.notified();
+        if gate.state.lock().unwrap().1 {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        changed.await;
     }
 }
 
 /// Waits until `count` handlers arrived at the gate of `job` on `url`.
 pub async fn hgate_arrivals(url: &str, job: i64, count: u32) {
-    let name = format!("{url}/{job}");
+    let gate = hgate(&format!("{url}/{job}"));
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if HGATES
-                .get_or_init(Default::default)
-                .lock()
-                .unwrap()
-                .get(&name)
-                .is_some_and(|g| g.0 >= count)
-            {
+            let changed = gate.changed.notified();
+            if gate.state.lock().unwrap().0 >= count {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            changed.await;
         }
     })
     .await
@@ -608,13 +640,9 @@ pub async fn hgate_arrivals(url: &str, job: i64, count: u32) {
 
 /// Opens the gate of `job` on `url`.
 pub fn hgate_open(url: &str, job: i64) {
-    HGATES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap()
-        .entry(format!("{url}/{job}"))
-        .or_default()
-        .1 = true;
+    let gate = hgate(&format!("{url}/{job}"));
+    gate.state.lock().unwrap().1 = true;
+    gate.changed.notify_waiters();
 }
 
 /// Records what `add_event` answered in an invalidation branch; returns how many answers `name`
@@ -624,4 +652,9 @@ fn record_inval(name: &str, result: String) -> usize {
     let answers = answers.entry(name.to_owned()).or_default();
     answers.push(result);
     answers.len()
+}
+
+/// What a processor has done so far, as one number that changes with each thing it does.
+fn activity(stats: &ofx_diesel::EventStats) -> u64 {
+    stats.claimed() + stats.completed() + stats.retried() + stats.dead() + stats.fenced()
 }
