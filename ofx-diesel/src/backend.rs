@@ -266,6 +266,81 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     fn count_events(
         connection: &mut Self::Connection,
     ) -> impl Future<Output = Result<Vec<(i32, i64)>>> + Send;
+
+    /// Takes what an append needs before the state is read, in the scope's transaction
+    /// (SQLite: the write lock, so that the transaction never has to upgrade a read snapshot
+    /// another writer made stale; PostgreSQL: nothing, conflicts are detected at the insert).
+    fn lock_for_append(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = connection;
+        async { Ok(()) }
+    }
+
+    /// The highest position of `stream` (0 when it is empty).
+    fn stream_head(
+        connection: &mut Self::Connection,
+        stream: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// The events of `stream` after position `after`, up to `through`, in order, at most
+    /// `limit`.
+    fn read_stream(
+        connection: &mut Self::Connection,
+        stream: &str,
+        after: i64,
+        through: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<crate::state::rows::StreamRow>>> + Send;
+
+    /// Inserts stream events, skipping the positions taken (PostgreSQL waits for the
+    /// transaction that holds one to end); returns the positions inserted.
+    fn append_stream(
+        connection: &mut Self::Connection,
+        rows: &[crate::state::rows::NewStreamRow<'_>],
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+
+    /// Deletes these positions of `stream` (an append that conflicted halfway, in its own
+    /// transaction).
+    fn delete_stream_positions(
+        connection: &mut Self::Connection,
+        stream: &str,
+        positions: &[i64],
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// The snapshots of `projection`, every version, newest saved first.
+    fn load_snapshots(
+        connection: &mut Self::Connection,
+        projection: &str,
+    ) -> impl Future<Output = Result<Vec<crate::state::rows::SnapshotRow>>> + Send;
+
+    /// The position of the snapshot of `projection` at `version`, if any.
+    fn snapshot_position(
+        connection: &mut Self::Connection,
+        projection: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Saves a snapshot over the one of the same projection and version.
+    fn save_snapshot(
+        connection: &mut Self::Connection,
+        row: &crate::state::rows::SnapshotRow,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records a quarantined stream event (once: another host's record is kept).
+    fn quarantine_stream_event(
+        connection: &mut Self::Connection,
+        row: &crate::state::rows::QuarantineRow,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The quarantined events of `projection` at `version`, by stream and position, at most
+    /// `limit`.
+    fn list_quarantine(
+        connection: &mut Self::Connection,
+        projection: &str,
+        version: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<crate::state::rows::QuarantineRow>>> + Send;
 }
 
 /// Where a fresh log reader starts (see [`Backend::start_position`]).

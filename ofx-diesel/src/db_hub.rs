@@ -260,6 +260,14 @@ impl<B: Backend> DbHub<B> {
         .map(drop)
     }
 
+    /// Notes that the running operation appended to a stream: once it commits, this hub's
+    /// state services are woken.
+    pub(crate) fn mark_stream_appended(&self, ctx: &CommandContext) {
+        if let Ok(scope) = self.scope_of(ctx, || DbOperationScope::new(Arc::clone(&self.inner))) {
+            scope.mark_stream_appended();
+        }
+    }
+
     /// Sets the watcher that wakes other hosts' readers after every commit, and this host's
     /// reader when others commit (see `ofx-watchers`). It is started for each hub this database
     /// attaches to, with the hub's host id and shutdown token; readers then poll only every
@@ -317,10 +325,9 @@ impl<B: Backend> DbHub<B> {
                 .start(hub.host_id().clone(), hub.shutdown_token())
                 .await
                 .map_err(Error::Watcher)?;
-            // Wake-ups are forwarded only to a reader or processor that runs here: a host that
-            // runs neither leaves them to the hosts that do.
-            let consumes = self.settings().read_log || self.settings().events.process;
-            link.set_watcher(watcher, consumes.then(|| hub.shutdown_token()));
+            // Forwarded to the reader, the event processor and the state services that run
+            // here (state services attach after the database, so always).
+            link.set_watcher(watcher, Some(hub.shutdown_token()));
         }
         hub.add_transient_classifier("ofx-diesel", crate::transient::is_transient);
         // An operation that added events but wrote nowhere stores them here (the first

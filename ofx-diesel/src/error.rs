@@ -141,6 +141,64 @@ pub enum Error {
     /// No event has this uuid in the state the call needs.
     #[error("no event {0} in the required state")]
     NoSuchEvent(uuid::Uuid),
+
+    /// A state service was read (or written through) before its initial catch-up with its
+    /// stream finished: see [`StateService::ready`](crate::state::StateService::ready).
+    #[error("state service `{projection}` is not ready: it has not caught up with its stream yet")]
+    NotReady {
+        /// The projection's name.
+        projection: &'static str,
+    },
+
+    /// [`StateService::current_state`](crate::state::StateService::current_state) could not
+    /// catch up with the stream's head within its timeout. `local_state` still answers.
+    #[error("state service `{projection}` cannot be refreshed within {timeout:?}: {cause}")]
+    Unavailable {
+        /// The projection's name.
+        projection: &'static str,
+        /// How long the call waited.
+        timeout: std::time::Duration,
+        /// What stopped it.
+        cause: crate::state::UnavailableCause,
+    },
+
+    /// An append to a state service's stream conflicted with concurrent appends this many
+    /// times in a row (each time the decision was made again on the newer state). Nothing was
+    /// appended.
+    #[error("appending to stream `{stream}` conflicted {attempts} times with concurrent appends")]
+    AppendConflict {
+        /// The stream.
+        stream: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+
+    /// A state service was added to a second hub, or to a hub without its database: it
+    /// follows its stream for one hub (one per host), after that hub's `DbHub`.
+    #[error("state service `{projection}`: {reason}")]
+    StateAttach {
+        /// The projection's name.
+        projection: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// A read of a state service's stream took longer than
+    /// [`StateSettings::refresh_timeout`](crate::state::StateSettings::refresh_timeout): it was
+    /// abandoned (and its connection closed) to be retried.
+    #[error("reading the stream took longer than {0:?}")]
+    RefreshTimeout(std::time::Duration),
+
+    /// A snapshot could not be saved or read (a directory's I/O).
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+
+    /// The state service stopped (its hub shut down).
+    #[error("state service `{projection}` has stopped")]
+    StateStopped {
+        /// The projection's name.
+        projection: &'static str,
+    },
 }
 
 /// Why commit verification could not tell whether an operation committed

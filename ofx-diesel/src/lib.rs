@@ -99,6 +99,7 @@ mod schema;
 mod scope;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+pub mod state;
 mod transient;
 mod trimmer;
 

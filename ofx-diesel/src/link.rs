@@ -22,6 +22,9 @@ pub(crate) struct HubLink {
     /// Woken when events may be due: by this host's commits that added some, and (through the
     /// watcher) by other hosts' commits.
     events_wake: Arc<Notify>,
+    /// Bumped when a stream may have grown: by this host's commits that appended to one, and
+    /// (through the watcher) by other hosts' commits. State services follow it.
+    stream_wakes: tokio::sync::watch::Sender<u64>,
     /// Held while a reader starts.
     pub(crate) starting: tokio::sync::Mutex<()>,
     /// The reader's position: owned by the running reader task, handed back when it ends.
@@ -42,8 +45,8 @@ impl HubLink {
     }
 
     /// Keeps the watcher started for this hub. Its wake-ups go to the log reader (through the
-    /// returned watcher's `wakes`) and to the event processor: a forwarding task, stopped by
-    /// `stop`, hands each one to both (none without `stop`: nothing here consumes them).
+    /// returned watcher's `wakes`), to the event processor and to the state services: a
+    /// forwarding task, stopped by `stop`, hands each one to all.
     pub(crate) fn set_watcher(
         &self,
         watcher: Arc<dyn LogWatcher>,
@@ -63,6 +66,7 @@ impl HubLink {
         }
         let Some(stop) = stop else { return };
         let events = Arc::clone(&self.events_wake);
+        let streams = self.stream_wakes.clone();
         let wakes = watcher.wakes();
         tokio::spawn(async move {
             loop {
@@ -71,6 +75,7 @@ impl HubLink {
                     () = wakes.notified() => {
                         shared.reader_wakes.notify_one();
                         events.notify_one();
+                        streams.send_modify(|n| *n = n.wrapping_add(1));
                     }
                 }
             }
@@ -80,6 +85,16 @@ impl HubLink {
     /// Wakes this hub's event processor.
     pub(crate) fn wake_events(&self) {
         self.events_wake.notify_one();
+    }
+
+    /// Wakes this hub's state services.
+    pub(crate) fn wake_streams(&self) {
+        self.stream_wakes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// What wakes this hub's state services.
+    pub(crate) fn stream_wakes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stream_wakes.subscribe()
     }
 
     pub(crate) fn events_wake(&self) -> Arc<Notify> {

@@ -140,6 +140,21 @@ impl Backend for Postgres {
 
     crate::queries::event_queries!();
 
+    crate::queries::stream_queries!();
+
+    async fn append_stream(
+        connection: &mut Self::Connection,
+        rows: &[crate::state::rows::NewStreamRow<'_>],
+    ) -> Result<Vec<i64>> {
+        use crate::schema::ofx_stream_events::dsl as st;
+        Ok(diesel::insert_into(st::ofx_stream_events)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(st::position)
+            .get_results(connection)
+            .await?)
+    }
+
     async fn claim_events(
         connection: &mut Self::Connection,
         host: &str,

@@ -413,4 +413,131 @@ macro_rules! event_queries {
     };
 }
 
-pub(crate) use {deadpool_pool, event_queries, log_queries};
+/// The state service's query methods of [`Backend`](crate::Backend) (from `stream_head` to
+/// `list_quarantine`), expanded once per backend as [`log_queries`].
+macro_rules! stream_queries {
+    () => {
+        async fn stream_head(connection: &mut Self::Connection, stream: &str) -> Result<i64> {
+            use crate::schema::ofx_stream_events::dsl as st;
+            let head: Option<i64> = st::ofx_stream_events
+                .filter(st::stream.eq(stream))
+                .select(diesel::dsl::max(st::position))
+                .first(connection)
+                .await?;
+            Ok(head.unwrap_or(0))
+        }
+
+        async fn read_stream(
+            connection: &mut Self::Connection,
+            stream: &str,
+            after: i64,
+            through: i64,
+            limit: i64,
+        ) -> Result<Vec<crate::state::rows::StreamRow>> {
+            use crate::schema::ofx_stream_events::dsl as st;
+            Ok(st::ofx_stream_events
+                .filter(st::stream.eq(stream))
+                .filter(st::position.gt(after))
+                .filter(st::position.le(through))
+                .order(st::position.asc())
+                .limit(limit)
+                .select(crate::state::rows::StreamRow::as_select())
+                .load(connection)
+                .await?)
+        }
+
+        async fn delete_stream_positions(
+            connection: &mut Self::Connection,
+            stream: &str,
+            positions: &[i64],
+        ) -> Result<usize> {
+            use crate::schema::ofx_stream_events::dsl as st;
+            Ok(diesel::delete(
+                st::ofx_stream_events
+                    .filter(st::stream.eq(stream))
+                    .filter(st::position.eq_any(positions)),
+            )
+            .execute(connection)
+            .await?)
+        }
+
+        async fn load_snapshots(
+            connection: &mut Self::Connection,
+            projection: &str,
+        ) -> Result<Vec<crate::state::rows::SnapshotRow>> {
+            use crate::schema::ofx_state_snapshots::dsl as sn;
+            Ok(sn::ofx_state_snapshots
+                .filter(sn::projection.eq(projection))
+                .order(sn::saved_at.desc())
+                .select(crate::state::rows::SnapshotRow::as_select())
+                .load(connection)
+                .await?)
+        }
+
+        async fn snapshot_position(
+            connection: &mut Self::Connection,
+            projection: &str,
+            version: i64,
+        ) -> Result<Option<i64>> {
+            use crate::schema::ofx_state_snapshots::dsl as sn;
+            Ok(sn::ofx_state_snapshots
+                .filter(sn::projection.eq(projection))
+                .filter(sn::version.eq(version))
+                .select(sn::position)
+                .first(connection)
+                .await
+                .optional()?)
+        }
+
+        async fn save_snapshot(
+            connection: &mut Self::Connection,
+            row: &crate::state::rows::SnapshotRow,
+        ) -> Result<()> {
+            use crate::schema::ofx_state_snapshots::dsl as sn;
+            diesel::insert_into(sn::ofx_state_snapshots)
+                .values(row)
+                .on_conflict((sn::projection, sn::version))
+                .do_update()
+                .set((
+                    sn::position.eq(row.position),
+                    sn::saved_at.eq(row.saved_at),
+                    sn::body.eq(&row.body),
+                ))
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+
+        async fn quarantine_stream_event(
+            connection: &mut Self::Connection,
+            row: &crate::state::rows::QuarantineRow,
+        ) -> Result<()> {
+            use crate::schema::ofx_state_quarantine::dsl as q;
+            diesel::insert_into(q::ofx_state_quarantine)
+                .values(row)
+                .on_conflict_do_nothing()
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+
+        async fn list_quarantine(
+            connection: &mut Self::Connection,
+            projection: &str,
+            version: i64,
+            limit: i64,
+        ) -> Result<Vec<crate::state::rows::QuarantineRow>> {
+            use crate::schema::ofx_state_quarantine::dsl as q;
+            Ok(q::ofx_state_quarantine
+                .filter(q::projection.eq(projection))
+                .filter(q::version.eq(version))
+                .order((q::stream.asc(), q::position.asc()))
+                .limit(limit)
+                .select(crate::state::rows::QuarantineRow::as_select())
+                .load(connection)
+                .await?)
+        }
+    };
+}
+
+pub(crate) use {deadpool_pool, event_queries, log_queries, stream_queries};

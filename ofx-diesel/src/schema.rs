@@ -72,3 +72,53 @@ diesel::table! {
         finished_at -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    /// The state service's event streams (see `state`).
+    ofx_stream_events (stream, position) {
+        /// The stream's name.
+        stream -> Text,
+        /// The event's position in its stream, dense from 1.
+        position -> BigInt,
+        /// The event, as JSON.
+        body -> Text,
+        /// The operation that appended it.
+        operation_uuid -> Text,
+        /// When it was appended (µs since the epoch).
+        appended_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// Snapshots of projected states.
+    ofx_state_snapshots (projection, version) {
+        /// The projection's name.
+        projection -> Text,
+        /// The projection's version.
+        version -> BigInt,
+        /// The stream position the state reflects.
+        position -> BigInt,
+        /// When it was saved (µs since the epoch).
+        saved_at -> BigInt,
+        /// The encoded snapshot (header and state).
+        body -> Binary,
+    }
+}
+
+diesel::table! {
+    /// Stream events a projection could not apply.
+    ofx_state_quarantine (projection, version, stream, position) {
+        /// The projection's name.
+        projection -> Text,
+        /// The projection's version.
+        version -> BigInt,
+        /// The stream.
+        stream -> Text,
+        /// The event's position.
+        position -> BigInt,
+        /// Why it was set aside.
+        reason -> Text,
+        /// When (µs since the epoch).
+        quarantined_at -> BigInt,
+    }
+}

@@ -37,6 +37,8 @@ pub struct DbOperationScope<B: Backend> {
     savepoints: std::sync::Mutex<Vec<u64>>,
     /// The event this operation runs, marked done in its transaction.
     claim: Option<EventClaim>,
+    /// Whether the operation appended to a state service's stream.
+    appended: std::sync::atomic::AtomicBool,
 }
 
 impl<B: Backend> std::fmt::Debug for DbOperationScope<B> {
@@ -54,6 +56,7 @@ impl<B: Backend> DbOperationScope<B> {
             connection: Arc::new(Mutex::new(None)),
             savepoints: std::sync::Mutex::new(Vec::new()),
             claim: None,
+            appended: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -108,6 +111,12 @@ impl<B: Backend> DbOperationScope<B> {
             }
         }
         Ok(OperationConnection { guard })
+    }
+
+    /// Notes that the operation appended to a stream (its commit wakes the state services).
+    pub(crate) fn mark_stream_appended(&self) {
+        self.appended
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn savepoints(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
@@ -321,6 +330,9 @@ impl<B: Backend> OperationScope for DbOperationScope<B> {
         if !operation.events.is_empty() {
             // This host's processor runs them first; the watcher wakes the others'.
             link.wake_events();
+        }
+        if self.appended.load(std::sync::atomic::Ordering::Relaxed) {
+            link.wake_streams();
         }
     }
 }

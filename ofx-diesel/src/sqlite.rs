@@ -124,6 +124,39 @@ impl Backend for Sqlite {
 
     crate::queries::event_queries!();
 
+    crate::queries::stream_queries!();
+
+    async fn append_stream(
+        connection: &mut Self::Connection,
+        rows: &[crate::state::rows::NewStreamRow<'_>],
+    ) -> Result<Vec<i64>> {
+        use crate::schema::ofx_stream_events::dsl as st;
+        // SQLite has no multi-row insert with `RETURNING` in Diesel: one statement per row, in
+        // process.
+        let mut inserted = Vec::with_capacity(rows.len());
+        for row in rows {
+            let position: Option<i64> = diesel::insert_into(st::ofx_stream_events)
+                .values(row)
+                .on_conflict_do_nothing()
+                .returning(st::position)
+                .get_result(connection)
+                .await
+                .optional()?;
+            inserted.extend(position);
+        }
+        Ok(inserted)
+    }
+
+    async fn lock_for_append(connection: &mut Self::Connection) -> Result<()> {
+        // A write statement takes the write lock (waiting up to the busy timeout) even when it
+        // changes nothing; taken before the transaction reads, it can never be refused for a
+        // stale snapshot.
+        connection
+            .batch_execute("UPDATE ofx_stream_events SET position = position WHERE 0")
+            .await?;
+        Ok(())
+    }
+
     async fn claim_events(
         connection: &mut Self::Connection,
         host: &str,

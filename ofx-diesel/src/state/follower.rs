@@ -1,0 +1,365 @@
+//! The follower: one task per state service and hub that loads the newest snapshot, catches
+//! up with the stream (readiness), then follows it, woken by commits, the watcher,
+//! `current_state` and a poll.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use ofx_core::Hub;
+use ofx_core::background::spawn_supervised;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{Failed, apply_batch};
+use super::projection::Projection;
+use super::rows::QuarantineRow;
+use super::service::{Inner, StateService, lock};
+use super::snapshot::{Unusable, decode, encode, to_i64};
+use crate::backend::Backend;
+use crate::reader::jitter;
+use crate::row::micros;
+use crate::{Error, Result};
+
+/// Starts the follower of `inner` on `hub`.
+pub(crate) fn start<P: Projection, B: Backend>(
+    inner: Arc<Inner<P, B>>,
+    hub: &Hub,
+    wakes: watch::Receiver<u64>,
+) {
+    let settings = inner.db.settings();
+    let poll = inner.settings.poll_period.unwrap_or(
+        if inner
+            .db
+            .existing_link(hub)
+            .and_then(|link| link.watcher())
+            .is_some()
+        {
+            settings.poll_period_with_watcher
+        } else {
+            settings.poll_period
+        },
+    );
+    let stop = hub.shutdown_token();
+    let health = Arc::clone(&inner.health);
+    spawn_supervised("ofx-diesel state follower", health, async move {
+        follow(&inner, &stop, wakes, poll).await;
+        inner
+            .published
+            .send_modify(|published| published.stopped = true);
+    });
+}
+
+/// Capped exponential backoff with ±25 % jitter.
+struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    fn step(&mut self) -> Duration {
+        let delay = jitter(self.next, 0.25);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+async fn follow<P: Projection, B: Backend>(
+    inner: &Arc<Inner<P, B>>,
+    stop: &CancellationToken,
+    mut wakes: watch::Receiver<u64>,
+    poll: Duration,
+) {
+    let mut backoff = Backoff::new(inner.settings.retry_min, inner.settings.retry_max);
+    // Readiness: the newest valid snapshot, then the stream up to its head.
+    loop {
+        let attempt = async {
+            load_snapshot(inner).await?;
+            refresh(inner).await
+        };
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(()) => break,
+            Err(error) => {
+                record_error(inner, error, "the initial load failed; retrying");
+                let delay = backoff.step();
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    backoff.reset();
+    inner
+        .published
+        .send_modify(|published| published.ready = true);
+    inner.invalidate_readers();
+    tracing::info!(
+        projection = P::NAME,
+        position = inner.published.borrow().position,
+        "state service ready"
+    );
+    let mut last_save: Option<(Instant, u64)> = None;
+    if let Some(loaded) = lock(&inner.status).loaded_snapshot {
+        last_save = Some((Instant::now(), loaded));
+    }
+    maybe_save(inner, &mut last_save, true);
+    let mut wakes_open = true;
+    let mut retry = false;
+    loop {
+        if !retry {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = inner.wake.notified() => {}
+                changed = wakes.changed(), if wakes_open => wakes_open = changed.is_ok(),
+                () = tokio::time::sleep(jitter(poll, 0.1)) => {}
+            }
+        }
+        lock(&inner.status).caught_up = false;
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = refresh(inner) => outcome,
+        };
+        match outcome {
+            Ok(()) => {
+                retry = false;
+                backoff.reset();
+                maybe_save(inner, &mut last_save, false);
+            }
+            Err(error) => {
+                record_error(inner, error, "refreshing the state failed; retrying");
+                retry = true;
+                let delay = backoff.step();
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn record_error<P: Projection, B: Backend>(inner: &Inner<P, B>, error: Error, what: &str) {
+    tracing::warn!(projection = P::NAME, %error, "{what}");
+    lock(&inner.status).last_error = Some(Arc::new(error));
+}
+
+/// Loads the newest usable snapshot into the published state (before readiness).
+async fn load_snapshot<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
+    let Some(store) = &inner.snapshots else {
+        return Ok(());
+    };
+    if inner.published.borrow().position > 0 {
+        return Ok(()); // loaded by an earlier attempt
+    }
+    let candidates = store.load(P::NAME, P::VERSION).await?;
+    for candidate in candidates {
+        let bytes = candidate.bytes;
+        let decoded =
+            tokio::task::spawn_blocking(move || decode::<P::State>(P::NAME, P::VERSION, &bytes))
+                .await;
+        let (position, state) = match decoded {
+            Ok(Ok(decoded)) => decoded,
+            Ok(Err(unusable)) => {
+                warn_unusable::<P>(&candidate.source, &unusable);
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(projection = P::NAME, %error, "decoding a snapshot failed");
+                continue;
+            }
+        };
+        // A snapshot ahead of the stream belongs to another database (or the stream was
+        // reset): its state is not this stream's.
+        let mut connection = inner.db.connection().await?;
+        let head = B::stream_head(&mut connection, P::STREAM).await?;
+        drop(connection);
+        if to_i64(position) > head {
+            tracing::warn!(
+                projection = P::NAME,
+                source = %candidate.source,
+                position,
+                head,
+                "snapshot ignored: it is ahead of the stream's head (another database's?); rebuilding from the stream"
+            );
+            continue;
+        }
+        inner.published.send_modify(|published| {
+            published.state = Arc::new(state);
+            published.position = position;
+        });
+        lock(&inner.status).loaded_snapshot = Some(position);
+        tracing::info!(projection = P::NAME, source = %candidate.source, position, "snapshot loaded");
+        return Ok(());
+    }
+    Ok(())
+}
+
+fn warn_unusable<P: Projection>(source: &str, unusable: &Unusable) {
+    tracing::warn!(
+        projection = P::NAME,
+        version = P::VERSION,
+        %source,
+        reason = %unusable,
+        "snapshot ignored; the state is rebuilt from the stream"
+    );
+}
+
+/// Reads the stream after the published position until a short batch, publishing per batch.
+async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
+    let epoch = inner.refresh_started.fetch_add(1, Ordering::SeqCst) + 1;
+    let started = Instant::now();
+    let batch = inner.settings.read_batch.max(1);
+    let timeout = inner.settings.refresh_timeout;
+    let mut connection = B::get(&inner.db.inner.pool).await?;
+    loop {
+        let (base, position) = {
+            let published = inner.published.borrow();
+            (Arc::clone(&published.state), published.position)
+        };
+        let read = B::read_stream(
+            &mut connection,
+            P::STREAM,
+            to_i64(position),
+            i64::MAX,
+            batch,
+        );
+        let rows = match tokio::time::timeout(timeout, read).await {
+            Ok(rows) => rows?,
+            Err(_) => {
+                // The query may still be running: the connection cannot be reused.
+                B::discard(connection);
+                return Err(Error::RefreshTimeout(timeout));
+            }
+        };
+        let full = rows.len() as i64 >= batch;
+        if !rows.is_empty() {
+            let applied = apply_batch(&inner.projection, &base, position, &rows);
+            let new_position = applied.position;
+            inner.published.send_modify(|published| {
+                published.state = Arc::new(applied.state);
+                published.position = new_position;
+            });
+            inner.invalidate_readers();
+            persist_failed::<P, B>(&mut connection, &applied.failed).await;
+            StateService::record_failed(inner, applied.failed);
+            let mut status = lock(&inner.status);
+            status.head = status.head.max(new_position);
+            status.replaying = full;
+        }
+        if !full {
+            break;
+        }
+        // A backlog: learn how far the head is, for the status.
+        if let Ok(Ok(head)) =
+            tokio::time::timeout(timeout, B::stream_head(&mut connection, P::STREAM)).await
+        {
+            let mut status = lock(&inner.status);
+            status.head = status.head.max(u64::try_from(head).unwrap_or(0));
+        }
+    }
+    {
+        let mut status = lock(&inner.status);
+        status.caught_up_at = Some(started);
+        status.last_refresh = Some(Instant::now());
+        status.last_error = None;
+        status.caught_up = true;
+        status.replaying = false;
+    }
+    inner
+        .published
+        .send_modify(|published| published.refreshed = published.refreshed.max(epoch));
+    Ok(())
+}
+
+/// Records quarantined events in the table; a failure is logged (they stay counted and in
+/// memory, and the next host to apply them records them).
+async fn persist_failed<P: Projection, B: Backend>(
+    connection: &mut B::Connection,
+    failed: &[Failed],
+) {
+    let now = micros(SystemTime::now());
+    for failed in failed {
+        let row = QuarantineRow {
+            projection: P::NAME.to_owned(),
+            version: i64::from(P::VERSION),
+            stream: P::STREAM.to_owned(),
+            position: to_i64(failed.position),
+            reason: failed.reason.to_string(),
+            quarantined_at: now,
+        };
+        if let Err(error) = B::quarantine_stream_event(connection, &row).await {
+            tracing::warn!(projection = P::NAME, %error, position = failed.position, "recording a quarantined event failed");
+        }
+    }
+}
+
+/// Saves a snapshot in the background when it is due: after readiness (`first`), then every
+/// `snapshot_every` events, at most every `snapshot_period`.
+fn maybe_save<P: Projection, B: Backend>(
+    inner: &Arc<Inner<P, B>>,
+    last_save: &mut Option<(Instant, u64)>,
+    first: bool,
+) {
+    if inner.snapshots.is_none() {
+        return;
+    }
+    let position = inner.published.borrow().position;
+    let due = match *last_save {
+        None => first || position > 0,
+        Some((at, saved)) => {
+            position >= saved.saturating_add(inner.settings.snapshot_every.max(1))
+                && at.elapsed() >= inner.settings.snapshot_period
+        }
+    };
+    if !due || position == 0 {
+        return;
+    }
+    *last_save = Some((Instant::now(), position));
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        if let Err(error) = save_snapshot(&inner).await {
+            tracing::warn!(projection = P::NAME, %error, "saving a snapshot failed");
+        }
+    });
+}
+
+/// Saves a snapshot of the published state (see `StateService::save_snapshot`).
+pub(crate) async fn save_snapshot<P: Projection, B: Backend>(
+    inner: &Inner<P, B>,
+) -> Result<Option<u64>> {
+    let Some(store) = &inner.snapshots else {
+        return Ok(None);
+    };
+    let (state, position) = {
+        let published = inner.published.borrow();
+        if !published.ready {
+            return Ok(None);
+        }
+        (Arc::clone(&published.state), published.position)
+    };
+    let bytes = tokio::task::spawn_blocking(move || encode(P::NAME, P::VERSION, position, &*state))
+        .await
+        .map_err(|error| Error::Snapshot(format!("encoding failed: {error}")))??;
+    store.save(P::NAME, P::VERSION, position, bytes).await?;
+    lock(&inner.status).saved_snapshot = Some(position);
+    tracing::debug!(projection = P::NAME, position, "snapshot saved");
+    Ok(Some(position))
+}
