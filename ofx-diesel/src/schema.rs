@@ -116,6 +116,8 @@ diesel::table! {
         stream -> Text,
         /// The event's position.
         position -> BigInt,
+        /// `undecodable`, `rejected`, `panicked` or `missing`.
+        kind -> Text,
         /// Why it was set aside.
         reason -> Text,
         /// When (µs since the epoch).

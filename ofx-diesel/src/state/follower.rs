@@ -302,7 +302,8 @@ async fn persist_failed<P: Projection, B: Backend>(
             version: i64::from(P::VERSION),
             stream: P::STREAM.to_owned(),
             position: to_i64(failed.position),
-            reason: failed.reason.to_string(),
+            kind: failed.reason.kind().to_owned(),
+            reason: failed.reason.message().to_owned(),
             quarantined_at: now,
         };
         if let Err(error) = B::quarantine_stream_event(connection, &row).await {
@@ -329,7 +330,7 @@ fn maybe_save<P: Projection, B: Backend>(
                 && at.elapsed() >= inner.settings.snapshot_period
         }
     };
-    if !due || position == 0 {
+    if !due || position == 0 || inner.saving.swap(true, Ordering::AcqRel) {
         return;
     }
     *last_save = Some((Instant::now(), position));
@@ -338,6 +339,7 @@ fn maybe_save<P: Projection, B: Backend>(
         if let Err(error) = save_snapshot(&inner).await {
             tracing::warn!(projection = P::NAME, %error, "saving a snapshot failed");
         }
+        inner.saving.store(false, Ordering::Release);
     });
 }
 

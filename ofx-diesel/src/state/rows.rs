@@ -60,6 +60,8 @@ pub struct QuarantineRow {
     pub stream: String,
     /// The event's position.
     pub position: i64,
+    /// `undecodable`, `rejected`, `panicked` or `missing`.
+    pub kind: String,
     /// Why.
     pub reason: String,
     /// When (µs).

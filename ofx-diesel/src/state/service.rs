@@ -87,6 +87,8 @@ pub(crate) struct Inner<P: Projection, B: Backend> {
     pub(crate) refresh_started: AtomicU64,
     pub(crate) hub: OnceLock<WeakHub>,
     pub(crate) attached: AtomicBool,
+    /// Set while a background snapshot save runs.
+    pub(crate) saving: AtomicBool,
     pub(crate) health: Arc<TaskHealth>,
     /// Tells state services apart in the hub's cache (the dependency of what reads them).
     pub(crate) id: u64,
@@ -240,6 +242,7 @@ impl<P: Projection, B: Backend> StateService<P, B> {
                 refresh_started: AtomicU64::new(0),
                 hub: OnceLock::new(),
                 attached: AtomicBool::new(false),
+                saving: AtomicBool::new(false),
                 health: TaskHealth::new(),
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             }),
@@ -541,7 +544,7 @@ impl<P: Projection, B: Backend> StateService<P, B> {
             position,
             head,
             lag_events: head - position,
-            lag_seconds: seconds(lag_of(&status)),
+            lag_seconds: status.caught_up_at.map(|at| seconds(at.elapsed())),
             caught_up: status.caught_up,
             replaying: status.replaying,
             last_error: status.last_error.as_ref().map(|error| error.to_string()),
@@ -573,7 +576,7 @@ impl<P: Projection, B: Backend> StateService<P, B> {
             .map(|row| Quarantined {
                 stream: P::STREAM,
                 position: u64::try_from(row.position).unwrap_or(0),
-                reason: super::status::QuarantineReason::Rejected(row.reason),
+                reason: super::status::QuarantineReason::from_stored(&row.kind, row.reason),
                 body: String::new(),
                 at: std::time::UNIX_EPOCH
                     + Duration::from_micros(u64::try_from(row.quarantined_at).unwrap_or(0)),

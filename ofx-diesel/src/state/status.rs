@@ -24,8 +24,9 @@ pub struct StateStatus {
     /// Events this host knows of and has not applied yet (`head - position`).
     pub lag_events: u64,
     /// How far behind the local state may be, in seconds: it holds every append committed
-    /// before `now - lag_seconds` (the start of its last refresh that reached the head).
-    pub lag_seconds: f64,
+    /// before `now - lag_seconds` (the start of its last refresh that reached the head);
+    /// `None` before the first refresh reached the head.
+    pub lag_seconds: Option<f64>,
     /// Whether the last refresh reached the head and nothing woke the follower since.
     pub caught_up: bool,
     /// Whether the follower is applying a backlog now (the initial load, or a large lag).
@@ -63,6 +64,38 @@ pub enum QuarantineReason {
     /// The position is missing from the stream (a row deleted by hand): the follower went on
     /// past it.
     Missing,
+}
+
+impl QuarantineReason {
+    /// The kind, as stored: `undecodable`, `rejected`, `panicked` or `missing`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Undecodable(_) => "undecodable",
+            Self::Rejected(_) => "rejected",
+            Self::Panicked(_) => "panicked",
+            Self::Missing => "missing",
+        }
+    }
+
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Undecodable(message) | Self::Rejected(message) | Self::Panicked(message) => {
+                message
+            }
+            Self::Missing => "",
+        }
+    }
+
+    /// The reason of a stored kind and message.
+    pub(crate) fn from_stored(kind: &str, message: String) -> Self {
+        match kind {
+            "undecodable" => Self::Undecodable(message),
+            "panicked" => Self::Panicked(message),
+            "missing" => Self::Missing,
+            _ => Self::Rejected(message),
+        }
+    }
 }
 
 impl std::fmt::Display for QuarantineReason {

@@ -20,12 +20,14 @@ CREATE TABLE ofx_state_snapshots (
     PRIMARY KEY (projection, version)
 );
 -- Stream events a projection could not apply (undecodable, or rejected by its apply), kept
--- aside with the reason; the projection went on without them.
+-- aside with the reason (`kind`: undecodable, rejected, panicked or missing); the projection went
+-- on without them.
 CREATE TABLE ofx_state_quarantine (
     projection TEXT NOT NULL,
     version BIGINT NOT NULL,
     stream TEXT NOT NULL,
     position BIGINT NOT NULL,
+    kind TEXT NOT NULL,
     reason TEXT NOT NULL,
     quarantined_at BIGINT NOT NULL,
     PRIMARY KEY (projection, version, stream, position)
