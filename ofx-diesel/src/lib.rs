@@ -15,6 +15,7 @@
 //! | [`Trimmer`] | deletes operations older than the log's max age, and finished events older than theirs, in bounded batches |
 //! | [`EventProcessor`] | claims due events under a lease with a fencing number, runs each as its own operation, marks it done in that operation's transaction; retries, dead events (see [`events`]) |
 //! | [`DbEvents`] | lists events, redrives and purges dead ones ([`DbHub::events`]) |
+//! | [`state::StateService`] | a state projected from a stream of domain events, followed on every host: readiness, current vs local state, snapshots, quarantine (see [`state`]) |
 //!
 //! A host in three steps (the order cannot be wrong: a watcher set after the hub started is an
 //! error, and a command on a hub the database is not attached to is refused):
@@ -83,6 +84,7 @@
 //! |---|---|---|
 //! | `sqlite` | yes | [`Sqlite`]: bundled SQLite through diesel-async's sync-connection wrapper, WAL |
 //! | `postgres` | no | `Postgres`: diesel-async's `AsyncPgConnection` with a deadpool pool |
+//! | `http` | no | `state::status_router`: the state services' `/status` route for load balancers (axum) |
 
 mod backend;
 mod commit;
