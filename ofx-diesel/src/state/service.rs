@@ -410,7 +410,8 @@ impl<P: Projection, B: Backend> StateService<P, B> {
     /// # Errors
     /// `decide`'s error; [`Error::NotReady`] before the initial catch-up;
     /// [`Error::AppendConflict`] after too many conflicts; [`Error::Json`] when an event does
-    /// not serialize; the errors of [`DbHub::operation_connection`] (outside a command's main
+    /// not serialize; [`Error::PayloadTooLarge`] for an event over
+    /// [`MAX_PAYLOAD_BYTES`](crate::MAX_PAYLOAD_BYTES) as JSON; the errors of [`DbHub::operation_connection`] (outside a command's main
     /// branch, or on a hub the database is not attached to).
     pub async fn transaction<T, E, F>(
         &self,
@@ -447,6 +448,18 @@ impl<P: Projection, B: Backend> StateService<P, B> {
                 .map(serde_json::to_string)
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(Error::Json)?;
+            if let Some(size) = bodies
+                .iter()
+                .map(String::len)
+                .find(|size| *size > crate::MAX_PAYLOAD_BYTES)
+            {
+                return Err(Error::PayloadTooLarge {
+                    operation: ctx.operation_id(),
+                    size,
+                    limit: crate::MAX_PAYLOAD_BYTES,
+                }
+                .into());
+            }
             let first = position + 1;
             let last = position + bodies.len() as u64;
             let now = micros(SystemTime::now());
