@@ -169,7 +169,10 @@ async fn load_snapshot<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result
     if inner.published.borrow().position > 0 {
         return Ok(()); // loaded by an earlier attempt
     }
-    let candidates = store.load(P::NAME, P::VERSION).await?;
+    let timeout = inner.settings.refresh_timeout;
+    let candidates = tokio::time::timeout(timeout, store.load(P::NAME, P::VERSION))
+        .await
+        .map_err(|_| Error::RefreshTimeout(timeout))??;
     for candidate in candidates {
         let bytes = candidate.bytes;
         let decoded =
@@ -188,9 +191,7 @@ async fn load_snapshot<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result
         };
         // A snapshot ahead of the stream belongs to another database (or the stream was
         // reset): its state is not this stream's.
-        let mut connection = inner.db.connection().await?;
-        let head = B::stream_head(&mut connection, P::STREAM).await?;
-        drop(connection);
+        let head = stream_head(inner).await?;
         if to_i64(position) > head {
             tracing::warn!(
                 projection = P::NAME,
@@ -210,6 +211,22 @@ async fn load_snapshot<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result
         return Ok(());
     }
     Ok(())
+}
+
+/// The stream's head, on a connection of its own, bounded by the refresh timeout.
+async fn stream_head<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<i64> {
+    let timeout = inner.settings.refresh_timeout;
+    let mut connection = tokio::time::timeout(timeout, B::get(&inner.db.inner.pool))
+        .await
+        .map_err(|_| Error::RefreshTimeout(timeout))??;
+    match tokio::time::timeout(timeout, B::stream_head(&mut connection, P::STREAM)).await {
+        Ok(head) => head,
+        Err(_) => {
+            // The query may still be running: the connection cannot be reused.
+            B::discard(connection);
+            Err(Error::RefreshTimeout(timeout))
+        }
+    }
 }
 
 fn warn_unusable<P: Projection>(source: &str, unusable: &Unusable) {
@@ -258,7 +275,7 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
                 published.position = new_position;
             });
             inner.invalidate_readers();
-            persist_failed::<P, B>(&mut connection, &applied.failed).await;
+            persist_failed(inner, &applied.failed);
             StateService::record_failed(inner, applied.failed);
             let mut status = lock(&inner.status);
             status.head = status.head.max(new_position);
@@ -289,15 +306,17 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
     Ok(())
 }
 
-/// Records quarantined events in the table; a failure is logged (they stay counted and in
-/// memory, and the next host to apply them records them).
-async fn persist_failed<P: Projection, B: Backend>(
-    connection: &mut B::Connection,
-    failed: &[Failed],
-) {
+/// Records quarantined events in the table, in the background (on a connection of its own:
+/// a slow or failing insert never holds the follower); a failure is logged (they stay counted
+/// and in memory, and other hosts applying them record them too).
+fn persist_failed<P: Projection, B: Backend>(inner: &Inner<P, B>, failed: &[Failed]) {
+    if failed.is_empty() {
+        return;
+    }
     let now = micros(SystemTime::now());
-    for failed in failed {
-        let row = QuarantineRow {
+    let rows: Vec<QuarantineRow> = failed
+        .iter()
+        .map(|failed| QuarantineRow {
             projection: P::NAME.to_owned(),
             version: i64::from(P::VERSION),
             stream: P::STREAM.to_owned(),
@@ -305,11 +324,25 @@ async fn persist_failed<P: Projection, B: Backend>(
             kind: failed.reason.kind().to_owned(),
             reason: failed.reason.message().to_owned(),
             quarantined_at: now,
+        })
+        .collect();
+    let pool = inner.db.inner.pool.clone();
+    let timeout = inner.settings.refresh_timeout;
+    tokio::spawn(async move {
+        let record = async {
+            let mut connection = B::get(&pool).await?;
+            for row in &rows {
+                B::quarantine_stream_event(&mut connection, row).await?;
+            }
+            Ok::<_, Error>(())
         };
-        if let Err(error) = B::quarantine_stream_event(connection, &row).await {
-            tracing::warn!(projection = P::NAME, %error, position = failed.position, "recording a quarantined event failed");
+        let outcome = tokio::time::timeout(timeout, record)
+            .await
+            .unwrap_or(Err(Error::RefreshTimeout(timeout)));
+        if let Err(error) = outcome {
+            tracing::warn!(projection = P::NAME, %error, "recording quarantined events failed");
         }
-    }
+    });
 }
 
 /// Saves a snapshot in the background when it is due: after readiness (`first`), then every
