@@ -60,6 +60,25 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         None
     }
 
+    /// Begins an operation's transaction on `connection`, at the isolation level the settings
+    /// say ([`isolation_statement`](Self::isolation_statement)); SQLite begins `IMMEDIATE`.
+    fn begin_operation(
+        connection: &mut Self::Connection,
+        settings: &crate::DbSettings,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            use diesel_async::{SimpleAsyncConnection, TransactionManager};
+            <Self::Connection as AsyncConnection>::TransactionManager::begin_transaction(
+                connection,
+            )
+            .await?;
+            if let Some(isolation) = Self::isolation_statement(settings) {
+                connection.batch_execute(isolation).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Applies the embedded migrations that have not run yet. Idempotent.
     fn migrate(url: &str) -> impl Future<Output = Result<()>> + Send;
 
@@ -267,13 +286,17 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
     ) -> impl Future<Output = Result<Vec<(i32, i64)>>> + Send;
 
-    /// Takes what an append needs before the state is read, in the scope's transaction
-    /// (SQLite: the write lock, so that the transaction never has to upgrade a read snapshot
-    /// another writer made stale; PostgreSQL: nothing, conflicts are detected at the insert).
+    /// Takes what an append to `stream` needs before the state is read, in the scope's
+    /// transaction, held until it ends: with `queue`, appenders to one stream queue rather
+    /// than conflict (PostgreSQL: a transaction-scoped advisory lock on the stream; without
+    /// `queue`, nothing: conflicts are detected at the insert). SQLite's operation
+    /// transactions hold the write lock from their start already.
     fn lock_for_append(
         connection: &mut Self::Connection,
+        stream: &str,
+        queue: bool,
     ) -> impl Future<Output = Result<()>> + Send {
-        let _ = connection;
+        let _ = (connection, stream, queue);
         async { Ok(()) }
     }
 
@@ -314,12 +337,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         projection: &str,
     ) -> impl Future<Output = Result<Vec<crate::state::rows::SnapshotRow>>> + Send;
 
-    /// The position of the snapshot of `projection` at `version`, if any.
-    fn snapshot_position(
+    /// The operation and append time of the event at `position` of `stream`, if any.
+    fn stream_anchor(
         connection: &mut Self::Connection,
-        projection: &str,
-        version: i64,
-    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+        stream: &str,
+        position: i64,
+    ) -> impl Future<Output = Result<Option<(String, i64)>>> + Send;
 
     /// Saves a snapshot over the one of the same projection and version.
     fn save_snapshot(

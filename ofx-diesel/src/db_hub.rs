@@ -260,11 +260,15 @@ impl<B: Backend> DbHub<B> {
         .map(drop)
     }
 
-    /// Notes that the running operation appended to a stream: once it commits, this hub's
-    /// state services are woken.
-    pub(crate) fn mark_stream_appended(&self, ctx: &CommandContext) {
+    /// Notes that the running operation appended to `stream` up to `position`: once it
+    /// commits, the call waits until this hub's state services following `stream` have it.
+    pub(crate) fn mark_stream_appended(&self, ctx: &CommandContext, stream: &str, position: u64) {
+        let followers = self
+            .existing_link(ctx.hub())
+            .map(|link| link.followers_of(stream))
+            .unwrap_or_default();
         if let Ok(scope) = self.scope_of(ctx, || DbOperationScope::new(Arc::clone(&self.inner))) {
-            scope.mark_stream_appended();
+            scope.note_append(followers, position);
         }
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct HubLink {
     /// Bumped when a stream may have grown: by this host's commits that appended to one, and
     /// (through the watcher) by other hosts' commits. State services follow it.
     stream_wakes: tokio::sync::watch::Sender<u64>,
+    /// The state services following streams on this hub.
+    followers: Mutex<Vec<std::sync::Weak<dyn crate::state::StreamFollower>>>,
     /// Held while a reader starts.
     pub(crate) starting: tokio::sync::Mutex<()>,
     /// The reader's position: owned by the running reader task, handed back when it ends.
@@ -90,6 +92,30 @@ impl HubLink {
     /// Wakes this hub's state services.
     pub(crate) fn wake_streams(&self) {
         self.stream_wakes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Registers a state service of this hub.
+    pub(crate) fn register_follower(
+        &self,
+        follower: std::sync::Weak<dyn crate::state::StreamFollower>,
+    ) {
+        let mut followers = self
+            .followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        followers.retain(|follower| follower.strong_count() > 0);
+        followers.push(follower);
+    }
+
+    /// The state services of this hub that follow `stream`.
+    pub(crate) fn followers_of(&self, stream: &str) -> Vec<Arc<dyn crate::state::StreamFollower>> {
+        self.followers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|follower| follower.stream() == stream)
+            .collect()
     }
 
     /// What wakes this hub's state services.

@@ -147,12 +147,34 @@ impl Backend for Postgres {
         rows: &[crate::state::rows::NewStreamRow<'_>],
     ) -> Result<Vec<i64>> {
         use crate::schema::ofx_stream_events::dsl as st;
-        Ok(diesel::insert_into(st::ofx_stream_events)
-            .values(rows)
-            .on_conflict_do_nothing()
-            .returning(st::position)
-            .get_results(connection)
-            .await?)
+        // Five parameters a row, and at most 65,535 in a statement.
+        let mut inserted = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(10_000) {
+            let positions: Vec<i64> = diesel::insert_into(st::ofx_stream_events)
+                .values(chunk)
+                .on_conflict_do_nothing()
+                .returning(st::position)
+                .get_results(connection)
+                .await?;
+            inserted.extend(positions);
+        }
+        Ok(inserted)
+    }
+
+    async fn lock_for_append(
+        connection: &mut Self::Connection,
+        stream: &str,
+        queue: bool,
+    ) -> Result<()> {
+        if queue {
+            // The two-key form, with a key of ofx's own ("ofxs") as the first: it cannot take
+            // an application's single-key advisory locks.
+            diesel::sql_query("SELECT pg_advisory_xact_lock(1869117555, hashtext($1))")
+                .bind::<diesel::sql_types::Text, _>(stream)
+                .execute(connection)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn claim_events(

@@ -474,16 +474,16 @@ macro_rules! stream_queries {
                 .await?)
         }
 
-        async fn snapshot_position(
+        async fn stream_anchor(
             connection: &mut Self::Connection,
-            projection: &str,
-            version: i64,
-        ) -> Result<Option<i64>> {
-            use crate::schema::ofx_state_snapshots::dsl as sn;
-            Ok(sn::ofx_state_snapshots
-                .filter(sn::projection.eq(projection))
-                .filter(sn::version.eq(version))
-                .select(sn::position)
+            stream: &str,
+            position: i64,
+        ) -> Result<Option<(String, i64)>> {
+            use crate::schema::ofx_stream_events::dsl as st;
+            Ok(st::ofx_stream_events
+                .filter(st::stream.eq(stream))
+                .filter(st::position.eq(position))
+                .select((st::operation_uuid, st::appended_at))
                 .first(connection)
                 .await
                 .optional()?)

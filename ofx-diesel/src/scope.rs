@@ -39,6 +39,9 @@ pub struct DbOperationScope<B: Backend> {
     claim: Option<EventClaim>,
     /// Whether the operation appended to a state service's stream.
     appended: std::sync::atomic::AtomicBool,
+    /// The state services of the hub that follow the streams appended to, each with the
+    /// last position appended: the commit waits until they have it.
+    followers: std::sync::Mutex<Vec<(Arc<dyn crate::state::StreamFollower>, u64)>>,
 }
 
 impl<B: Backend> std::fmt::Debug for DbOperationScope<B> {
@@ -57,6 +60,7 @@ impl<B: Backend> DbOperationScope<B> {
             savepoints: std::sync::Mutex::new(Vec::new()),
             claim: None,
             appended: std::sync::atomic::AtomicBool::new(false),
+            followers: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -78,15 +82,9 @@ impl<B: Backend> DbOperationScope<B> {
             .map_err(|_| Error::ConnectionInUse)?;
         if guard.is_none() {
             let mut connection = B::get(&self.db.pool).await?;
-            <B::Connection as AsyncConnection>::TransactionManager::begin_transaction(
-                &mut connection,
-            )
-            .await?;
-            if let Some(isolation) = B::isolation_statement(&self.db.settings)
-                && let Err(error) = connection.batch_execute(isolation).await
-            {
+            if let Err(error) = B::begin_operation(&mut connection, &self.db.settings).await {
                 B::discard(connection);
-                return Err(error.into());
+                return Err(error);
             }
             *guard = Some(connection);
         }
@@ -113,10 +111,42 @@ impl<B: Backend> DbOperationScope<B> {
         Ok(OperationConnection { guard })
     }
 
-    /// Notes that the operation appended to a stream (its commit wakes the state services).
-    pub(crate) fn mark_stream_appended(&self) {
+    /// Notes that the operation appended up to `position` to the stream these state services
+    /// follow (its commit waits until they have it, and wakes the others).
+    pub(crate) fn note_append(
+        &self,
+        followers: Vec<Arc<dyn crate::state::StreamFollower>>,
+        position: u64,
+    ) {
         self.appended
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut noted = self
+            .followers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for follower in followers {
+            match noted
+                .iter_mut()
+                .find(|(known, _)| Arc::ptr_eq(known, &follower))
+            {
+                Some((_, last)) => *last = (*last).max(position),
+                None => noted.push((follower, position)),
+            }
+        }
+    }
+
+    /// After a commit that appended: waits until this hub's state services have the appends,
+    /// so that the call returns with its own writes readable on its host.
+    async fn await_followers(&self) {
+        let followers = std::mem::take(
+            &mut *self
+                .followers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (follower, position) in followers {
+            follower.catch_up_to(position).await;
+        }
     }
 
     fn savepoints(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
@@ -287,6 +317,7 @@ impl<B: Backend> DbOperationScope<B> {
         // `COMMIT`, and a failed one verified (see `crate::commit`).
         match crate::commit::commit(&self.db(), connection, operation.uuid, inserted).await {
             CommitVerdict::Committed { sequence } => {
+                self.await_followers().await;
                 CommitOutcome::Committed(Committed::new(Some(sequence), committed_at))
             }
             CommitVerdict::NotCommitted(error) => CommitOutcome::NotCommitted(error.into()),

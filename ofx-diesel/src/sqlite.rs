@@ -147,12 +147,21 @@ impl Backend for Sqlite {
         Ok(inserted)
     }
 
-    async fn lock_for_append(connection: &mut Self::Connection) -> Result<()> {
-        // A write statement takes the write lock (waiting up to the busy timeout) even when it
-        // changes nothing; taken before the transaction reads, it can never be refused for a
-        // stale snapshot.
+    async fn begin_operation(
+        connection: &mut Self::Connection,
+        _settings: &crate::DbSettings,
+    ) -> Result<()> {
+        // `BEGIN IMMEDIATE`: the write lock from the start (waiting up to the busy timeout).
+        // Every operation writes (its row at least), and a deferred transaction that read
+        // first cannot take the lock once another writer committed after its read (its
+        // snapshot is stale: SQLite refuses at once, without waiting).
         connection
-            .batch_execute("UPDATE ofx_stream_events SET position = position WHERE 0")
+            .spawn_blocking(|connection| {
+                diesel::connection::AnsiTransactionManager::begin_transaction_sql(
+                    connection,
+                    "BEGIN IMMEDIATE",
+                )
+            })
             .await?;
         Ok(())
     }

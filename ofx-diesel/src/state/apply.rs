@@ -21,10 +21,13 @@ pub(crate) struct Applied<S> {
     pub(crate) position: u64,
     /// The positions set aside, in order.
     pub(crate) failed: Vec<Failed>,
+    /// The identity of the row at `position` (none when no row was read).
+    pub(crate) anchor: Option<super::snapshot::Anchor>,
 }
 
-/// Applies `rows` (in position order, after `position`) to a copy of `base`. A position
-/// missing between `position` and a row is recorded as [`QuarantineReason::Missing`].
+/// Applies `rows` (in position order, after `position`) to a copy of `base`. Positions
+/// missing between `position` and a row are recorded as one [`QuarantineReason::Missing`]
+/// range, whatever its length.
 pub(crate) fn apply_batch<P: Projection>(
     projection: &P,
     base: &P::State,
@@ -35,19 +38,24 @@ pub(crate) fn apply_batch<P: Projection>(
     let mut failed = Vec::new();
     // Rows applied so far, to apply again from `base` after an `apply` that failed midway.
     let mut applied: Vec<usize> = Vec::with_capacity(rows.len());
+    let mut anchor = None;
     for (index, row) in rows.iter().enumerate() {
         let at = u64::try_from(row.position).unwrap_or(0);
         if at <= position {
             continue; // read twice (cannot happen with one reader; harmless)
         }
-        for missing in position + 1..at {
+        if at > position + 1 {
             failed.push(Failed {
-                position: missing,
-                reason: QuarantineReason::Missing,
+                position: position + 1,
+                reason: QuarantineReason::Missing { through: at - 1 },
                 body: String::new(),
             });
         }
         position = at;
+        anchor = Some(super::snapshot::Anchor {
+            operation_uuid: row.operation_uuid.clone(),
+            appended_at: row.appended_at,
+        });
         match apply_one(projection, &mut state, row, at) {
             Ok(()) => applied.push(index),
             Err(reason) => {
@@ -74,6 +82,7 @@ pub(crate) fn apply_batch<P: Projection>(
         state,
         position,
         failed,
+        anchor,
     }
 }
 

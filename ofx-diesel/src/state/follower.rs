@@ -132,7 +132,6 @@ async fn follow<P: Projection, B: Backend>(
                 () = tokio::time::sleep(jitter(poll, 0.1)) => {}
             }
         }
-        lock(&inner.status).caught_up = false;
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
             outcome = refresh(inner) => outcome,
@@ -147,9 +146,16 @@ async fn follow<P: Projection, B: Backend>(
                 record_error(inner, error, "refreshing the state failed; retrying");
                 retry = true;
                 let delay = backoff.step();
+                // A `current_state` call cuts the backoff short (after the shortest retry
+                // delay): the database may be back, and the caller waits.
+                let floor = inner.settings.retry_min.min(delay);
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
+                    () = async {
+                        tokio::time::sleep(floor).await;
+                        inner.wake.notified().await;
+                    } => {}
                 }
             }
         }
@@ -178,7 +184,7 @@ async fn load_snapshot<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result
         let decoded =
             tokio::task::spawn_blocking(move || decode::<P::State>(P::NAME, P::VERSION, &bytes))
                 .await;
-        let (position, state) = match decoded {
+        let decoded = match decoded {
             Ok(Ok(decoded)) => decoded,
             Ok(Err(unusable)) => {
                 warn_unusable::<P>(&candidate.source, &unusable);
@@ -189,22 +195,26 @@ async fn load_snapshot<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result
                 continue;
             }
         };
-        // A snapshot ahead of the stream belongs to another database (or the stream was
-        // reset): its state is not this stream's.
-        let head = stream_head(inner).await?;
-        if to_i64(position) > head {
-            tracing::warn!(
-                projection = P::NAME,
-                source = %candidate.source,
-                position,
-                head,
-                "snapshot ignored: it is ahead of the stream's head (another database's?); rebuilding from the stream"
-            );
-            continue;
+        let position = decoded.position;
+        // The stream must still have, at the snapshot's position, the event the state was last
+        // applied: a snapshot ahead of the stream, or of a stream rolled back, reset or of
+        // another database, is not this stream's state.
+        if let Some(anchor) = &decoded.anchor {
+            let found = stream_anchor(inner, position).await?;
+            if found.as_ref() != Some(&(anchor.operation_uuid.clone(), anchor.appended_at)) {
+                tracing::warn!(
+                    projection = P::NAME,
+                    source = %candidate.source,
+                    position,
+                    "snapshot ignored: the stream does not have its last event at its position (rolled back, reset, or another database's?); rebuilding from the stream"
+                );
+                continue;
+            }
         }
         inner.published.send_modify(|published| {
-            published.state = Arc::new(state);
+            published.state = Arc::new(decoded.state);
             published.position = position;
+            published.anchor = decoded.anchor;
         });
         lock(&inner.status).loaded_snapshot = Some(position);
         tracing::info!(projection = P::NAME, source = %candidate.source, position, "snapshot loaded");
@@ -213,14 +223,23 @@ async fn load_snapshot<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result
     Ok(())
 }
 
-/// The stream's head, on a connection of its own, bounded by the refresh timeout.
-async fn stream_head<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<i64> {
+/// The identity of the event at `position`, on a connection of its own, bounded by the
+/// refresh timeout.
+async fn stream_anchor<P: Projection, B: Backend>(
+    inner: &Inner<P, B>,
+    position: u64,
+) -> Result<Option<(String, i64)>> {
     let timeout = inner.settings.refresh_timeout;
     let mut connection = tokio::time::timeout(timeout, B::get(&inner.db.inner.pool))
         .await
         .map_err(|_| Error::RefreshTimeout(timeout))??;
-    match tokio::time::timeout(timeout, B::stream_head(&mut connection, P::STREAM)).await {
-        Ok(head) => head,
+    match tokio::time::timeout(
+        timeout,
+        B::stream_anchor(&mut connection, P::STREAM, to_i64(position)),
+    )
+    .await
+    {
+        Ok(found) => found,
         Err(_) => {
             // The query may still be running: the connection cannot be reused.
             B::discard(connection);
@@ -245,7 +264,12 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
     let started = Instant::now();
     let batch = inner.settings.read_batch.max(1);
     let timeout = inner.settings.refresh_timeout;
-    let mut connection = B::get(&inner.db.inner.pool).await?;
+    // The checkout is bounded too: PostgreSQL's pool runs a test query on the connection it
+    // hands out (or opens a new one), which a stalled server never answers.
+    let mut connection = match tokio::time::timeout(timeout, B::get(&inner.db.inner.pool)).await {
+        Ok(connection) => connection?,
+        Err(_) => return Err(Error::RefreshTimeout(timeout)),
+    };
     loop {
         let (base, position) = {
             let published = inner.published.borrow();
@@ -270,16 +294,22 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
         if !rows.is_empty() {
             let applied = apply_batch(&inner.projection, &base, position, &rows);
             let new_position = applied.position;
-            inner.published.send_modify(|published| {
-                published.state = Arc::new(applied.state);
-                published.position = new_position;
-            });
+            {
+                // The status lock first, then the state (as readers take them): a reader sees
+                // the new position with the status that goes with it.
+                let mut status = lock(&inner.status);
+                inner.published.send_modify(|published| {
+                    published.state = Arc::new(applied.state);
+                    published.position = new_position;
+                    published.anchor = applied.anchor;
+                });
+                status.head = status.head.max(new_position);
+                status.replaying = full;
+                status.caught_up = false;
+            }
             inner.invalidate_readers();
             persist_failed(inner, &applied.failed);
             StateService::record_failed(inner, applied.failed);
-            let mut status = lock(&inner.status);
-            status.head = status.head.max(new_position);
-            status.replaying = full;
         }
         if !full {
             break;
@@ -292,14 +322,12 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
             status.head = status.head.max(u64::try_from(head).unwrap_or(0));
         }
     }
-    {
-        let mut status = lock(&inner.status);
-        status.caught_up_at = Some(started);
-        status.last_refresh = Some(Instant::now());
-        status.last_error = None;
-        status.caught_up = true;
-        status.replaying = false;
-    }
+    let mut status = lock(&inner.status);
+    status.caught_up_at = Some(started);
+    status.last_refresh = Some(Instant::now());
+    status.last_error = None;
+    status.caught_up = true;
+    status.replaying = false;
     inner
         .published
         .send_modify(|published| published.refreshed = published.refreshed.max(epoch));
@@ -322,7 +350,7 @@ fn persist_failed<P: Projection, B: Backend>(inner: &Inner<P, B>, failed: &[Fail
             stream: P::STREAM.to_owned(),
             position: to_i64(failed.position),
             kind: failed.reason.kind().to_owned(),
-            reason: failed.reason.message().to_owned(),
+            reason: failed.reason.message(),
             quarantined_at: now,
         })
         .collect();
@@ -383,16 +411,21 @@ pub(crate) async fn save_snapshot<P: Projection, B: Backend>(
     let Some(store) = &inner.snapshots else {
         return Ok(None);
     };
-    let (state, position) = {
+    let (state, position, anchor) = {
         let published = inner.published.borrow();
         if !published.ready {
             return Ok(None);
         }
-        (Arc::clone(&published.state), published.position)
+        (
+            Arc::clone(&published.state),
+            published.position,
+            published.anchor.clone(),
+        )
     };
-    let bytes = tokio::task::spawn_blocking(move || encode(P::NAME, P::VERSION, position, &*state))
-        .await
-        .map_err(|error| Error::Snapshot(format!("encoding failed: {error}")))??;
+    let bytes =
+        tokio::task::spawn_blocking(move || encode(P::NAME, P::VERSION, position, anchor, &*state))
+            .await
+            .map_err(|error| Error::Snapshot(format!("encoding failed: {error}")))??;
     store.save(P::NAME, P::VERSION, position, bytes).await?;
     lock(&inner.status).saved_snapshot = Some(position);
     tracing::debug!(projection = P::NAME, position, "snapshot saved");

@@ -92,6 +92,7 @@ mod status;
 #[cfg(feature = "http")]
 pub use http::status_router;
 pub use projection::{Projection, Rejection};
+pub(crate) use service::StreamFollower;
 pub use service::{Appended, Appends, StateService, StateView};
 pub use settings::{SnapshotStorage, StateSettings};
 pub use status::{QuarantineReason, Quarantined, StateStatus, StatusSource, UnavailableCause};

@@ -28,6 +28,8 @@ pub struct StreamRow {
     pub position: i64,
     /// The event, as JSON.
     pub body: String,
+    /// The operation that appended it.
+    pub operation_uuid: String,
     /// When it was appended (µs).
     pub appended_at: i64,
 }

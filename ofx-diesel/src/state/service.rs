@@ -102,6 +102,10 @@ pub(crate) struct Published<S> {
     /// The number of the last refresh that reached the stream's head.
     pub(crate) refreshed: u64,
     pub(crate) stopped: bool,
+    /// The identity of the event at `position` (what a snapshot of this state checks).
+    pub(crate) anchor: Option<super::snapshot::Anchor>,
+    /// The position up to which what read the state was invalidated (follows `position`).
+    pub(crate) invalidated: u64,
 }
 
 /// What the status reports beside the published state.
@@ -227,6 +231,8 @@ impl<P: Projection, B: Backend> StateService<P, B> {
             ready: false,
             refreshed: 0,
             stopped: false,
+            anchor: None,
+            invalidated: 0,
         });
         Self {
             inner: Arc::new(Inner {
@@ -478,7 +484,7 @@ impl<P: Projection, B: Backend> StateService<P, B> {
             let inserted = B::append_stream(&mut connection, &rows).await?;
             if inserted.len() == rows.len() {
                 drop(connection);
-                self.inner.db.mark_stream_appended(ctx);
+                self.inner.db.mark_stream_appended(ctx, P::STREAM, last);
                 return Ok(Appended {
                     output,
                     positions: first..=last,
@@ -487,6 +493,7 @@ impl<P: Projection, B: Backend> StateService<P, B> {
                 });
             }
             if !inserted.is_empty() {
+                // Only a partly conflicting append gets here: take its own rows back.
                 B::delete_stream_positions(&mut connection, P::STREAM, &inserted).await?;
             }
             drop(connection);
@@ -508,7 +515,12 @@ impl<P: Projection, B: Backend> StateService<P, B> {
     /// The state as of the stream's head seen by the command's transaction.
     async fn state_at_head(&self, ctx: &CommandContext) -> Result<(Arc<P::State>, u64)> {
         let mut connection = self.inner.db.operation_connection(ctx).await?;
-        B::lock_for_append(&mut connection).await?;
+        B::lock_for_append(
+            &mut connection,
+            P::STREAM,
+            self.inner.settings.queue_appends,
+        )
+        .await?;
         let head = u64::try_from(B::stream_head(&mut connection, P::STREAM).await?).unwrap_or(0);
         let (mut state, mut position) = {
             let published = self.inner.published.borrow();
@@ -543,11 +555,12 @@ impl<P: Projection, B: Backend> StateService<P, B> {
 
     /// The status (see [`StateStatus`]).
     pub fn status(&self) -> StateStatus {
+        // The status lock first, then the state (as the follower takes them).
+        let status = self.status_data();
         let (position, ready) = {
             let published = self.inner.published.borrow();
             (published.position, published.ready)
         };
-        let status = self.status_data();
         let head = status.head.max(position);
         StateStatus {
             projection: P::NAME,
@@ -558,7 +571,7 @@ impl<P: Projection, B: Backend> StateService<P, B> {
             head,
             lag_events: head - position,
             lag_seconds: status.caught_up_at.map(|at| seconds(at.elapsed())),
-            caught_up: status.caught_up,
+            caught_up: status.caught_up && head == position,
             replaying: status.replaying,
             last_error: status.last_error.as_ref().map(|error| error.to_string()),
             last_refresh_age_seconds: status.last_refresh.map(|at| seconds(at.elapsed())),
@@ -651,12 +664,58 @@ fn lag_of(status: &StatusData) -> Duration {
 }
 
 impl<P: Projection, B: Backend> Inner<P, B> {
-    /// Invalidates what read the state (after a new state was published).
+    /// Invalidates what read the state (after a new state was published), then says so.
     pub(crate) fn invalidate_readers(&self) {
+        let position = self.published.borrow().position;
         if let Some(hub) = self.hub.get().and_then(WeakHub::upgrade) {
             let tracker = Tracker { hub };
             ofx_core::computed::invalidate::<Tracker, u64, ()>(&tracker, &ADVANCED, &self.id);
         }
+        self.published
+            .send_modify(|published| published.invalidated = published.invalidated.max(position));
+    }
+}
+
+/// A state service as the operation scope sees it: after a commit that appended to its
+/// stream, the call waits until the local state has the appends (read-your-writes).
+pub(crate) trait StreamFollower: Send + Sync + 'static {
+    /// The stream followed.
+    fn stream(&self) -> &'static str;
+
+    /// Wakes the follower and waits (at most the current-state timeout) until the state has
+    /// `position` and what read it before was invalidated.
+    fn catch_up_to(&self, position: u64) -> ScopeFuture<'_, ()>;
+}
+
+impl<P: Projection, B: Backend> StreamFollower for Inner<P, B> {
+    fn stream(&self) -> &'static str {
+        P::STREAM
+    }
+
+    fn catch_up_to(&self, position: u64) -> ScopeFuture<'_, ()> {
+        Box::pin(async move {
+            self.wake.notify_one();
+            if lock(&self.status).last_error.is_some() {
+                // Its refreshes fail: waiting would only delay the call by the timeout.
+                return;
+            }
+            let mut receiver = self.published.subscribe();
+            let timeout = self.settings.current_timeout;
+            let waited = tokio::time::timeout(
+                timeout,
+                receiver
+                    .wait_for(|published| published.invalidated >= position || published.stopped),
+            )
+            .await;
+            if waited.is_err() {
+                tracing::warn!(
+                    projection = P::NAME,
+                    position,
+                    ?timeout,
+                    "the local state did not reach a committed append in time; the call returns without it"
+                );
+            }
+        })
     }
 }
 
@@ -691,6 +750,8 @@ impl<P: Projection, B: Backend> HubExtension for StateService<P, B> {
                 ));
             }
             let _ = self.inner.hub.set(hub.downgrade());
+            let follower: Arc<dyn StreamFollower> = self.inner.clone();
+            link.register_follower(Arc::downgrade(&follower));
             super::follower::start(Arc::clone(&self.inner), hub, link.stream_wakes());
             Ok(())
         })

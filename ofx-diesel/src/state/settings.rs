@@ -48,6 +48,15 @@ pub struct StateSettings {
     /// How many times [`transaction`](super::StateService::transaction) decides and appends
     /// when concurrent appends took its positions (default 8).
     pub max_append_attempts: u32,
+    /// Whether appenders to one stream queue instead of conflicting (default true): on
+    /// PostgreSQL, [`transaction`](super::StateService::transaction) takes a transaction-scoped
+    /// advisory lock on the stream before it reads the head, held until its command commits,
+    /// so that concurrent appends wait for each other rather than decide in vain and retry.
+    /// Dense positions make every two concurrent appends to a stream conflict: queuing wastes
+    /// no decision. `false` is purely optimistic (decide, append, retry on a conflict), for
+    /// streams with rare concurrent appends and long transactions. SQLite's operations hold
+    /// the database's write lock from their start: they never conflict either way.
+    pub queue_appends: bool,
     /// Quarantined events kept in memory for [`quarantined`](super::StateService::quarantined)
     /// (default 1,000; all of them are in the `ofx_state_quarantine` table and counted).
     pub quarantine_memory: usize,
@@ -66,6 +75,7 @@ impl Default for StateSettings {
             snapshot_every: 10_000,
             snapshot_period: Duration::from_secs(60),
             max_append_attempts: 8,
+            queue_appends: true,
             quarantine_memory: 1000,
         }
     }

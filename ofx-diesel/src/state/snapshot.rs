@@ -15,6 +15,15 @@ use crate::{Error, Result};
 /// The format of the encoding below; another one is ignored like a corrupt snapshot.
 const FORMAT: u32 = 1;
 
+/// The identity of the stream event a state was last applied: a snapshot is used only if the
+/// stream still has this event at its position (not a stream rolled back, reset or of
+/// another database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Anchor {
+    pub(crate) operation_uuid: String,
+    pub(crate) appended_at: i64,
+}
+
 /// What precedes the state: one JSON line.
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -22,8 +31,16 @@ struct Header {
     projection: String,
     version: u32,
     position: u64,
+    anchor: Option<Anchor>,
     length: u64,
     crc32: u32,
+}
+
+/// A decoded snapshot.
+pub(crate) struct Decoded<S> {
+    pub(crate) position: u64,
+    pub(crate) anchor: Option<Anchor>,
+    pub(crate) state: S,
 }
 
 /// Why a stored snapshot was not used.
@@ -40,6 +57,7 @@ pub(crate) fn encode<S: Serialize>(
     projection: &str,
     version: u32,
     position: u64,
+    anchor: Option<Anchor>,
     state: &S,
 ) -> Result<Vec<u8>> {
     let body = serde_json::to_vec(state)?;
@@ -48,6 +66,7 @@ pub(crate) fn encode<S: Serialize>(
         projection: projection.to_owned(),
         version,
         position,
+        anchor,
         length: body.len() as u64,
         crc32: crc32fast::hash(&body),
     };
@@ -57,12 +76,12 @@ pub(crate) fn encode<S: Serialize>(
     Ok(out)
 }
 
-/// Decodes a snapshot of `projection` at `version`: its position and state.
+/// Decodes a snapshot of `projection` at `version`.
 pub(crate) fn decode<S: DeserializeOwned>(
     projection: &str,
     version: u32,
     bytes: &[u8],
-) -> std::result::Result<(u64, S), Unusable> {
+) -> std::result::Result<Decoded<S>, Unusable> {
     let corrupt = |what: &str| Unusable::Corrupt(what.to_owned());
     let split = bytes
         .iter()
@@ -99,9 +118,16 @@ pub(crate) fn decode<S: DeserializeOwned>(
     if crc32fast::hash(body) != header.crc32 {
         return Err(corrupt("checksum mismatch"));
     }
+    if header.position > 0 && header.anchor.is_none() {
+        return Err(corrupt("no anchor event"));
+    }
     let state = serde_json::from_slice(body)
         .map_err(|error| Unusable::Corrupt(format!("the state does not decode: {error}")))?;
-    Ok((header.position, state))
+    Ok(Decoded {
+        position: header.position,
+        anchor: header.anchor,
+        state,
+    })
 }
 
 /// A place snapshots are kept.
@@ -134,7 +160,8 @@ impl<B: Backend> Store<B> {
         }
     }
 
-    /// Saves a snapshot at `position`, unless the store has a newer one of this version.
+    /// Saves a snapshot at `position` over the stored one of this version (hosts saving at
+    /// once may leave an older one of theirs: still a valid snapshot).
     pub(crate) async fn save(
         &self,
         projection: &str,
@@ -145,12 +172,6 @@ impl<B: Backend> Store<B> {
         match self {
             Self::Table(db) => {
                 let mut connection = db.connection().await?;
-                let stored = B::snapshot_position(&mut connection, projection, i64::from(version))
-                    .await?
-                    .unwrap_or(-1);
-                if stored >= to_i64(position) {
-                    return Ok(());
-                }
                 let row = SnapshotRow {
                     projection: projection.to_owned(),
                     version: i64::from(version),
@@ -195,7 +216,12 @@ async fn load_dir(dir: &Path, projection: &str, version: u32) -> Result<Vec<Cand
             bytes,
         }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(Error::Snapshot(format!("{}: {error}", mine.display()))),
+        // A cache that cannot be read is no cache: the state is projected from the stream.
+        Err(error) => tracing::warn!(
+            path = %mine.display(),
+            %error,
+            "the snapshot cannot be read; the state is rebuilt from the stream"
+        ),
     }
     // Other versions' files, to say why they are ignored.
     if out.is_empty()
@@ -245,9 +271,21 @@ mod tests {
 
     #[test]
     fn round_trip_and_damage() {
-        let bytes = encode("p", 3, 42, &vec![1_u32, 2, 3]).expect("encode");
-        let (position, state): (u64, Vec<u32>) = decode("p", 3, &bytes).expect("decode");
-        assert_eq!((position, state), (42, vec![1, 2, 3]));
+        let anchor = Anchor {
+            operation_uuid: "u".to_owned(),
+            appended_at: 7,
+        };
+        let bytes = encode("p", 3, 42, Some(anchor.clone()), &vec![1_u32, 2, 3]).expect("encode");
+        let decoded: Decoded<Vec<u32>> = decode("p", 3, &bytes).expect("decode");
+        assert_eq!(
+            (decoded.position, decoded.anchor, decoded.state),
+            (42, Some(anchor), vec![1, 2, 3])
+        );
+        let unanchored = encode("p", 3, 42, None, &vec![1_u32]).expect("encode");
+        assert!(matches!(
+            decode::<Vec<u32>>("p", 3, &unanchored),
+            Err(Unusable::Corrupt(_))
+        ));
         assert!(matches!(
             decode::<Vec<u32>>("p", 4, &bytes),
             Err(Unusable::OtherVersion {

@@ -61,9 +61,12 @@ pub enum QuarantineReason {
     Rejected(String),
     /// `apply` panicked on it.
     Panicked(String),
-    /// The position is missing from the stream (a row deleted by hand): the follower went on
-    /// past it.
-    Missing,
+    /// The positions from the record's `position` through `through` are missing from the
+    /// stream (rows deleted by hand): the follower went on past them. One record per range.
+    Missing {
+        /// The last missing position.
+        through: u64,
+    },
 }
 
 impl QuarantineReason {
@@ -73,17 +76,17 @@ impl QuarantineReason {
             Self::Undecodable(_) => "undecodable",
             Self::Rejected(_) => "rejected",
             Self::Panicked(_) => "panicked",
-            Self::Missing => "missing",
+            Self::Missing { .. } => "missing",
         }
     }
 
-    /// The message, without the kind.
-    pub fn message(&self) -> &str {
+    /// The message, without the kind (for a missing range, its last position).
+    pub fn message(&self) -> String {
         match self {
             Self::Undecodable(message) | Self::Rejected(message) | Self::Panicked(message) => {
-                message
+                message.clone()
             }
-            Self::Missing => "",
+            Self::Missing { through } => through.to_string(),
         }
     }
 
@@ -92,7 +95,9 @@ impl QuarantineReason {
         match kind {
             "undecodable" => Self::Undecodable(message),
             "panicked" => Self::Panicked(message),
-            "missing" => Self::Missing,
+            "missing" => Self::Missing {
+                through: message.parse().unwrap_or(0),
+            },
             _ => Self::Rejected(message),
         }
     }
@@ -104,7 +109,7 @@ impl std::fmt::Display for QuarantineReason {
             Self::Undecodable(reason) => write!(f, "undecodable: {reason}"),
             Self::Rejected(reason) => write!(f, "rejected: {reason}"),
             Self::Panicked(reason) => write!(f, "apply panicked: {reason}"),
-            Self::Missing => f.write_str("missing from the stream"),
+            Self::Missing { through } => write!(f, "missing from the stream through {through}"),
         }
     }
 }
@@ -119,7 +124,7 @@ pub struct Quarantined {
     pub position: u64,
     /// Why.
     pub reason: QuarantineReason,
-    /// The event's JSON (empty for a missing one).
+    /// The event's JSON (empty for missing ones).
     pub body: String,
     /// When this host set it aside.
     pub at: SystemTime,
