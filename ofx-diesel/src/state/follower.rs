@@ -50,6 +50,9 @@ pub(crate) fn start<P: Projection, B: Backend>(
     });
 }
 
+/// How soon after a failed refresh a `current_state` call may make the follower try again.
+const WAKE_RETRY_FLOOR: Duration = Duration::from_millis(100);
+
 /// Capped exponential backoff with ±25 % jitter.
 struct Backoff {
     next: Duration,
@@ -146,9 +149,9 @@ async fn follow<P: Projection, B: Backend>(
                 record_error(inner, error, "refreshing the state failed; retrying");
                 retry = true;
                 let delay = backoff.step();
-                // A `current_state` call cuts the backoff short (after the shortest retry
-                // delay): the database may be back, and the caller waits.
-                let floor = inner.settings.retry_min.min(delay);
+                // A `current_state` call cuts the backoff short (at most one retry per
+                // `WAKE_RETRY_FLOOR`): the database may be back, and the caller waits.
+                let floor = WAKE_RETRY_FLOOR.min(delay);
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}

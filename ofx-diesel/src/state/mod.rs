@@ -49,6 +49,22 @@
 //! are taken), the closure runs again on the newer state (optimistic concurrency), at most
 //! [`StateSettings::max_append_attempts`] times, then [`Error::AppendConflict`].
 //!
+//! Dense positions make any two concurrent appends to one stream conflict, so by default
+//! appenders **queue** rather than decide in vain ([`StateSettings::queue_appends`]): on
+//! PostgreSQL a transaction-scoped advisory lock on the stream is taken before the head is
+//! read and held until the command commits; SQLite's operation transactions hold the write
+//! lock from their start. The optimistic retry then only serves appends from writers outside
+//! that protocol. Under `DbSettings::serializable` (PostgreSQL), a transaction's snapshot is
+//! taken at its first statement, before the lock is granted: a concurrent append makes it fail
+//! with a serialization failure, which is transient, so the whole command runs again under the
+//! hub's `ReprocessPolicy`: give it more tries (say `ReprocessPolicy::tries(30)`) for a
+//! contended stream.
+//!
+//! **Read-your-writes**: when a command that appended returns, this host's state services
+//! following the stream have its events, and what read their state was invalidated (the
+//! commit waits for them, at most the current-state timeout; not when their refreshes are
+//! failing).
+//!
 //! ## Following
 //!
 //! Every host's state service reads the stream after its position, in batches, applies them to

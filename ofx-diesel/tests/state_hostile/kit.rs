@@ -896,12 +896,28 @@ impl<B: Sql> Rig<B> {
         db_settings: DbSettings,
         settings: StateSettings,
     ) -> Self {
+        Self::open_with_policy(
+            url,
+            db_settings,
+            settings,
+            ofx_core::ReprocessPolicy::default(),
+        )
+        .await
+    }
+
+    pub(crate) async fn open_with_policy(
+        url: &str,
+        db_settings: DbSettings,
+        settings: StateSettings,
+        policy: ofx_core::ReprocessPolicy,
+    ) -> Self {
         let db = DbHub::<B>::open(url, db_settings).await.unwrap();
         exec(&db, MARKS).await;
         let ledger = StateService::with_settings(&db, Ledger, settings.clone());
         let audit = StateService::with_settings(&db, Audit, settings.clone());
         let notes = StateService::with_settings(&db, Notes, settings);
         let hub = Hub::builder()
+            .reprocessing(policy)
             .with(db.clone())
             .with(ledger.clone())
             .with(audit.clone())

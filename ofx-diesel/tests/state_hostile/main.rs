@@ -60,5 +60,6 @@ mod proxy;
 mod current;
 mod follow;
 mod lifecycle;
+mod regressions;
 mod snapshots;
 mod writes;
