@@ -231,13 +231,14 @@ async fn load_dir(dir: &Path, projection: &str, version: u32) -> Result<Vec<Cand
         let prefix = prefix.trim_end_matches("0.snapshot");
         while let Ok(Some(entry)) = entries.next_entry().await {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(prefix) && name.ends_with(".snapshot") {
-                if let Ok(bytes) = tokio::fs::read(entry.path()).await {
-                    out.push(Candidate {
-                        source: entry.path().display().to_string(),
-                        bytes,
-                    });
-                }
+            if name.starts_with(prefix)
+                && name.ends_with(".snapshot")
+                && let Ok(bytes) = tokio::fs::read(entry.path()).await
+            {
+                out.push(Candidate {
+                    source: entry.path().display().to_string(),
+                    bytes,
+                });
             }
         }
     }
