@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledger::{Accounts, Deposit, Host, LedgerError, LedgerFiles, Transfer};
+use ofx_core::background::TaskState;
 use ofx_core::{ComputedState, capture};
 use ofx_diesel::state::{StateService, StateStatus, StatusSource, status_router};
 use ofx_diesel::{Sqlite, state::Projection};
@@ -175,11 +176,8 @@ async fn demo(files: &LedgerFiles) -> Result<(), Error> {
     println!("\n6. host B restarts from its snapshot");
     let saved = b.ledger().save_snapshot().await?;
     println!("   B: snapshot saved at position {}", show(saved));
-    let ended = b.shutdown(PATIENCE).await;
-    println!(
-        "   B stopped (its follower: {})",
-        ended.map_or_else(|| "still running".to_owned(), |state| format!("{state:?}"))
-    );
+    let stopped = b.shutdown(PATIENCE).await;
+    println!("   B stopped (its follower: {})", ended(stopped));
     let receipt = commander
         .call(Deposit {
             account: "carol".into(),
@@ -220,8 +218,15 @@ async fn demo(files: &LedgerFiles) -> Result<(), Error> {
         *on_b.state == *fresh.state,
         on_b.total()
     );
-    drop(b);
-    drop(a);
+    // Stop both hosts (their background tasks end with their hubs, which the commander holds
+    // too) before the files go.
+    drop(commander);
+    let (a, b) = (a.shutdown(PATIENCE).await, b.shutdown(PATIENCE).await);
+    println!(
+        "\nhosts stopped (followers: A {}, B {})",
+        ended(a),
+        ended(b)
+    );
     Ok(())
 }
 
@@ -247,6 +252,10 @@ fn balances(accounts: &Accounts) -> String {
         .map(|(account, balance)| format!("{account} {balance}"))
         .collect();
     balances.join(", ")
+}
+
+fn ended(state: Option<TaskState>) -> String {
+    state.map_or_else(|| "still running".to_owned(), |state| format!("{state:?}"))
 }
 
 fn ms(duration: Duration) -> String {
