@@ -11,13 +11,12 @@
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ledger::{Accounts, Deposit, Host, LedgerError, LedgerFiles, Transfer};
 use ofx_core::background::TaskState;
 use ofx_core::{ComputedState, capture};
-use ofx_diesel::state::{StateService, StateStatus, StatusSource, status_router};
+use ofx_diesel::state::{StateService, StateStatus, status_router};
 use ofx_diesel::{Sqlite, state::Projection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -287,8 +286,7 @@ fn print_status(host: &str, status: &StateStatus) {
 async fn serve_status<P: Projection>(
     ledger: &StateService<P, Sqlite>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
-    let source: Arc<dyn StatusSource> = Arc::new(ledger.clone());
-    let router = status_router(vec![source]);
+    let router = status_router([ledger.clone()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let server = tokio::spawn(async move {

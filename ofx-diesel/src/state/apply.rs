@@ -38,7 +38,8 @@ pub(crate) fn apply_batch<P: Projection>(
     let mut failed = Vec::new();
     // Rows applied so far, to apply again from `base` after an `apply` that failed midway.
     let mut applied: Vec<usize> = Vec::with_capacity(rows.len());
-    let mut anchor = None;
+    // The last row read: its identity is the anchor.
+    let mut last = None;
     for (index, row) in rows.iter().enumerate() {
         let at = u64::try_from(row.position).unwrap_or(0);
         if at <= position {
@@ -52,10 +53,7 @@ pub(crate) fn apply_batch<P: Projection>(
             });
         }
         position = at;
-        anchor = Some(super::snapshot::Anchor {
-            operation_uuid: row.operation_uuid.clone(),
-            appended_at: row.appended_at,
-        });
+        last = Some(row);
         match apply_one(projection, &mut state, row, at) {
             Ok(()) => applied.push(index),
             Err(reason) => {
@@ -82,7 +80,10 @@ pub(crate) fn apply_batch<P: Projection>(
         state,
         position,
         failed,
-        anchor,
+        anchor: last.map(|row| super::snapshot::Anchor {
+            operation_uuid: row.operation_uuid.clone(),
+            appended_at: row.appended_at,
+        }),
     }
 }
 

@@ -294,6 +294,12 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
             }
         };
         let full = rows.len() as i64 >= batch;
+        if let Some(last) = rows.last() {
+            // Known to be behind while the batch is applied (`apply` may be slow).
+            let mut status = lock(&inner.status);
+            status.head = status.head.max(u64::try_from(last.position).unwrap_or(0));
+            status.caught_up = false;
+        }
         if !rows.is_empty() {
             let applied = apply_batch(&inner.projection, &base, position, &rows);
             let new_position = applied.position;
@@ -414,6 +420,7 @@ pub(crate) async fn save_snapshot<P: Projection, B: Backend>(
     let Some(store) = &inner.snapshots else {
         return Ok(None);
     };
+    let _saving = inner.save_lock.lock().await;
     let (state, position, anchor) = {
         let published = inner.published.borrow();
         if !published.ready {
@@ -425,6 +432,11 @@ pub(crate) async fn save_snapshot<P: Projection, B: Backend>(
             published.anchor.clone(),
         )
     };
+    if let Some(saved) = lock(&inner.status).saved_snapshot
+        && saved >= position
+    {
+        return Ok(Some(saved));
+    }
     let bytes =
         tokio::task::spawn_blocking(move || encode(P::NAME, P::VERSION, position, anchor, &*state))
             .await

@@ -89,6 +89,9 @@ pub(crate) struct Inner<P: Projection, B: Backend> {
     pub(crate) attached: AtomicBool,
     /// Set while a background snapshot save runs.
     pub(crate) saving: AtomicBool,
+    /// Held while a snapshot is encoded and stored: saves of this host never overlap, so an
+    /// older one never lands over a newer one.
+    pub(crate) save_lock: tokio::sync::Mutex<()>,
     pub(crate) health: Arc<TaskHealth>,
     /// Tells state services apart in the hub's cache (the dependency of what reads them).
     pub(crate) id: u64,
@@ -249,6 +252,7 @@ impl<P: Projection, B: Backend> StateService<P, B> {
                 hub: OnceLock::new(),
                 attached: AtomicBool::new(false),
                 saving: AtomicBool::new(false),
+                save_lock: tokio::sync::Mutex::new(()),
                 health: TaskHealth::new(),
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             }),
@@ -612,7 +616,9 @@ impl<P: Projection, B: Backend> StateService<P, B> {
 
     /// Saves a snapshot of the local state now (the follower also does, see
     /// [`StateSettings::snapshot_every`]); returns its position, `None` when the service has
-    /// no snapshot storage or is not ready.
+    /// no snapshot storage or is not ready. Waits for a save of the follower in progress;
+    /// when this host already saved the state at its position, stores nothing again. A save
+    /// of this host never lands over a newer one of this host.
     ///
     /// # Errors
     /// A database or I/O error.
@@ -716,6 +722,12 @@ impl<P: Projection, B: Backend> StreamFollower for Inner<P, B> {
                 );
             }
         })
+    }
+}
+
+impl<P: Projection, B: Backend> From<StateService<P, B>> for Arc<dyn StatusSource> {
+    fn from(service: StateService<P, B>) -> Self {
+        Arc::new(service)
     }
 }
 

@@ -147,7 +147,8 @@ async fn nothing_is_read_nor_appended_before_the_initial_catch_up<B: Sql>(url: &
 #[cfg(feature = "http")]
 async fn get_status(service: impl ofx_diesel::state::StatusSource) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let router = ofx_diesel::state::status_router(vec![Arc::new(service)]);
+    let service: Arc<dyn ofx_diesel::state::StatusSource> = Arc::new(service);
+    let router = ofx_diesel::state::status_router([service]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, router).await });

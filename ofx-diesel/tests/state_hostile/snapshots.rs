@@ -12,7 +12,7 @@ use ofx_diesel::{Backend, DbHub};
 use crate::common::{Bank, BankEvent, Deposit, Ledger, fast};
 use crate::kit::{
     End, Mark, Rig, Sql, blob, bytes_literal, deposit, exec, fold, fresh_ledger, quiet_panics,
-    stream_rows, until, within,
+    scalar, stream_rows, until, within,
 };
 
 backend_tests! {
@@ -31,6 +31,9 @@ backend_tests! {
     concurrent_saves_from_two_hosts =>
         sqlite_concurrent_saves_from_two_hosts,
         postgres_concurrent_saves_from_two_hosts;
+    an_explicit_save_is_never_undone_by_an_older_background_one =>
+        sqlite_an_explicit_save_is_never_undone_by_an_older_background_one,
+        postgres_an_explicit_save_is_never_undone_by_an_older_background_one;
 }
 
 /// A hub following the ledger only.
@@ -392,4 +395,45 @@ async fn concurrent_saves_from_two_hosts<B: Sql>(url: &str) {
         .await;
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With the follower saving after every event, `save_snapshot()` racing its background saves:
+/// once it returned a position, the stored snapshot and `status().saved_snapshot` never go
+/// below it (a background save of an older state used to land after it).
+async fn an_explicit_save_is_never_undone_by_an_older_background_one<B: Sql>(url: &str) {
+    let mut settings = StateSettings::default();
+    settings.snapshot_every = 1;
+    settings.snapshot_period = Duration::ZERO;
+    let a = Rig::<B>::open(url, settings).await;
+    a.ready().await;
+    for expected in 1..=40_u64 {
+        a.commander()
+            .call(Deposit {
+                account: "x".into(),
+                amount: 1,
+            })
+            .await
+            .unwrap();
+        until(Duration::from_secs(10), "the deposit is applied", || {
+            a.ledger().status().position >= expected
+        })
+        .await;
+        let saved = a.ledger().save_snapshot().await.unwrap().unwrap();
+        assert!(saved >= expected, "saved {saved} after {expected}");
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+            let stored = scalar(&a.db, &format!("SELECT position AS value {LEDGER_V1}"))
+                .await
+                .unwrap_or(0);
+            assert!(
+                u64::try_from(stored).unwrap() >= saved,
+                "the stored snapshot went back from {saved} to {stored}"
+            );
+            let status = a.ledger().status().saved_snapshot.unwrap_or(0);
+            assert!(
+                status >= saved,
+                "saved_snapshot went back from {saved} to {status}"
+            );
+        }
+    }
 }
