@@ -364,6 +364,63 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         version: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<crate::state::rows::QuarantineRow>>> + Send;
+
+    /// Deletes the events of `stream` appended before `before` (µs), all but the last one
+    /// (which keeps the head, so that positions are never reused).
+    fn trim_stream(
+        connection: &mut Self::Connection,
+        stream: &str,
+        before: i64,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// The statement run first in a transaction that reads a consistent snapshot of several
+    /// tables (PostgreSQL: `REPEATABLE READ`); `None` when `BEGIN` gives one (SQLite).
+    fn snapshot_statement() -> Option<&'static str> {
+        None
+    }
+
+    /// The value of `key` in `map` (JSON).
+    fn map_get(
+        connection: &mut Self::Connection,
+        map: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// Sets the value of `key` in `map`.
+    fn map_put(
+        connection: &mut Self::Connection,
+        map: &str,
+        key: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes `key` from `map`; the rows deleted.
+    fn map_delete(
+        connection: &mut Self::Connection,
+        map: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Deletes every entry of `map`; the rows deleted.
+    fn map_clear(
+        connection: &mut Self::Connection,
+        map: &str,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// The entries of `map` (key and value, JSON), by key, after `after` (exclusive), at most
+    /// `limit`.
+    fn map_entries(
+        connection: &mut Self::Connection,
+        map: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+
+    /// The number of entries of `map`.
+    fn map_len(
+        connection: &mut Self::Connection,
+        map: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
 }
 
 /// Where a fresh log reader starts (see [`Backend::start_position`]).

@@ -199,6 +199,48 @@ pub enum Error {
         /// The projection's name.
         projection: &'static str,
     },
+
+    /// [`ReliableMap::add`](crate::maps::ReliableMap::add) of a key the map has.
+    #[error("map `{map}` has the key {key} already")]
+    MapKeyExists {
+        /// The map's name.
+        map: String,
+        /// The key, as JSON.
+        key: String,
+    },
+
+    /// [`ReliableMap::update`](crate::maps::ReliableMap::update) of a key the map does not have.
+    #[error("map `{map}` has no key {key}")]
+    MapKeyMissing {
+        /// The map's name.
+        map: String,
+        /// The key, as JSON.
+        key: String,
+    },
+
+    /// A map's stored key or value does not decode as its type (another type was registered
+    /// under the same name).
+    #[error("map `{map}`: a stored entry does not decode: {reason}")]
+    MapDecode {
+        /// The map's name.
+        map: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A [`MapManager`](crate::maps::MapManager) was added to a hub wrongly.
+    #[error("map manager: {0}")]
+    MapAttach(&'static str),
+
+    /// The map manager's follower did not catch up with the change log within the timeout
+    /// (see [`MapManager::sync`](crate::maps::MapManager::sync)).
+    #[error("the maps' change log could not be followed within {timeout:?}{}", last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    MapsUnavailable {
+        /// The timeout.
+        timeout: std::time::Duration,
+        /// The follower's last error, if it is failing.
+        last_error: Option<String>,
+    },
 }
 
 /// Why commit verification could not tell whether an operation committed

@@ -101,6 +101,7 @@ mod schema;
 mod scope;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+pub mod maps;
 pub mod state;
 mod transient;
 mod trimmer;

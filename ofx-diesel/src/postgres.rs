@@ -161,6 +161,10 @@ impl Backend for Postgres {
         Ok(inserted)
     }
 
+    fn snapshot_statement() -> Option<&'static str> {
+        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    }
+
     async fn lock_for_append(
         connection: &mut Self::Connection,
         stream: &str,

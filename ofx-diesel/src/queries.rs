@@ -537,6 +537,109 @@ macro_rules! stream_queries {
                 .load(connection)
                 .await?)
         }
+
+        async fn trim_stream(
+            connection: &mut Self::Connection,
+            stream: &str,
+            before: i64,
+        ) -> Result<usize> {
+            use crate::schema::ofx_stream_events::dsl as st;
+            let head = Self::stream_head(connection, stream).await?;
+            Ok(diesel::delete(
+                st::ofx_stream_events
+                    .filter(st::stream.eq(stream))
+                    .filter(st::appended_at.lt(before))
+                    .filter(st::position.lt(head)),
+            )
+            .execute(connection)
+            .await?)
+        }
+
+        async fn map_get(
+            connection: &mut Self::Connection,
+            map: &str,
+            key: &str,
+        ) -> Result<Option<String>> {
+            use crate::schema::ofx_map_entries::dsl as me;
+            Ok(me::ofx_map_entries
+                .filter(me::map.eq(map))
+                .filter(me::key.eq(key))
+                .select(me::value)
+                .first(connection)
+                .await
+                .optional()?)
+        }
+
+        async fn map_put(
+            connection: &mut Self::Connection,
+            map: &str,
+            key: &str,
+            value: &str,
+        ) -> Result<()> {
+            use crate::schema::ofx_map_entries::dsl as me;
+            diesel::insert_into(me::ofx_map_entries)
+                .values((me::map.eq(map), me::key.eq(key), me::value.eq(value)))
+                .on_conflict((me::map, me::key))
+                .do_update()
+                .set(me::value.eq(value))
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+
+        async fn map_delete(
+            connection: &mut Self::Connection,
+            map: &str,
+            key: &str,
+        ) -> Result<usize> {
+            use crate::schema::ofx_map_entries::dsl as me;
+            Ok(diesel::delete(
+                me::ofx_map_entries
+                    .filter(me::map.eq(map))
+                    .filter(me::key.eq(key)),
+            )
+            .execute(connection)
+            .await?)
+        }
+
+        async fn map_clear(connection: &mut Self::Connection, map: &str) -> Result<usize> {
+            use crate::schema::ofx_map_entries::dsl as me;
+            Ok(
+                diesel::delete(me::ofx_map_entries.filter(me::map.eq(map)))
+                    .execute(connection)
+                    .await?,
+            )
+        }
+
+        async fn map_entries(
+            connection: &mut Self::Connection,
+            map: &str,
+            after: Option<&str>,
+            limit: i64,
+        ) -> Result<Vec<(String, String)>> {
+            use crate::schema::ofx_map_entries::dsl as me;
+            let mut query = me::ofx_map_entries
+                .filter(me::map.eq(map))
+                .select((me::key, me::value))
+                .into_boxed();
+            if let Some(after) = after {
+                query = query.filter(me::key.gt(after));
+            }
+            Ok(query
+                .order(me::key.asc())
+                .limit(limit)
+                .load(connection)
+                .await?)
+        }
+
+        async fn map_len(connection: &mut Self::Connection, map: &str) -> Result<i64> {
+            use crate::schema::ofx_map_entries::dsl as me;
+            Ok(me::ofx_map_entries
+                .filter(me::map.eq(map))
+                .count()
+                .get_result(connection)
+                .await?)
+        }
     };
 }
 

@@ -124,3 +124,15 @@ diesel::table! {
         quarantined_at -> BigInt,
     }
 }
+
+diesel::table! {
+    /// The entries of transactional maps (see `maps`).
+    ofx_map_entries (map, key) {
+        /// The map's name.
+        map -> Text,
+        /// The key, as JSON.
+        key -> Text,
+        /// The value, as JSON.
+        value -> Text,
+    }
+}

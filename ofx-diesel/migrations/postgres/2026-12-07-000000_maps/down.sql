@@ -1,0 +1,1 @@
+DROP TABLE ofx_map_entries;
