@@ -329,9 +329,10 @@ impl<B: Backend> DbHub<B> {
                 .start(hub.host_id().clone(), hub.shutdown_token())
                 .await
                 .map_err(Error::Watcher)?;
-            // Forwarded to the reader, the event processor and the state services that run
-            // here (state services attach after the database, so always).
-            link.set_watcher(watcher, Some(hub.shutdown_token()));
+            // Forwarded to the reader and the event processor if they run here; state
+            // services attach after the database and start the forwarding then.
+            let consumes = self.settings().read_log || self.settings().events.process;
+            link.set_watcher(watcher, hub.shutdown_token(), consumes);
         }
         hub.add_transient_classifier("ofx-diesel", crate::transient::is_transient);
         // An operation that added events but wrote nowhere stores them here (the first

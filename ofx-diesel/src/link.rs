@@ -27,6 +27,10 @@ pub(crate) struct HubLink {
     stream_wakes: tokio::sync::watch::Sender<u64>,
     /// The state services following streams on this hub.
     followers: Mutex<Vec<std::sync::Weak<dyn crate::state::StreamFollower>>>,
+    /// What forwarding the watcher's wake-ups needs, kept until something here consumes them.
+    forward: OnceLock<Forward>,
+    /// Whether the forwarding task runs.
+    forwarding: std::sync::atomic::AtomicBool,
     /// Held while a reader starts.
     pub(crate) starting: tokio::sync::Mutex<()>,
     /// The reader's position: owned by the running reader task, handed back when it ends.
@@ -47,12 +51,15 @@ impl HubLink {
     }
 
     /// Keeps the watcher started for this hub. Its wake-ups go to the log reader (through the
-    /// returned watcher's `wakes`), to the event processor and to the state services: a
-    /// forwarding task, stopped by `stop`, hands each one to all.
+    /// returned watcher's `wakes`), to the event processor and to the state services and map
+    /// managers: a forwarding task, stopped by `stop`, hands each one to all. It runs only on a
+    /// hub where one of them runs (`consumes`: a reader or processor; or once a follower
+    /// registers): a host that runs none leaves the wake-ups to the hosts that do.
     pub(crate) fn set_watcher(
         &self,
         watcher: Arc<dyn LogWatcher>,
-        stop: Option<CancellationToken>,
+        stop: CancellationToken,
+        consumes: bool,
     ) {
         let shared = Arc::new(SharedWatcher {
             inner: Arc::clone(&watcher),
@@ -66,16 +73,38 @@ impl HubLink {
         {
             return;
         }
-        let Some(stop) = stop else { return };
+        let _ = self.forward.set(Forward {
+            wakes: watcher.wakes(),
+            reader_wakes: Arc::clone(&shared.reader_wakes),
+            stop,
+        });
+        if consumes {
+            self.start_forwarding();
+        }
+    }
+
+    /// Starts forwarding the watcher's wake-ups (once; none without a watcher).
+    fn start_forwarding(&self) {
+        let Some(forward) = self.forward.get() else {
+            return;
+        };
+        if self
+            .forwarding
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
         let events = Arc::clone(&self.events_wake);
         let streams = self.stream_wakes.clone();
-        let wakes = watcher.wakes();
+        let wakes = Arc::clone(&forward.wakes);
+        let reader_wakes = Arc::clone(&forward.reader_wakes);
+        let stop = forward.stop.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = wakes.notified() => {
-                        shared.reader_wakes.notify_one();
+                        reader_wakes.notify_one();
                         events.notify_one();
                         streams.send_modify(|n| *n = n.wrapping_add(1));
                     }
@@ -105,6 +134,8 @@ impl HubLink {
             .unwrap_or_else(PoisonError::into_inner);
         followers.retain(|follower| follower.strong_count() > 0);
         followers.push(follower);
+        drop(followers);
+        self.start_forwarding();
     }
 
     /// The state services of this hub that follow `stream`.
@@ -158,6 +189,13 @@ impl HubLink {
     pub(crate) fn set_trimmer(&self, trimmer: Trimmer) {
         *self.trimmer.lock().unwrap_or_else(PoisonError::into_inner) = Some(trimmer);
     }
+}
+
+/// The watcher's wake-ups, where they go, and when to stop.
+struct Forward {
+    wakes: Arc<Notify>,
+    reader_wakes: Arc<Notify>,
+    stop: CancellationToken,
 }
 
 /// A watcher whose wake-ups are shared between a hub's log reader and event processor.

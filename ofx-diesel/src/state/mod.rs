@@ -16,7 +16,7 @@
 //! ## Readiness
 //!
 //! A state service loads its newest valid snapshot (if any) and catches up with the stream
-//! before anything may read it: until then every read fails with [`Error::NotReady`]
+//! before anything may read it: until then every read fails with [`Error::NotReady`](crate::Error::NotReady)
 //! (typed, so that a web layer can answer 503), [`is_ready`](StateService::is_ready) is false
 //! and [`ready`](StateService::ready) waits. A failing initial load is retried with capped
 //! backoff; its last error is in the [`status`](StateService::status). Put the status behind
@@ -28,7 +28,7 @@
 //! - [`current_state`](StateService::current_state) first catches up with the stream as of
 //!   the call: it sees every append committed before it, from any host. It waits for one
 //!   refresh that *started* after the call (concurrent callers share it), and fails with
-//!   [`Error::Unavailable`] when that does not finish within a timeout (5 s by default, per
+//!   [`Error::Unavailable`](crate::Error::Unavailable) when that does not finish within a timeout (5 s by default, per
 //!   call with [`current_state_within`](StateService::current_state_within)): the database
 //!   is unreachable or stalled.
 //! - [`local_state`](StateService::local_state) returns what this host has now, with its
@@ -47,7 +47,7 @@
 //! positions, in the command's transaction: the events, the command's other writes and its
 //! operation commit together or not at all. When another host appended first (the positions
 //! are taken), the closure runs again on the newer state (optimistic concurrency), at most
-//! [`StateSettings::max_append_attempts`] times, then [`Error::AppendConflict`].
+//! [`StateSettings::max_append_attempts`] times, then [`Error::AppendConflict`](crate::Error::AppendConflict).
 //!
 //! Dense positions make any two concurrent appends to one stream conflict, so by default
 //! appenders **queue** rather than decide in vain ([`StateSettings::queue_appends`]): on

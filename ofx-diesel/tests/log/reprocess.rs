@@ -460,33 +460,43 @@ mod sqlite {
     use super::{TALLIES, TallyHost};
     use crate::common::{RawSql, fast, sqlite_file};
 
+    /// SQLite operations begin `IMMEDIATE`: they hold the write lock from their start, so a
+    /// command's reads are never stale. While another connection holds the write lock longer
+    /// than the busy timeout, the command's `BEGIN` fails BUSY (transient): it is run again,
+    /// and reads what that connection committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_write_after_another_connection_committed_is_busy_and_run_again() {
+    async fn a_write_lock_held_by_another_connection_is_busy_and_run_again() {
         let path = sqlite_file().await;
         let direct = DbHub::<Sqlite>::open(&path, fast()).await.unwrap();
         direct.exec(TALLIES).await;
         let host = std::sync::Arc::new(
             TallyHost::<Sqlite>::open(&path, fast(), ReprocessPolicy::default()).await,
         );
-        let arrived = host.tallies.arrived.notified();
-        let call = tokio::spawn({
-            let host = std::sync::Arc::clone(&host);
-            async move { host.increment(true).await }
-        });
-        // The first try read the tally in its (deferred) transaction and waits: another
-        // connection commits a write, so the first try's snapshot is no longer the latest.
-        tokio::time::timeout(Duration::from_secs(10), arrived)
-            .await
-            .expect("the first try reached its gate");
-        direct
-            .connection()
-            .await
-            .unwrap()
-            .batch_execute("UPDATE tallies SET value = value + 100 WHERE id = 1")
+        let mut holder = direct.connection().await.unwrap();
+        holder
+            .batch_execute("BEGIN IMMEDIATE; UPDATE tallies SET value = value + 100 WHERE id = 1")
             .await
             .unwrap();
-        host.tallies.open.notify_one();
-        let value = call.await.unwrap().unwrap();
+        let call = tokio::spawn({
+            let host = std::sync::Arc::clone(&host);
+            async move { host.increment(false).await }
+        });
+        // The first try waits for the write lock for the busy timeout (5 s), fails BUSY, and
+        // is run again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while host.retries() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first try did not fail BUSY within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        holder.batch_execute("COMMIT").await.unwrap();
+        let value = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("the second try ends")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             value, 101,
             "the second try read the other connection's write"
