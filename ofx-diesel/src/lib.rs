@@ -16,6 +16,7 @@
 //! | [`EventProcessor`] | claims due events under a lease with a fencing number, runs each as its own operation, marks it done in that operation's transaction; retries, dead events (see [`events`]) |
 //! | [`DbEvents`] | lists events, redrives and purges dead ones ([`DbHub::events`]) |
 //! | [`state::StateService`] | a state projected from a stream of domain events, followed on every host: readiness, current vs local state, snapshots, quarantine (see [`state`]) |
+//! | [`maps::MapManager`] | transactional maps ([`maps::ReliableMap`]) whose changes every host delivers to observers in redo order, with commit sequence numbers and rebuilds (see [`maps`]) |
 //!
 //! A host in three steps (the order cannot be wrong: a watcher set after the hub started is an
 //! error, and a command on a hub the database is not attached to is refused):
@@ -92,6 +93,7 @@ mod db_hub;
 mod error;
 pub mod events;
 mod link;
+pub mod maps;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod queries;
@@ -101,7 +103,6 @@ mod schema;
 mod scope;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-pub mod maps;
 pub mod state;
 mod transient;
 mod trimmer;

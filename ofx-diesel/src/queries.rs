@@ -604,11 +604,9 @@ macro_rules! stream_queries {
 
         async fn map_clear(connection: &mut Self::Connection, map: &str) -> Result<usize> {
             use crate::schema::ofx_map_entries::dsl as me;
-            Ok(
-                diesel::delete(me::ofx_map_entries.filter(me::map.eq(map)))
-                    .execute(connection)
-                    .await?,
-            )
+            Ok(diesel::delete(me::ofx_map_entries.filter(me::map.eq(map)))
+                .execute(connection)
+                .await?)
         }
 
         async fn map_entries(

@@ -45,7 +45,9 @@ pub(crate) fn start<B: Backend>(
     let health = Arc::clone(&inner.health);
     spawn_supervised("ofx-diesel maps follower", health, async move {
         follow(&inner, &stop, wakes, poll).await;
-        inner.progress.send_modify(|progress| progress.stopped = true);
+        inner
+            .progress
+            .send_modify(|progress| progress.stopped = true);
     });
 }
 
@@ -93,7 +95,11 @@ async fn follow<B: Backend>(
                 break;
             }
             Err(error) => {
-                record_error(inner, error, "reading the maps' change log failed; retrying");
+                record_error(
+                    inner,
+                    error,
+                    "reading the maps' change log failed; retrying",
+                );
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff.step()) => {}
@@ -103,7 +109,11 @@ async fn follow<B: Backend>(
     }
     backoff.reset();
     let _ = inner.take_added(); // covered by the rebuild notification
-    let names: Vec<String> = inner.maps().iter().map(|map| map.name().to_owned()).collect();
+    let names: Vec<String> = inner
+        .maps()
+        .iter()
+        .map(|map| map.name().to_owned())
+        .collect();
     inner.notify(&ManagerChange::Rebuild { names });
     for map in inner.maps() {
         map.reset();
@@ -132,7 +142,11 @@ async fn follow<B: Backend>(
                 false
             }
             Err(error) => {
-                record_error(inner, error, "following the maps' change log failed; retrying");
+                record_error(
+                    inner,
+                    error,
+                    "following the maps' change log failed; retrying",
+                );
                 true
             }
         };
@@ -195,7 +209,8 @@ pub(crate) async fn trim<B: Backend>(
     older_than: Duration,
 ) -> Result<usize> {
     let mut connection = connection(inner).await?;
-    let before = micros(SystemTime::now()) - i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    let before =
+        micros(SystemTime::now()) - i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
     B::trim_stream(&mut connection, MAPS_STREAM, before).await
 }
 
@@ -328,7 +343,11 @@ async fn refresh<B: Backend>(inner: &Arc<ManagerInner<B>>) -> Result<()> {
         } else {
             coverage_lost(inner, position, &rows);
         }
-        if inner.maps().iter().any(|map| !map.needs_rebuild().is_empty()) {
+        if inner
+            .maps()
+            .iter()
+            .any(|map| !map.needs_rebuild().is_empty())
+        {
             // Observers whose rebuild is due (after a coverage loss, a restore) get it before
             // the next changes, and before the position is published.
             drop(connection);

@@ -119,6 +119,9 @@ pub(crate) struct Counters {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A map's key and value types, and the map.
+type TypedMap = (TypeId, Arc<dyn std::any::Any + Send + Sync>);
+
 pub(crate) struct ManagerInner<B: Backend> {
     pub(crate) db: DbHub<B>,
     pub(crate) settings: MapSettings,
@@ -129,7 +132,7 @@ pub(crate) struct ManagerInner<B: Backend> {
     /// The maps, in the order they were added.
     maps: Mutex<Vec<Arc<dyn ErasedMap>>>,
     /// The maps by name, with their types.
-    typed: Mutex<HashMap<String, (TypeId, Arc<dyn std::any::Any + Send + Sync>)>>,
+    typed: Mutex<HashMap<String, TypedMap>>,
     /// Maps added whose `Added` notification is due.
     added: Mutex<Vec<String>>,
     observers: Mutex<Vec<Arc<dyn ManagerObserver>>>,
@@ -268,7 +271,10 @@ impl<B: Backend> MapManager<B> {
         let shared = Arc::new(MapShared::<K, V>::new(name.to_owned()));
         typed.insert(
             name.to_owned(),
-            (types, Arc::clone(&shared) as Arc<dyn std::any::Any + Send + Sync>),
+            (
+                types,
+                Arc::clone(&shared) as Arc<dyn std::any::Any + Send + Sync>,
+            ),
         );
         lock(&self.inner.maps).push(Arc::clone(&shared) as Arc<dyn ErasedMap>);
         lock(&self.inner.added).push(name.to_owned());

@@ -455,9 +455,13 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
             (id, self.shared.name.clone(), key),
             Some(|read: &Read<Option<V>>| read.is_err()),
             |_| async move {
-                ofx_core::computed::compute(&epoch_tracker, &MAP_EPOCH, (id, name), None, |_| {
-                    async {}
-                })
+                ofx_core::computed::compute(
+                    &epoch_tracker,
+                    &MAP_EPOCH,
+                    (id, name),
+                    None,
+                    |_| async {},
+                )
                 .await;
                 read.await
             },
@@ -583,9 +587,11 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
                 attempts: 1,
             });
         }
-        self.manager
-            .db
-            .mark_stream_appended(ctx, MAPS_STREAM, u64::try_from(position).unwrap_or(0));
+        self.manager.db.mark_stream_appended(
+            ctx,
+            MAPS_STREAM,
+            u64::try_from(position).unwrap_or(0),
+        );
         Ok(())
     }
 
@@ -750,7 +756,13 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
         let mut connection = self.locked(ctx).await?;
         B::map_clear(&mut connection, &self.shared.name).await?;
         for (key, value) in entries {
-            B::map_put(&mut connection, &self.shared.name, &json(&key)?, &json(&value)?).await?;
+            B::map_put(
+                &mut connection,
+                &self.shared.name,
+                &json(&key)?,
+                &json(&value)?,
+            )
+            .await?;
         }
         self.record(ctx, &mut connection, self.change(StoredAction::Restore))
             .await

@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ofx_core::{
-    Command, CommandContext, ComputeService, Hub, command_handler, service,
-};
+use ofx_core::{Command, CommandContext, ComputeService, Hub, command_handler, service};
 use ofx_diesel::maps::{
     ManagerChange, ManagerObserver, MapAction, MapChange, MapManager, MapObserver, MapSettings,
     Rebuild, ReliableMap, TransactionCommitted,
@@ -73,7 +71,11 @@ impl<B: Backend> ComputeService for Writer<B> {
 #[service]
 impl<B: Backend> Writer<B> {
     #[command_handler]
-    pub(crate) async fn apply(&self, command: Apply, ctx: &CommandContext) -> Result<(), ApplyError> {
+    pub(crate) async fn apply(
+        &self,
+        command: Apply,
+        ctx: &CommandContext,
+    ) -> Result<(), ApplyError> {
         for op in command.ops {
             match op {
                 Op::Add(key, value) => self.values.add(ctx, &key, &value).await?,
@@ -198,7 +200,11 @@ pub(crate) fn apply(content: &mut BTreeMap<String, i64>, action: &MapAction<Stri
             );
         }
         MapAction::Update { key, old, new } => {
-            assert_eq!(content.insert(key.clone(), *new), Some(*old), "updated {key}");
+            assert_eq!(
+                content.insert(key.clone(), *new),
+                Some(*old),
+                "updated {key}"
+            );
         }
         MapAction::Remove { key, old } => {
             assert_eq!(content.remove(key), Some(*old), "removed {key}");
@@ -354,9 +360,13 @@ impl<B: Backend> Host<B> {
             values,
         });
         hub.add_service(&writer).unwrap();
-        within(Duration::from_secs(30), "the manager is ready", maps.ready())
-            .await
-            .unwrap();
+        within(
+            Duration::from_secs(30),
+            "the manager is ready",
+            maps.ready(),
+        )
+        .await
+        .unwrap();
         Self {
             db,
             maps,
@@ -385,7 +395,10 @@ impl<B: Backend> Host<B> {
     }
 
     pub(crate) async fn sync(&self) -> u64 {
-        self.maps.sync_within(Duration::from_secs(20)).await.unwrap()
+        self.maps
+            .sync_within(Duration::from_secs(20))
+            .await
+            .unwrap()
     }
 }
 
@@ -424,7 +437,9 @@ pub(crate) async fn until(limit: Duration, what: &str, mut condition: impl FnMut
 pub(crate) async fn sqlite_file() -> String {
     let path = std::env::temp_dir().join(format!("ofx-maps-{}.db", uuid::Uuid::new_v4().simple()));
     let path = path.to_string_lossy().into_owned();
-    DbHub::<ofx_diesel::Sqlite>::open(&path, fast()).await.unwrap();
+    DbHub::<ofx_diesel::Sqlite>::open(&path, fast())
+        .await
+        .unwrap();
     path
 }
 
@@ -443,12 +458,18 @@ pub(crate) async fn postgres_database() -> String {
                  or set OFX_TEST_POSTGRES to another server"
             )
         });
-    let name = format!("ofx_maps_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "ofx_maps_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
     let url = format!("{server}/{name}");
-    DbHub::<ofx_diesel::Postgres>::open(&url, fast()).await.unwrap();
+    DbHub::<ofx_diesel::Postgres>::open(&url, fast())
+        .await
+        .unwrap();
     url
 }

@@ -52,7 +52,11 @@ async fn a_secondary_index_stays_exact<B: Backend>(url: &str) {
     let per_writer = 150;
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..writers {
-        let hub = if writer % 2 == 0 { a.hub().clone() } else { b.hub().clone() };
+        let hub = if writer % 2 == 0 {
+            a.hub().clone()
+        } else {
+            b.hub().clone()
+        };
         tasks.spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(writer);
             let mut refused = 0;
@@ -95,7 +99,11 @@ async fn a_secondary_index_stays_exact<B: Backend>(url: &str) {
     b.sync().await;
     assert_eq!(b.maps.status().coverage_losses, 1);
     let table = a.table().await;
-    assert_eq!(index_b.snapshot(), Index::of(&table), "after the coverage loss");
+    assert_eq!(
+        index_b.snapshot(),
+        Index::of(&table),
+        "after the coverage loss"
+    );
     assert_eq!(index_a.snapshot(), Index::of(&table));
 
     // A restore.

@@ -77,7 +77,10 @@ async fn create_delete_create_gives_three_notifications_in_order_on_both_hosts<B
         );
         // The transaction comes after its changes.
         let notes = host.recorder.notes();
-        assert!(matches!(notes.last(), Some(crate::common::Note::Committed(_))));
+        assert!(matches!(
+            notes.last(),
+            Some(crate::common::Note::Committed(_))
+        ));
     }
     assert_eq!(a.recorder.committed(), b.recorder.committed());
 }
@@ -90,7 +93,11 @@ async fn sequence_numbers_increase_and_are_equal_across_hosts<B: Backend>(url: &
     let b = Host::<B>::open(url).await;
     let mut tasks = tokio::task::JoinSet::new();
     for writer in 0..8 {
-        let hub = if writer % 2 == 0 { a.hub().clone() } else { b.hub().clone() };
+        let hub = if writer % 2 == 0 {
+            a.hub().clone()
+        } else {
+            b.hub().clone()
+        };
         tasks.spawn(async move {
             for n in 0..20 {
                 hub.commander()
@@ -113,9 +120,13 @@ async fn sequence_numbers_increase_and_are_equal_across_hosts<B: Backend>(url: &
     let on_a = a.recorder.committed();
     let on_b = b.recorder.committed();
     assert_eq!(on_a.len(), 160);
-    assert_eq!(on_a, on_b, "the same transactions, in the same order, on both hosts");
+    assert_eq!(
+        on_a, on_b,
+        "the same transactions, in the same order, on both hosts"
+    );
     assert!(
-        on_a.windows(2).all(|pair| pair[0].sequence < pair[1].sequence),
+        on_a.windows(2)
+            .all(|pair| pair[0].sequence < pair[1].sequence),
         "strictly increasing"
     );
     assert!(on_a.iter().all(|committed| committed.changes == 2));
@@ -124,8 +135,10 @@ async fn sequence_numbers_increase_and_are_equal_across_hosts<B: Backend>(url: &
     for (index, committed) in on_a.iter().enumerate() {
         assert_eq!(committed.sequence, first + 2 * (index as u64 + 1));
     }
-    let operations: std::collections::BTreeSet<_> =
-        on_a.iter().map(|committed: &TransactionCommitted| committed.operation).collect();
+    let operations: std::collections::BTreeSet<_> = on_a
+        .iter()
+        .map(|committed: &TransactionCommitted| committed.operation)
+        .collect();
     assert_eq!(operations.len(), 160, "one sequence number per transaction");
     assert_eq!(a.recorder.content(), a.table().await);
     assert_eq!(b.recorder.content(), a.table().await);
@@ -139,9 +152,13 @@ async fn a_failed_command_notifies_nothing<B: Backend>(url: &str) {
     a.apply(vec![Op::Add("kept".into(), 1)]).await.unwrap();
     let before = a.recorder.committed()[0].sequence;
     assert!(
-        a.apply(vec![Op::Add("lost".into(), 2), Op::Set("kept".into(), 9), Op::Fail])
-            .await
-            .is_err()
+        a.apply(vec![
+            Op::Add("lost".into(), 2),
+            Op::Set("kept".into(), 9),
+            Op::Fail
+        ])
+        .await
+        .is_err()
     );
     a.apply(vec![Op::Set("kept".into(), 3)]).await.unwrap();
     b.sync().await;
@@ -170,7 +187,11 @@ async fn reads_are_fresh_on_every_host<B: Backend>(url: &str) {
     assert_eq!(b.values().get(&key).await.unwrap(), None);
     assert_eq!(b.values().len().await.unwrap(), 0);
     a.apply(vec![Op::Add(key.clone(), 1)]).await.unwrap();
-    assert_eq!(a.values().get(&key).await.unwrap(), Some(1), "read-your-writes");
+    assert_eq!(
+        a.values().get(&key).await.unwrap(),
+        Some(1),
+        "read-your-writes"
+    );
     b.sync().await;
     assert_eq!(b.values().get(&key).await.unwrap(), Some(1));
     assert_eq!(b.values().len().await.unwrap(), 1);

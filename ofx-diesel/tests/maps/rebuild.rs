@@ -50,7 +50,11 @@ async fn a_host_starting_gets_a_rebuild_then_the_changes<B: Backend>(url: &str) 
     a.apply(vec![Op::Update("a".into(), 10)]).await.unwrap();
     b.sync().await;
     assert_eq!(b.recorder.content(), a.table().await);
-    assert_eq!(b.recorder.committed().len(), 1, "only the later transaction");
+    assert_eq!(
+        b.recorder.committed().len(),
+        1,
+        "only the later transaction"
+    );
 }
 
 /// Host B is behind (it polls hourly) while A writes and trims the change log: B finds the
@@ -99,10 +103,13 @@ async fn a_restore_rebuilds_on_every_host<B: Backend>(url: &str) {
         .await
         .unwrap();
     b.sync().await;
-    let expected: std::collections::BTreeMap<String, i64> =
-        [("x".to_owned(), 7), ("y".to_owned(), 8), ("z".to_owned(), 9)]
-            .into_iter()
-            .collect();
+    let expected: std::collections::BTreeMap<String, i64> = [
+        ("x".to_owned(), 7),
+        ("y".to_owned(), 8),
+        ("z".to_owned(), 9),
+    ]
+    .into_iter()
+    .collect();
     for host in [&a, &b] {
         assert_eq!(host.recorder.content(), expected);
         let rebuilds = host
