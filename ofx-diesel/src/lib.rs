@@ -92,6 +92,7 @@ mod commit;
 mod db_hub;
 mod error;
 pub mod events;
+mod following;
 mod link;
 pub mod maps;
 #[cfg(feature = "postgres")]

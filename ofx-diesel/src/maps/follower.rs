@@ -17,6 +17,7 @@ use super::change::{ManagerChange, StoredAction, StoredChange, TransactionCommit
 use super::manager::{ManagerInner, lock};
 use super::map::ErasedMap;
 use crate::backend::Backend;
+use crate::following::Backoff;
 use crate::reader::jitter;
 use crate::row::micros;
 use crate::state::rows::StreamRow;
@@ -28,19 +29,7 @@ pub(crate) fn start<B: Backend>(
     hub: &Hub,
     wakes: watch::Receiver<u64>,
 ) {
-    let settings = inner.db.settings();
-    let poll = inner.settings.poll_period.unwrap_or(
-        if inner
-            .db
-            .existing_link(hub)
-            .and_then(|link| link.watcher())
-            .is_some()
-        {
-            settings.poll_period_with_watcher
-        } else {
-            settings.poll_period
-        },
-    );
+    let poll = crate::following::poll_period(&inner.db, hub, inner.settings.poll_period);
     let stop = hub.shutdown_token();
     let health = Arc::clone(&inner.health);
     spawn_supervised("ofx-diesel maps follower", health, async move {
@@ -51,36 +40,13 @@ pub(crate) fn start<B: Backend>(
     });
 }
 
-/// Capped exponential backoff with ±25 % jitter.
-struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn step(&mut self) -> Duration {
-        let delay = jitter(self.next, 0.25);
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
-
 async fn follow<B: Backend>(
     inner: &Arc<ManagerInner<B>>,
     stop: &CancellationToken,
     mut wakes: watch::Receiver<u64>,
     poll: Duration,
 ) {
-    let mut backoff = Backoff {
-        next: inner.settings.retry_min,
-        min: inner.settings.retry_min,
-        max: inner.settings.retry_max,
-    };
+    let mut backoff = Backoff::new(inner.settings.retry_min, inner.settings.retry_max);
     // Recovery: start at the head; every observer is rebuilt (as of the head or later).
     loop {
         let outcome = tokio::select! {

@@ -17,6 +17,7 @@ use super::rows::QuarantineRow;
 use super::service::{Inner, StateService, lock};
 use super::snapshot::{Unusable, decode, encode, to_i64};
 use crate::backend::Backend;
+use crate::following::Backoff;
 use crate::reader::jitter;
 use crate::row::micros;
 use crate::{Error, Result};
@@ -27,19 +28,7 @@ pub(crate) fn start<P: Projection, B: Backend>(
     hub: &Hub,
     wakes: watch::Receiver<u64>,
 ) {
-    let settings = inner.db.settings();
-    let poll = inner.settings.poll_period.unwrap_or(
-        if inner
-            .db
-            .existing_link(hub)
-            .and_then(|link| link.watcher())
-            .is_some()
-        {
-            settings.poll_period_with_watcher
-        } else {
-            settings.poll_period
-        },
-    );
+    let poll = crate::following::poll_period(&inner.db, hub, inner.settings.poll_period);
     let stop = hub.shutdown_token();
     let health = Arc::clone(&inner.health);
     spawn_supervised("ofx-diesel state follower", health, async move {
@@ -52,33 +41,6 @@ pub(crate) fn start<P: Projection, B: Backend>(
 
 /// How soon after a failed refresh a `current_state` call may make the follower try again.
 const WAKE_RETRY_FLOOR: Duration = Duration::from_millis(100);
-
-/// Capped exponential backoff with ±25 % jitter.
-struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            next: min,
-            min,
-            max,
-        }
-    }
-
-    fn step(&mut self) -> Duration {
-        let delay = jitter(self.next, 0.25);
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
 
 async fn follow<P: Projection, B: Backend>(
     inner: &Arc<Inner<P, B>>,
