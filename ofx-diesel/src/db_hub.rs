@@ -263,13 +263,20 @@ impl<B: Backend> DbHub<B> {
     /// Notes that the running operation appended to `stream` up to `position`: once it
     /// commits, the call waits until this hub's state services following `stream` have it.
     pub(crate) fn mark_stream_appended(&self, ctx: &CommandContext, stream: &str, position: u64) {
-        let followers = self
-            .existing_link(ctx.hub())
+        let link = self.existing_link(ctx.hub());
+        let followers = link
+            .as_ref()
             .map(|link| link.followers_of(stream))
             .unwrap_or_default();
         if let Ok(scope) = self.scope_of(ctx, || DbOperationScope::new(Arc::clone(&self.inner))) {
-            scope.note_append(followers, position);
+            scope.note_append(link, followers, position);
         }
+    }
+
+    /// The running operation's scope (begun if it was not).
+    pub(crate) fn operation_scope(&self, ctx: &CommandContext) -> Result<Arc<DbOperationScope<B>>> {
+        self.scope_of(ctx, || DbOperationScope::new(Arc::clone(&self.inner)))
+            .map_err(Error::Scope)
     }
 
     /// Sets the watcher that wakes other hosts' readers after every commit, and this host's

@@ -42,6 +42,14 @@ pub struct DbOperationScope<B: Backend> {
     /// The state services of the hub that follow the streams appended to, each with the
     /// last position appended: the commit waits until they have it.
     followers: std::sync::Mutex<Vec<(Arc<dyn crate::state::StreamFollower>, u64)>>,
+    /// Once a map write took the maps' lock in this transaction: the change log's next
+    /// position. Forgotten when a savepoint rolls back (its writes, and maybe the lock, with it).
+    maps_next: std::sync::Mutex<Option<u64>>,
+    /// The hub link of the hub whose streams were appended to: woken right after `COMMIT`.
+    link: std::sync::Mutex<Option<Arc<crate::link::HubLink>>>,
+    /// Whether the watcher and the followers were woken right after `COMMIT` (not again in
+    /// `after_commit`).
+    notified: std::sync::atomic::AtomicBool,
 }
 
 impl<B: Backend> std::fmt::Debug for DbOperationScope<B> {
@@ -61,6 +69,9 @@ impl<B: Backend> DbOperationScope<B> {
             claim: None,
             appended: std::sync::atomic::AtomicBool::new(false),
             followers: std::sync::Mutex::new(Vec::new()),
+            maps_next: std::sync::Mutex::new(None),
+            link: std::sync::Mutex::new(None),
+            notified: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -115,11 +126,18 @@ impl<B: Backend> DbOperationScope<B> {
     /// follow (its commit waits until they have it, and wakes the others).
     pub(crate) fn note_append(
         &self,
+        link: Option<Arc<crate::link::HubLink>>,
         followers: Vec<Arc<dyn crate::state::StreamFollower>>,
         position: u64,
     ) {
         self.appended
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(link) = link {
+            *self
+                .link
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(link);
+        }
         let mut noted = self
             .followers
             .lock()
@@ -135,9 +153,39 @@ impl<B: Backend> DbOperationScope<B> {
         }
     }
 
-    /// After a commit that appended: waits until this hub's state services have the appends,
-    /// so that the call returns with its own writes readable on its host.
+    /// The change log's next position for a map write, once this transaction holds the
+    /// maps' lock (`None`: take the lock and read the head).
+    pub(crate) fn maps_next(&self) -> Option<u64> {
+        *self
+            .maps_next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_maps_next(&self, next: Option<u64>) {
+        *self
+            .maps_next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+    }
+
+    /// After a commit that appended: wakes the other hosts (their watchers) and this hub's
+    /// followers at once, then waits until this hub's state services and map managers have
+    /// the appends, so that the call returns with its own writes readable on its host.
     async fn await_followers(&self) {
+        let link = self
+            .link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(link) = link {
+            if let Some(watcher) = link.watcher() {
+                watcher.notify();
+            }
+            link.wake_streams();
+            self.notified
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let followers = std::mem::take(
             &mut *self
                 .followers
@@ -176,6 +224,9 @@ impl<B: Backend> DbOperationScope<B> {
             ));
         };
         self.savepoints().pop();
+        if !succeeded {
+            self.set_maps_next(None);
+        }
         if succeeded {
             type Manager<B> = <<B as Backend>::Connection as AsyncConnection>::TransactionManager;
             let depth = Manager::<B>::transaction_manager_status_mut(connection)
@@ -193,6 +244,7 @@ impl<B: Backend> DbOperationScope<B> {
             let Some(depth) = depth.filter(|depth| *depth > 1) else {
                 return Err(error.into());
             };
+            self.set_maps_next(None);
             let savepoint = format!("diesel_savepoint_{}", depth - 1);
             connection
                 .batch_execute(&format!(
@@ -355,14 +407,18 @@ impl<B: Backend> OperationScope for DbOperationScope<B> {
         let Some(link) = self.db().existing_link(hub) else {
             return;
         };
-        if let Some(watcher) = link.watcher() {
+        // Woken right after `COMMIT` already when it appended to a stream.
+        let woken = self.notified.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(watcher) = link.watcher()
+            && !woken
+        {
             watcher.notify();
         }
         if !operation.events.is_empty() {
             // This host's processor runs them first; the watcher wakes the others'.
             link.wake_events();
         }
-        if self.appended.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.appended.load(std::sync::atomic::Ordering::Relaxed) && !woken {
             link.wake_streams();
         }
     }

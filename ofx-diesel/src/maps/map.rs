@@ -546,10 +546,16 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
     // ===== writes (in a command's operation) =====
 
     /// The operation's connection with the maps' lock taken: map writers queue, so that the
-    /// change log's positions follow the commit order.
+    /// change log's positions follow the commit order. The lock is taken, and the log's head
+    /// read, once per transaction (again after a savepoint rolled back).
     async fn locked(&self, ctx: &CommandContext) -> Result<OperationConnection<B>> {
         let mut connection = self.manager.db.operation_connection(ctx).await?;
-        B::lock_for_append(&mut connection, MAPS_STREAM, true).await?;
+        let scope = self.manager.db.operation_scope(ctx)?;
+        if scope.maps_next().is_none() {
+            B::lock_for_append(&mut connection, MAPS_STREAM, true).await?;
+            let head = B::stream_head(&mut connection, MAPS_STREAM).await?;
+            scope.set_maps_next(Some(u64::try_from(head).unwrap_or(0) + 1));
+        }
         Ok(connection)
     }
 
@@ -569,8 +575,16 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
                 limit: crate::MAX_PAYLOAD_BYTES,
             });
         }
-        let head = B::stream_head(connection, MAPS_STREAM).await?;
-        let position = head + 1;
+        let scope = self.manager.db.operation_scope(ctx)?;
+        let next = match scope.maps_next() {
+            Some(next) => next,
+            // Not locked yet (cannot happen: every write locks first).
+            None => {
+                B::lock_for_append(connection, MAPS_STREAM, true).await?;
+                u64::try_from(B::stream_head(connection, MAPS_STREAM).await?).unwrap_or(0) + 1
+            }
+        };
+        let position = i64::try_from(next).unwrap_or(i64::MAX);
         let operation = ctx.operation_id().to_string();
         let row = NewStreamRow {
             stream: MAPS_STREAM,
@@ -582,16 +596,14 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
         let inserted = B::append_stream(connection, std::slice::from_ref(&row)).await?;
         if inserted.len() != 1 {
             // Writers hold the maps' lock: only a writer that bypassed it gets here.
+            scope.set_maps_next(None);
             return Err(Error::AppendConflict {
                 stream: MAPS_STREAM.to_owned(),
                 attempts: 1,
             });
         }
-        self.manager.db.mark_stream_appended(
-            ctx,
-            MAPS_STREAM,
-            u64::try_from(position).unwrap_or(0),
-        );
+        scope.set_maps_next(Some(next + 1));
+        self.manager.db.mark_stream_appended(ctx, MAPS_STREAM, next);
         Ok(())
     }
 

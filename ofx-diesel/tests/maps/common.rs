@@ -27,6 +27,8 @@ pub(crate) enum Op {
     Restore(Vec<(String, i64)>),
     /// Fails the command (after the writes before it).
     Fail,
+    /// Runs these as a nested command, whose failure is swallowed.
+    Nested(Vec<Op>),
 }
 
 /// Applies writes to the map `values`, in one transaction.
@@ -91,6 +93,9 @@ impl<B: Backend> Writer<B> {
                 Op::Clear => self.values.clear(ctx).await?,
                 Op::Restore(entries) => self.values.restore(ctx, entries).await?,
                 Op::Fail => return Err(ApplyError::Failed),
+                Op::Nested(ops) => {
+                    let _ = self.hub.commander().call(Apply { ops }).await;
+                }
             }
         }
         Ok(())

@@ -18,6 +18,9 @@ backend_tests! {
     a_failed_command_notifies_nothing =>
         sqlite_a_failed_command_notifies_nothing,
         postgres_a_failed_command_notifies_nothing;
+    a_failed_nested_command_leaves_no_change_and_no_hole =>
+        sqlite_a_failed_nested_command_leaves_no_change_and_no_hole,
+        postgres_a_failed_nested_command_leaves_no_change_and_no_hole;
     reads_are_fresh_on_every_host =>
         sqlite_reads_are_fresh_on_every_host,
         postgres_reads_are_fresh_on_every_host;
@@ -207,4 +210,50 @@ async fn reads_are_fresh_on_every_host<B: Backend>(url: &str) {
         b.recorder.content().get("k") == Some(&5)
     })
     .await;
+}
+
+/// Nested commands that wrote maps and failed (swallowed by the outer one): their changes are
+/// rolled back with their writes, and the transaction's positions stay dense, whether the
+/// transaction's first map write was in the failed one or before it.
+async fn a_failed_nested_command_leaves_no_change_and_no_hole<B: Backend>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open(url).await;
+    a.apply(vec![
+        Op::Add("a".into(), 1),
+        Op::Nested(vec![Op::Add("b".into(), 2), Op::Fail]),
+        Op::Add("c".into(), 3),
+        Op::Nested(vec![Op::Add("d".into(), 4)]),
+    ])
+    .await
+    .unwrap();
+    a.apply(vec![
+        Op::Nested(vec![Op::Add("x".into(), 5), Op::Fail]),
+        Op::Add("y".into(), 6),
+    ])
+    .await
+    .unwrap();
+    b.sync().await;
+    for host in [&a, &b] {
+        let committed = host.recorder.committed();
+        assert_eq!(committed.len(), 2, "{:?}", host.recorder.notes());
+        assert_eq!(committed[0].changes, 3);
+        assert_eq!(committed[1].changes, 1);
+        assert_eq!(committed[1].sequence, committed[0].sequence + 1, "no hole");
+        let positions: Vec<u64> = host
+            .recorder
+            .changes_since_rebuild()
+            .iter()
+            .map(|(_, _, position)| *position)
+            .collect();
+        let first = positions[0];
+        assert_eq!(positions, (first..first + 4).collect::<Vec<_>>());
+        assert_eq!(host.maps.status().coverage_losses, 0);
+    }
+    let expected: std::collections::BTreeMap<String, i64> =
+        [("a", 1), ("c", 3), ("d", 4), ("y", 6)]
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect();
+    assert_eq!(a.table().await, expected);
+    assert_eq!(b.recorder.content(), expected);
 }
