@@ -65,7 +65,9 @@ pub struct TransactionCommitted {
     pub sequence: u64,
     /// Its operation.
     pub operation: Uuid,
-    /// How many changes it made.
+    /// How many changes it made (rows of the change log that do not decode are skipped and
+    /// counted in [`MapStatus::skipped`](super::MapStatus::skipped); a transaction none of
+    /// whose rows decode is not announced).
     pub changes: usize,
 }
 

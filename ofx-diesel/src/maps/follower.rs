@@ -397,7 +397,19 @@ fn deliver<B: Backend>(inner: &ManagerInner<B>, rows: &[StreamRow]) {
             .last()
             .and_then(|row| u64::try_from(row.position).ok())
             .unwrap_or(0);
-        let operation_id = Uuid::parse_str(operation).unwrap_or(Uuid::nil());
+        let Ok(operation_id) = Uuid::parse_str(operation) else {
+            // Not written by a map (every operation has a uuid): skipped, not announced.
+            for row in group {
+                skip(
+                    inner,
+                    u64::try_from(row.position).unwrap_or(0),
+                    "not an operation's change",
+                );
+            }
+            start = end;
+            continue;
+        };
+        let mut decoded = 0;
         for row in group {
             let position = u64::try_from(row.position).unwrap_or(0);
             let change: StoredChange = match serde_json::from_str(&row.body) {
@@ -408,6 +420,7 @@ fn deliver<B: Backend>(inner: &ManagerInner<B>, rows: &[StreamRow]) {
                 }
             };
             inner.counters.changes.fetch_add(1, Ordering::Relaxed);
+            decoded += 1;
             let Some(map) = inner.map_named(&change.map) else {
                 continue; // not a map of this host
             };
@@ -423,11 +436,16 @@ fn deliver<B: Backend>(inner: &ManagerInner<B>, rows: &[StreamRow]) {
                 });
             }
         }
+        if decoded == 0 {
+            // Nothing of it decoded: no transaction to announce.
+            start = end;
+            continue;
+        }
         inner.counters.transactions.fetch_add(1, Ordering::Relaxed);
         let committed = TransactionCommitted {
             sequence,
             operation: operation_id,
-            changes: group.len(),
+            changes: decoded,
         };
         for observer in inner.observers() {
             observer.transaction_committed(&committed);
