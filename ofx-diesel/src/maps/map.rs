@@ -617,7 +617,9 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
         }
     }
 
-    /// The value of `key` as the command's transaction sees it (its own writes included).
+    /// The value of `key` as the command's transaction sees it (its own writes included). It
+    /// takes the maps' lock, as a write does: what the transaction then writes is decided on
+    /// the latest committed value, and other map writers wait until it commits.
     ///
     /// # Errors
     /// A database error; [`Error::MapDecode`]; outside a command's main branch, the errors of

@@ -16,8 +16,9 @@
 //! # Order
 //!
 //! Map writers queue on one lock per database (PostgreSQL: a transaction-scoped advisory lock;
-//! SQLite: its write lock), taken at a transaction's first map write and held until it
-//! commits, so the change log's positions are dense and in commit order. Every host's
+//! SQLite: its write lock), taken at a transaction's first map write (or
+//! [`get_in`](ReliableMap::get_in), so that a read-then-write decides on what it writes over)
+//! and held until it commits, so the change log's positions are dense and in commit order. Every host's
 //! [`MapManager`] follows the log (woken by the watchers, polling as a safety net) and
 //! delivers, on every host the same, in **redo order**:
 //!
@@ -60,7 +61,7 @@
 //! `changed` and the manager's observers are synchronous and run on the follower: **keep them
 //! fast**, with no I/O. `rebuild` is async. [`MapAction`] and [`ManagerChange`] are
 //! `#[non_exhaustive]`: match them with a wildcard arm. All map writers of a database queue on
-//! one lock: a transaction that writes maps should be short.
+//! one lock: a transaction that writes maps (or reads them with `get_in`) should be short.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
