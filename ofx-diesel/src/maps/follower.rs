@@ -120,8 +120,15 @@ async fn follow<B: Backend>(
             && last_trim.elapsed() >= inner.settings.trim_period
         {
             last_trim = Instant::now();
-            if let Err(error) = trim(inner, retention).await {
-                tracing::warn!(%error, "trimming the maps' change log failed");
+            let timeout = inner.settings.refresh_timeout;
+            let trimmed = tokio::select! {
+                () = stop.cancelled() => return,
+                trimmed = tokio::time::timeout(timeout, trim(inner, retention)) => trimmed,
+            };
+            match trimmed {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "trimming the maps' change log failed"),
+                Err(_) => tracing::warn!(?timeout, "trimming the maps' change log timed out"),
             }
         }
         if retry {
