@@ -188,7 +188,8 @@ impl Gate {
 }
 
 /// A gate for synchronous observers: `hold` blocks the calling thread (the follower's) until
-/// `release`, at most 30 s.
+/// `release`, at most 30 s. Called through `block_in_place`: a worker blocked in place would
+/// strand the tasks queued on it (the contract's "no blocking").
 #[derive(Clone, Default)]
 pub(crate) struct Hold {
     state: Arc<(Mutex<(bool, bool)>, Condvar)>,
@@ -218,6 +219,28 @@ impl Hold {
         let (lock, condvar) = &*self.state;
         lock.lock().unwrap().1 = true;
         condvar.notify_all();
+    }
+}
+
+/// Holds the follower (synchronously) at the change of a given position, once.
+#[derive(Clone, Default)]
+pub(crate) struct HoldAt {
+    pub(crate) position: Arc<Mutex<Option<u64>>>,
+    pub(crate) hold: Hold,
+}
+
+impl MapObserver<String, i64> for HoldAt {
+    fn changed(&self, change: &MapChange<String, i64>) {
+        let at = *self.position.lock().unwrap();
+        if at == Some(change.position) {
+            *self.position.lock().unwrap() = None;
+            // Off the runtime's worker (its queued tasks move to another thread).
+            tokio::task::block_in_place(|| self.hold.hold());
+        }
+    }
+
+    fn rebuild(&self, _entries: Rebuild<String, i64>) -> ofx_core::ScopeFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 

@@ -42,5 +42,9 @@ macro_rules! postgres_tests {
 mod kit;
 mod proxy;
 
+mod failure;
+mod manager;
 mod order;
+mod reads;
 mod rebuild;
+mod view;

@@ -11,8 +11,8 @@ use ofx_diesel::maps::{MapChange, MapObserver, MapSettings, Rebuild};
 use rand::{Rng, SeedableRng};
 
 use crate::kit::{
-    Gate, Hold, Host, Note, OTHER, Op, Recorder, Sql, VALUES, assert_redo_order, content_of, deaf,
-    fresh_gate, gate, run_on, table, until, values, within,
+    Gate, HoldAt, Host, Note, OTHER, Op, Recorder, Sql, VALUES, assert_redo_order, content_of,
+    deaf, fresh_gate, gate, run_on, table, until, values, within,
 };
 
 backend_tests! {
@@ -25,6 +25,9 @@ backend_tests! {
     behind_by_a_transaction_larger_than_a_batch_rebuilds =>
         sqlite_behind_by_a_transaction_larger_than_a_batch_rebuilds,
         postgres_behind_by_a_transaction_larger_than_a_batch_rebuilds;
+    a_trim_while_a_host_delivers_a_large_transaction_keeps_it_whole =>
+        sqlite_a_trim_while_a_host_delivers_a_large_transaction_keeps_it_whole,
+        postgres_a_trim_while_a_host_delivers_a_large_transaction_keeps_it_whole;
     a_trim_while_a_host_catches_up_rebuilds_it_exactly =>
         sqlite_a_trim_while_a_host_catches_up_rebuilds_it_exactly,
         postgres_a_trim_while_a_host_catches_up_rebuilds_it_exactly;
@@ -100,36 +103,12 @@ async fn behind_by_a_transaction_larger_than_a_batch_rebuilds<B: Sql>(url: &str)
     assert_eq!(b.recorder.rebuilds(VALUES).len(), 2);
 }
 
-/// Holds the follower (synchronously) at the change of a given position, once.
-#[derive(Clone)]
-struct HoldAt {
-    position: Arc<Mutex<Option<u64>>>,
-    hold: Hold,
-}
-
-impl MapObserver<String, i64> for HoldAt {
-    fn changed(&self, change: &MapChange<String, i64>) {
-        let at = *self.position.lock().unwrap();
-        if at == Some(change.position) {
-            *self.position.lock().unwrap() = None;
-            self.hold.hold();
-        }
-    }
-
-    fn rebuild(&self, _entries: Rebuild<String, i64>) -> ofx_core::ScopeFuture<'_, ()> {
-        Box::pin(async {})
-    }
-}
-
-/// Host B (deaf, 16 changes a read) catches up with 60 transactions of 5 changes, then one of
-/// 3000; its follower is held in the middle of the small ones while A trims the log: B loses
-/// coverage, rebuilds, and its notifications stay in redo order (no change again, no partial
-/// transaction) and exact.
+/// Host B (deaf, 16 changes a read) catches up with 30 transactions of 5 changes; its follower
+/// is held in the middle of them while A commits 30 more and trims the log: B loses coverage,
+/// rebuilds, and its notifications stay in redo order (no change again, no partial transaction)
+/// and exact.
 async fn a_trim_while_a_host_catches_up_rebuilds_it_exactly<B: Sql>(url: &str) {
-    let hold = HoldAt {
-        position: Arc::new(Mutex::new(None)),
-        hold: Hold::default(),
-    };
+    let hold = HoldAt::default();
     let a = Host::<B>::open(url).await;
     let mut settings = deaf();
     settings.read_batch = 16;
@@ -140,13 +119,20 @@ async fn a_trim_while_a_host_catches_up_rebuilds_it_exactly<B: Sql>(url: &str) {
     })
     .await;
     let start = b.sync().await;
-    for round in 0..60 {
-        let steps = (0..5)
-            .map(|n| values(Op::Set(format!("k{n}"), round * 10 + n)))
-            .collect();
-        a.run(steps).await.unwrap();
+    let write = |round: i64| {
+        let hub = a.hub().clone();
+        async move {
+            let steps = (0..5)
+                .map(|n| values(Op::Set(format!("k{n}"), round * 10 + n)))
+                .collect();
+            run_on(&hub, steps).await.unwrap();
+        }
+    };
+    for round in 0..30 {
+        write(round).await;
     }
-    // Held at the third change of the 20th transaction.
+    // Held at the third change of the 20th transaction; 30 more commit meanwhile, then the
+    // trim.
     *hold.position.lock().unwrap() = Some(start + 19 * 5 + 3);
     let catching_up = {
         let maps = b.maps.clone();
@@ -156,6 +142,9 @@ async fn a_trim_while_a_host_catches_up_rebuilds_it_exactly<B: Sql>(url: &str) {
         hold.hold.is_reached()
     })
     .await;
+    for round in 30..60 {
+        write(round).await;
+    }
     a.maps.trim_changes(Duration::ZERO).await.unwrap();
     hold.hold.release();
     within(Duration::from_secs(60), "B catches up", catching_up)
@@ -168,6 +157,54 @@ async fn a_trim_while_a_host_catches_up_rebuilds_it_exactly<B: Sql>(url: &str) {
     assert_eq!(b.recorder.content(VALUES), table(&a.db, VALUES).await);
     a.run(vec![values(Op::Set("after".into(), 1))])
         .await
+        .unwrap();
+    b.sync().await;
+    assert_redo_order(&b.recorder.notes(), true);
+    assert_eq!(b.recorder.content(VALUES), table(&a.db, VALUES).await);
+}
+
+/// Host B (deaf) is held delivering the 500th change of a 3000-change transaction (larger than
+/// its 1024-change read batch) while A commits more and trims the log: B's notifications stay
+/// in redo order (the large transaction whole, or not at all before a rebuild) and exact.
+async fn a_trim_while_a_host_delivers_a_large_transaction_keeps_it_whole<B: Sql>(url: &str) {
+    let hold = HoldAt::default();
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open_with(url, deaf(), |maps| {
+        maps.map::<String, i64>(VALUES)
+            .unwrap()
+            .subscribe(hold.clone());
+    })
+    .await;
+    let start = b.sync().await;
+    *hold.position.lock().unwrap() = Some(start + 500);
+    a.run(
+        (0..3000)
+            .map(|n| values(Op::Set(format!("k{n:04}"), n)))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let catching_up = {
+        let maps = b.maps.clone();
+        tokio::spawn(async move { maps.sync_within(Duration::from_secs(60)).await })
+    };
+    until(Duration::from_secs(30), "B is held", || {
+        hold.hold.is_reached()
+    })
+    .await;
+    for n in 0..3 {
+        a.run(vec![
+            values(Op::Set("after".into(), n)),
+            values(Op::Remove(format!("k{n:04}"))),
+        ])
+        .await
+        .unwrap();
+    }
+    a.maps.trim_changes(Duration::ZERO).await.unwrap();
+    hold.hold.release();
+    within(Duration::from_secs(60), "B catches up", catching_up)
+        .await
+        .unwrap()
         .unwrap();
     b.sync().await;
     assert_redo_order(&b.recorder.notes(), true);
