@@ -32,6 +32,8 @@ postgres_tests! {
         postgres_the_follower_survives_a_stall_and_sync_fails_typed_meanwhile;
     the_followers_survive_terminated_connections_among_writers =>
         postgres_the_followers_survive_terminated_connections_among_writers;
+    a_rebuild_whose_read_fails_midway_is_followed_by_another =>
+        postgres_a_rebuild_whose_read_fails_midway_is_followed_by_another;
 }
 
 fn quick_retries() -> MapSettings {
@@ -296,4 +298,106 @@ async fn the_followers_survive_terminated_connections_among_writers(url: &str) {
     .unwrap();
     assert_eq!(transactions.len(), usize::try_from(operations).unwrap());
     assert!(!a.maps.health().crashed() && !b.maps.health().crashed());
+}
+
+/// Records each rebuild (after reading it: a rebuild cut short is recorded short) and each
+/// change; the first rebuild stops at a gate after its first entry.
+#[derive(Clone)]
+struct CutShort {
+    recorder: crate::kit::Recorder,
+    gate: std::sync::Arc<crate::kit::Gate>,
+    first: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ofx_diesel::maps::MapObserver<String, i64> for CutShort {
+    fn changed(&self, change: &ofx_diesel::maps::MapChange<String, i64>) {
+        self.recorder.of(VALUES).changed(change);
+    }
+
+    fn rebuild(
+        &self,
+        mut entries: ofx_diesel::maps::Rebuild<String, i64>,
+    ) -> ofx_core::ScopeFuture<'_, ()> {
+        Box::pin(async move {
+            let sequence = entries.sequence();
+            let mut content = Vec::new();
+            content.extend(entries.next().await);
+            if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.gate.pass().await;
+            }
+            while let Some(entry) = entries.next().await {
+                content.push(entry);
+            }
+            self.recorder
+                .notes
+                .lock()
+                .unwrap()
+                .push(crate::kit::Note::Rebuild {
+                    map: VALUES.to_owned(),
+                    sequence,
+                    entries: content,
+                });
+        })
+    }
+}
+
+/// Host B reads rebuilds two entries a page; an observer's rebuild stops after its first entry
+/// while the server terminates every connection to the database: "if reading it fails midway,
+/// the stream ends early and another rebuild follows, before any change". The observer's
+/// content is then exact, and stays exact with later changes.
+async fn a_rebuild_whose_read_fails_midway_is_followed_by_another(url: &str) {
+    type B = ofx_diesel::Postgres;
+    let a = Host::<B>::open_with(url, quick_retries(), |_| {}).await;
+    let mut settings = quick_retries();
+    settings.rebuild_page = 2;
+    let b = Host::<B>::open_with(url, settings, |_| {}).await;
+    a.run(
+        (0..20)
+            .map(|n| values(Op::Set(format!("k{n:02}"), n)))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    b.sync().await;
+    let name = crate::kit::fresh_gate();
+    let observer = CutShort {
+        recorder: crate::kit::Recorder::default(),
+        gate: crate::kit::gate(&name),
+        first: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    b.map(VALUES).subscribe(observer.clone());
+    observer.gate.reached(1).await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    crate::kit::postgres_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = {} AND pid <> pg_backend_pid()",
+        quote(&database)
+    ))
+    .await;
+    observer.gate.open();
+    a.run(vec![
+        values(Op::Remove("k05".into())),
+        values(Op::Set("new".into(), 1)),
+    ])
+    .await
+    .unwrap();
+    b.maps.sync_within(Duration::from_secs(30)).await.unwrap();
+    let notes = observer.recorder.notes();
+    let expected = table(&a.db, VALUES).await;
+    assert_eq!(
+        crate::kit::content_of(&notes, VALUES),
+        expected,
+        "the observer's content: {notes:#?}"
+    );
+    // Any rebuild cut short is followed by another before any change.
+    for (at, note) in notes.iter().enumerate() {
+        if let crate::kit::Note::Rebuild { entries, .. } = note
+            && entries.len() < 19
+        {
+            assert!(
+                notes.get(at + 1).is_some_and(crate::kit::Note::is_rebuild),
+                "a short rebuild, then no rebuild: {notes:#?}"
+            );
+        }
+    }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use diesel::QueryResult;
 use diesel::QueryableByName;
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-use ofx_core::{Command, CommandContext, ComputeService, Hub, command_handler, service};
+use ofx_core::{
+    Command, CommandContext, ComputeService, Hub, command_handler, compute_method, service,
+};
 use ofx_diesel::maps::{
     ManagerChange, ManagerObserver, MapAction, MapChange, MapManager, MapObserver, MapSettings,
     Rebuild, ReliableMap, TransactionCommitted,
@@ -53,6 +55,8 @@ pub(crate) enum Op {
     NestedSwallowed(Vec<Step>),
     /// Tells the gate of this name that it was reached, and waits until it is opened.
     Pause(String),
+    /// Fails the command unless `get_in` of the key gives this value.
+    Expect(String, Option<i64>),
 }
 
 pub(crate) fn on(map: &str, op: Op) -> Step {
@@ -81,6 +85,8 @@ pub(crate) struct Run {
 pub(crate) enum RunError {
     #[error("failed on purpose")]
     Failed,
+    #[error("get_in {0}: expected {1:?}, got {2:?}")]
+    Unexpected(String, Option<i64>, Option<i64>),
     #[error(transparent)]
     Db(#[from] ofx_diesel::Error),
     #[error(transparent)]
@@ -127,9 +133,38 @@ impl<B: Backend> Writer<B> {
                     let _ = self.hub.commander().call(Run { steps }).await;
                 }
                 Op::Pause(name) => gate(&name).pass().await,
+                Op::Expect(key, expected) => {
+                    let got = map.get_in(ctx, &key).await?;
+                    if got != expected {
+                        return Err(RunError::Unexpected(key, expected, got));
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// The sum of the values of `values`, computed from its `entries` (a compute method that
+    /// depends on the map's).
+    #[compute_method]
+    pub(crate) async fn total(&self) -> Result<i64, String> {
+        let map = self
+            .maps
+            .map::<String, i64>(VALUES)
+            .map_err(|e| e.to_string())?;
+        let entries = map.entries().await.map_err(|e| e.to_string())?;
+        Ok(entries.iter().map(|(_, value)| value).sum())
+    }
+
+    /// Twice the value of `key` in `values`, from its `get`.
+    #[compute_method]
+    pub(crate) async fn doubled(&self, key: String) -> Result<Option<i64>, String> {
+        let map = self
+            .maps
+            .map::<String, i64>(VALUES)
+            .map_err(|e| e.to_string())?;
+        let value = map.get(&key).await.map_err(|e| e.to_string())?;
+        Ok(value.map(|value| value * 2))
     }
 }
 

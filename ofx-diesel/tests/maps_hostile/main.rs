@@ -42,6 +42,7 @@ macro_rules! postgres_tests {
 mod kit;
 mod proxy;
 
+mod edges;
 mod failure;
 mod manager;
 mod order;

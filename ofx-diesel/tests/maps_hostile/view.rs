@@ -16,6 +16,61 @@ backend_tests! {
     an_index_stays_exact_through_writes_trims_and_restores =>
         sqlite_an_index_stays_exact_through_writes_trims_and_restores,
         postgres_an_index_stays_exact_through_writes_trims_and_restores;
+    an_index_stays_exact_with_the_followers_own_trims =>
+        sqlite_an_index_stays_exact_with_the_followers_own_trims,
+        postgres_an_index_stays_exact_with_the_followers_own_trims;
+}
+
+/// The followers trim by themselves (a retention of 1 ms, a trim every 20 ms) while writers
+/// write on three hosts, one of them deaf: every index equals the table's.
+async fn an_index_stays_exact_with_the_followers_own_trims<B: Sql>(url: &str) {
+    let indexes = [Index::default(), Index::default(), Index::default()];
+    let mut trimming = MapSettings::default();
+    trimming.change_retention = Some(Duration::from_millis(1));
+    trimming.trim_period = Duration::from_millis(20);
+    let mut deaf_trimming = trimming.clone();
+    deaf_trimming.poll_period = deaf().poll_period;
+    deaf_trimming.read_batch = 4;
+    let open = |settings: MapSettings, index: &Index| {
+        let index = index.clone();
+        Host::<B>::open_with(url, settings, move |maps| {
+            maps.map::<String, i64>(VALUES).unwrap().subscribe(index);
+        })
+    };
+    let a = open(trimming.clone(), &indexes[0]).await;
+    let b = open(deaf_trimming, &indexes[1]).await;
+    let c = open(MapSettings::default(), &indexes[2]).await;
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..6_u64 {
+        let hub = [&a, &b, &c][usize::try_from(writer % 3).unwrap()]
+            .hub()
+            .clone();
+        writers.spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(2000 + writer);
+            for _ in 0..50 {
+                let _ = run_on(&hub, random_steps(&mut rng, 0)).await;
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let expected = table(&a.db, VALUES).await;
+    for (n, host) in [&a, &b, &c].into_iter().enumerate() {
+        host.sync().await;
+        assert_eq!(
+            indexes[n].snapshot(),
+            Index::of(&expected),
+            "host {n}'s index ({:?})",
+            host.maps.status()
+        );
+        assert_redo_order(&host.recorder.notes(), false);
+        assert_eq!(host.recorder.content(VALUES), expected, "host {n}");
+    }
+    assert!(
+        crate::kit::log_rows(&a.db).await < 20,
+        "the followers trimmed the log"
+    );
 }
 
 fn random_steps(rng: &mut rand::rngs::StdRng, depth: u32) -> Vec<Step> {
