@@ -12,6 +12,11 @@ backend_tests! {
         postgres_undecodable_rows_are_not_announced_as_transactions;
 }
 
+postgres_tests! {
+    a_transaction_that_only_read_with_get_in_does_not_queue_map_writers =>
+        postgres_a_transaction_that_only_read_with_get_in_does_not_queue_map_writers;
+}
+
 /// Promise (module docs, "Order"; `TransactionCommitted`; the brief's "undecodable rows are
 /// skipped"): `transaction_committed` comes *after the changes of its transaction*, and
 /// `TransactionCommitted::changes` is "how many changes it made"; a change that does not decode
@@ -36,7 +41,10 @@ async fn undecodable_rows_are_not_announced_as_transactions<B: Sql>(url: &str) {
     a.sync().await;
     let mut hand = Vec::new();
     for (body, operation) in [
-        ("not json at all".to_owned(), uuid::Uuid::new_v4().to_string()),
+        (
+            "not json at all".to_owned(),
+            uuid::Uuid::new_v4().to_string(),
+        ),
         (
             r#"{"map":"values","action":"add","key":5,"new":1}"#.to_owned(),
             uuid::Uuid::new_v4().to_string(),
@@ -74,4 +82,54 @@ async fn undecodable_rows_are_not_announced_as_transactions<B: Sql>(url: &str) {
         // Every transaction announced is preceded by its changes.
         assert_redo_order(&notes, true);
     }
+}
+
+/// Statement (module docs, "Order"): "Map writers queue on one lock per database (PostgreSQL: a
+/// transaction-scoped advisory lock …), taken at a transaction's first map **write** and held
+/// until it commits"; "a transaction that writes maps should be short".
+///
+/// Reproduction (PostgreSQL): command 1 on host A calls only `get_in` (a read) and then waits
+/// (a gate, standing for slow work in the handler); command 2 on host B does one `set`.
+///
+/// Observed: command 2 waits for command 1's transaction: `pg_locks` shows it waiting on an
+/// `advisory` lock held by command 1, which has written nothing. `get_in` takes the maps' lock
+/// (which makes read-then-write safe, but is not what the docs say): a transaction that only
+/// reads a map through `get_in` holds up every map writer of the database for as long as it
+/// runs. Either the docs should say that `get_in` queues like a write (and "a transaction that
+/// reads or writes maps should be short"), or `get_in` should not take the lock.
+async fn a_transaction_that_only_read_with_get_in_does_not_queue_map_writers(url: &str) {
+    use crate::kit::{fresh_gate, gate, run_on, within};
+    use std::time::Duration;
+    type B = ofx_diesel::Postgres;
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open(url).await;
+    let name = fresh_gate();
+    let reader = {
+        let hub = a.hub().clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            run_on(
+                &hub,
+                vec![
+                    values(Op::Expect("k".into(), None)),
+                    values(Op::Pause(name)),
+                ],
+            )
+            .await
+        })
+    };
+    gate(&name).reached(1).await;
+    let writer = b.run(vec![values(Op::Set("k".into(), 1))]);
+    let written = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    let waits = crate::order::lock_waits(&a.db).await;
+    gate(&name).open();
+    within(Duration::from_secs(30), "the reader", reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        written.is_ok(),
+        "a writer waited 10 s behind a transaction that only read with get_in (waiting on: \
+         {waits:?})"
+    );
 }

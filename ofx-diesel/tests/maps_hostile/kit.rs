@@ -57,6 +57,8 @@ pub(crate) enum Op {
     Pause(String),
     /// Fails the command unless `get_in` of the key gives this value.
     Expect(String, Option<i64>),
+    /// Records the operation id under this tag (see [`tagged`]).
+    Tag(String),
 }
 
 pub(crate) fn on(map: &str, op: Op) -> Step {
@@ -133,6 +135,9 @@ impl<B: Backend> Writer<B> {
                     let _ = self.hub.commander().call(Run { steps }).await;
                 }
                 Op::Pause(name) => gate(&name).pass().await,
+                Op::Tag(tag) => {
+                    TAGS.lock().unwrap().insert(tag, ctx.operation_id());
+                }
                 Op::Expect(key, expected) => {
                     let got = map.get_in(ctx, &key).await?;
                     if got != expected {
@@ -166,6 +171,13 @@ impl<B: Backend> Writer<B> {
         let value = map.get(&key).await.map_err(|e| e.to_string())?;
         Ok(value.map(|value| value * 2))
     }
+}
+
+static TAGS: LazyLock<Mutex<HashMap<String, uuid::Uuid>>> = LazyLock::new(Default::default);
+
+/// The operation id of the command that ran `Op::Tag(tag)`.
+pub(crate) fn tagged(tag: &str) -> Option<uuid::Uuid> {
+    TAGS.lock().unwrap().get(tag).copied()
 }
 
 // ---------------------------------------------------------------------------------------------

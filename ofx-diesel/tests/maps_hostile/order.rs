@@ -35,6 +35,18 @@ backend_tests! {
     a_writer_paused_in_its_transaction_holds_back_later_commits =>
         sqlite_a_writer_paused_in_its_transaction_holds_back_later_commits,
         postgres_a_writer_paused_in_its_transaction_holds_back_later_commits;
+    a_write_after_a_read_sees_what_committed_in_between =>
+        sqlite_a_write_after_a_read_sees_what_committed_in_between,
+        postgres_a_write_after_a_read_sees_what_committed_in_between;
+    changes_carry_their_commands_operation_id =>
+        sqlite_changes_carry_their_commands_operation_id,
+        postgres_changes_carry_their_commands_operation_id;
+    tiny_read_batches_and_rebuild_pages_change_nothing =>
+        sqlite_tiny_read_batches_and_rebuild_pages_change_nothing,
+        postgres_tiny_read_batches_and_rebuild_pages_change_nothing;
+    a_host_without_the_written_maps_gets_the_same_transactions =>
+        sqlite_a_host_without_the_written_maps_gets_the_same_transactions,
+        postgres_a_host_without_the_written_maps_gets_the_same_transactions;
     a_writer_whose_first_map_write_was_rolled_back_still_queues_others =>
         sqlite_a_writer_whose_first_map_write_was_rolled_back_still_queues_others,
         postgres_a_writer_whose_first_map_write_was_rolled_back_still_queues_others;
@@ -472,4 +484,224 @@ async fn a_writer_whose_first_map_write_was_rolled_back_still_queues_others<B: S
         ],
     )
     .await;
+}
+
+/// Command 1 (host A) reads keys with `get_in` (before any map write: it may not hold the maps'
+/// lock yet) and pauses; command 2 (host B) adds, updates and removes those keys and commits;
+/// command 1 then writes them: its writes see command 2's (the changes fit: no `Add` of a
+/// present key, no `Update` from a stale value), or it fails; either way every host's
+/// notifications replay to the table.
+async fn a_write_after_a_read_sees_what_committed_in_between<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open(url).await;
+    a.run(vec![
+        values(Op::Set("u".into(), 1)),
+        values(Op::Set("r".into(), 1)),
+    ])
+    .await
+    .unwrap();
+    let name = fresh_gate();
+    let first = {
+        let hub = a.hub().clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            run_on(
+                &hub,
+                vec![
+                    values(Op::Expect("n".into(), None)),
+                    values(Op::Expect("u".into(), Some(1))),
+                    values(Op::Expect("r".into(), Some(1))),
+                    values(Op::Pause(name)),
+                    values(Op::Set("n".into(), 10)),
+                    values(Op::Set("u".into(), 10)),
+                    values(Op::Set("r".into(), 10)),
+                    values(Op::Remove("gone".into())),
+                ],
+            )
+            .await
+        })
+    };
+    gate(&name).reached(1).await;
+    // The second command commits while the first is paused (if the first holds the maps'
+    // lock already, it waits: then open the gate first).
+    let mut second = {
+        let hub = b.hub().clone();
+        tokio::spawn(async move {
+            run_on(
+                &hub,
+                vec![
+                    values(Op::Add("n".into(), 2)),
+                    values(Op::Update("u".into(), 2)),
+                    values(Op::Remove("r".into())),
+                    values(Op::Set("gone".into(), 2)),
+                ],
+            )
+            .await
+        })
+    };
+    // Done within 2 s unless it waits for the first (which then holds the maps' lock).
+    let second_first = tokio::time::timeout(Duration::from_secs(2), &mut second)
+        .await
+        .ok();
+    let second_was_first = second_first.is_some();
+    gate(&name).open();
+    let first = within(Duration::from_secs(30), "the first", first)
+        .await
+        .unwrap();
+    let second = match second_first {
+        Some(second) => second.unwrap(),
+        None => within(Duration::from_secs(30), "the second", second)
+            .await
+            .unwrap(),
+    };
+    first.unwrap();
+    if second_was_first {
+        // The first wrote after the second committed: its `set`s update the second's values.
+        second.unwrap();
+    } else {
+        // The second waited for the first (which held the maps' lock from its `get_in`, or
+        // its transaction's start): the first commits, then the second's `add` of `n` is
+        // refused.
+        assert!(second.is_err());
+    }
+    assert_eq!(
+        table(&a.db, VALUES).await,
+        [
+            ("n".to_owned(), 10),
+            ("r".to_owned(), 10),
+            ("u".to_owned(), 10)
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_hosts_agree(&[&a, &b]).await;
+}
+
+/// Each change, and each transaction, carries the operation id of the command that made it
+/// (the outermost command's for a nested one), on every host.
+async fn changes_carry_their_commands_operation_id<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open(url).await;
+    let tag = format!("tag-{}", uuid::Uuid::new_v4().simple());
+    let nested_tag = format!("{tag}-nested");
+    a.run(vec![
+        values(Op::Tag(tag.clone())),
+        values(Op::Set("a".into(), 1)),
+        values(Op::Nested(vec![
+            values(Op::Tag(nested_tag.clone())),
+            other(Op::Set("b".into(), 2)),
+        ])),
+    ])
+    .await
+    .unwrap();
+    let operation = crate::kit::tagged(&tag).unwrap();
+    assert_eq!(crate::kit::tagged(&nested_tag), Some(operation));
+    assert_hosts_agree(&[&a, &b]).await;
+    for host in [&a, &b] {
+        for note in host.recorder.after_start() {
+            match note {
+                Note::Change { operation: id, .. } => assert_eq!(id, operation),
+                Note::Committed(committed) => assert_eq!(committed.operation, operation),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A host reading one change at a time and rebuilding one entry a page, another that does so
+/// and polls only hourly, and a third with the defaults, under random writers with restores and
+/// nested commands: they agree.
+async fn tiny_read_batches_and_rebuild_pages_change_nothing<B: Sql>(url: &str) {
+    let mut tiny = ofx_diesel::maps::MapSettings::default();
+    tiny.read_batch = 1;
+    tiny.rebuild_page = 1;
+    let mut tiny_deaf = deaf();
+    tiny_deaf.read_batch = 1;
+    tiny_deaf.rebuild_page = 1;
+    let a = Host::<B>::open_with(url, tiny, |_| {}).await;
+    let b = Host::<B>::open_with(url, tiny_deaf, |_| {}).await;
+    let c = Host::<B>::open(url).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..6_u64 {
+        let hub = [&a, &b, &c][usize::try_from(writer % 3).unwrap()]
+            .hub()
+            .clone();
+        tasks.spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(300 + writer);
+            for round in 0..25 {
+                let mut steps = random_steps(&mut rng, 0);
+                if round % 10 == 9 {
+                    steps.push(values(Op::Restore(
+                        (0..rng.random_range(0..8))
+                            .map(|n| (format!("k{n:02}"), n))
+                            .collect(),
+                    )));
+                }
+                let _ = run_on(&hub, steps).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let d = Host::<B>::open_with(
+        url,
+        {
+            let mut settings = ofx_diesel::maps::MapSettings::default();
+            settings.rebuild_page = 1;
+            settings
+        },
+        |_| {},
+    )
+    .await;
+    for host in [&a, &b, &c, &d] {
+        host.sync().await;
+        assert_redo_order(&host.recorder.notes(), false);
+        for map in [VALUES, OTHER] {
+            assert_eq!(host.recorder.content(map), table(&a.db, map).await, "{map}");
+        }
+    }
+    assert_eq!(a.recorder.committed(), b.recorder.committed());
+    assert_eq!(a.recorder.committed(), c.recorder.committed());
+}
+
+/// A host whose manager has only `values` (no `other`, no observer of it) gets the same
+/// `transaction_committed` notifications (sequence, operation, number of changes) as a host
+/// with both maps, also for transactions that write only `other`.
+async fn a_host_without_the_written_maps_gets_the_same_transactions<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let db = ofx_diesel::DbHub::<B>::open(url, crate::kit::fast())
+        .await
+        .unwrap();
+    let maps = ofx_diesel::maps::MapManager::new(&db);
+    let recorder = crate::kit::Recorder::default();
+    maps.subscribe(recorder.clone());
+    maps.map::<String, i64>(VALUES)
+        .unwrap()
+        .subscribe(recorder.of(VALUES));
+    let _hub = ofx_core::Hub::builder()
+        .with(db.clone())
+        .with(maps.clone())
+        .start()
+        .await
+        .unwrap();
+    maps.ready().await.unwrap();
+    a.run(vec![
+        values(Op::Set("v".into(), 1)),
+        other(Op::Set("o".into(), 1)),
+    ])
+    .await
+    .unwrap();
+    a.run(vec![
+        other(Op::Set("p".into(), 2)),
+        other(Op::Remove("o".into())),
+    ])
+    .await
+    .unwrap();
+    a.run(vec![values(Op::Set("w".into(), 3))]).await.unwrap();
+    a.sync().await;
+    maps.sync_within(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(recorder.committed(), a.recorder.committed());
+    assert_eq!(recorder.committed().len(), 3);
+    assert_eq!(recorder.content(VALUES), table(&a.db, VALUES).await);
 }

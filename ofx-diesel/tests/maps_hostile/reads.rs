@@ -22,6 +22,9 @@ backend_tests! {
     cached_reads_are_fresh_after_a_coverage_loss =>
         sqlite_cached_reads_are_fresh_after_a_coverage_loss,
         postgres_cached_reads_are_fresh_after_a_coverage_loss;
+    a_writer_far_behind_reads_its_write_when_its_call_returns =>
+        sqlite_a_writer_far_behind_reads_its_write_when_its_call_returns,
+        postgres_a_writer_far_behind_reads_its_write_when_its_call_returns;
     cached_reads_are_fresh_after_restore_clear_and_removal =>
         sqlite_cached_reads_are_fresh_after_restore_clear_and_removal,
         postgres_cached_reads_are_fresh_after_restore_clear_and_removal;
@@ -248,4 +251,33 @@ async fn cached_reads_are_fresh_after_restore_clear_and_removal<B: Sql>(url: &st
         other.sync().await;
         assert_reads_fresh(other, &format!("the other host after round {n}")).await;
     }
+}
+
+/// Host B (deaf) caches reads, falls far behind (A commits 40 transactions, then trims the log,
+/// so B's follower must lose coverage and rebuild to reach B's own commit), then writes: when
+/// B's call returns, B reads its write, and every read is fresh (B's follower went through
+/// everything before B's commit, in order).
+async fn a_writer_far_behind_reads_its_write_when_its_call_returns<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open_with(url, deaf(), |_| {}).await;
+    assert_reads_fresh(&b, "before").await;
+    let mine = "mine".to_owned();
+    assert_eq!(b.map(VALUES).get(&mine).await.unwrap(), None);
+    for n in 0..40 {
+        a.run(vec![
+            values(Op::Set(key(usize::try_from(n).unwrap() % KEYS), n)),
+            values(Op::Remove(key(usize::try_from(n + 3).unwrap() % KEYS))),
+        ])
+        .await
+        .unwrap();
+    }
+    a.maps.trim_changes(Duration::ZERO).await.unwrap();
+    b.run(vec![values(Op::Set(mine.clone(), 1))]).await.unwrap();
+    assert_eq!(
+        b.map(VALUES).get(&mine).await.unwrap(),
+        Some(1),
+        "read-your-writes"
+    );
+    assert_reads_fresh(&b, "right after B's call").await;
+    assert_eq!(b.maps.status().coverage_losses, 1);
 }
