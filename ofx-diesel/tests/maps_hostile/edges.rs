@@ -35,6 +35,15 @@ backend_tests! {
     compute_methods_over_map_reads_are_fresh =>
         sqlite_compute_methods_over_map_reads_are_fresh,
         postgres_compute_methods_over_map_reads_are_fresh;
+    a_map_removed_and_written_again_in_one_transaction =>
+        sqlite_a_map_removed_and_written_again_in_one_transaction,
+        postgres_a_map_removed_and_written_again_in_one_transaction;
+    observers_coming_and_going_while_changes_stream_see_contiguous_changes =>
+        sqlite_observers_coming_and_going_while_changes_stream_see_contiguous_changes,
+        postgres_observers_coming_and_going_while_changes_stream_see_contiguous_changes;
+    the_status_counts_what_was_delivered =>
+        sqlite_the_status_counts_what_was_delivered,
+        postgres_the_status_counts_what_was_delivered;
     a_manager_on_a_second_hub_is_refused =>
         sqlite_a_manager_on_a_second_hub_is_refused,
         postgres_a_manager_on_a_second_hub_is_refused;
@@ -409,4 +418,161 @@ async fn a_manager_on_a_second_hub_is_refused<B: Sql>(url: &str) {
         a.recorder.content(VALUES).len() == 1
     })
     .await;
+}
+
+/// `remove_map` then writes to the same map in one transaction, and a restore after a removal:
+/// on both hosts the observers' content is the table's, in redo order.
+async fn a_map_removed_and_written_again_in_one_transaction<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open(url).await;
+    a.run(vec![
+        values(Op::Set("a".into(), 1)),
+        values(Op::Set("b".into(), 2)),
+    ])
+    .await
+    .unwrap();
+    a.run(vec![
+        values(Op::RemoveMap),
+        values(Op::Add("a".into(), 10)),
+        values(Op::Update("a".into(), 11)),
+    ])
+    .await
+    .unwrap();
+    b.run(vec![
+        values(Op::Set("c".into(), 3)),
+        values(Op::RemoveMap),
+        values(Op::Restore(vec![("r".into(), 5)])),
+        values(Op::Set("s".into(), 6)),
+    ])
+    .await
+    .unwrap();
+    for host in [&a, &b] {
+        host.sync().await;
+        assert_eq!(host.recorder.content(VALUES), table(&a.db, VALUES).await);
+        assert_eq!(
+            host.map(VALUES).entries().await.unwrap(),
+            vec![("r".to_owned(), 5), ("s".to_owned(), 6)]
+        );
+    }
+    assert_eq!(a.recorder.after_start(), b.recorder.after_start());
+}
+
+/// Observers subscribed and unsubscribed on B all the time while A streams transactions: each
+/// gets one rebuild as of s, then the changes after s as B's first recorder got them, without
+/// a gap, until it was unsubscribed.
+async fn observers_coming_and_going_while_changes_stream_see_contiguous_changes<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open(url).await;
+    let writing = {
+        let hub = a.hub().clone();
+        tokio::spawn(async move {
+            for n in 0..200_i64 {
+                run_on(
+                    &hub,
+                    vec![
+                        values(Op::Set(format!("k{}", n % 17), n)),
+                        values(Op::Remove(format!("k{}", (n + 8) % 17))),
+                    ],
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let map = b.map(VALUES);
+    let mut live: Vec<(u64, Recorder)> = Vec::new();
+    let mut gone: Vec<Recorder> = Vec::new();
+    let mut round = 0_usize;
+    while !writing.is_finished() {
+        let recorder = Recorder::default();
+        live.push((map.subscribe(recorder.of(VALUES)), recorder));
+        if round % 2 == 1 {
+            let (id, recorder) = live.remove(round % live.len());
+            assert!(map.unsubscribe(id));
+            gone.push(recorder);
+        }
+        round += 1;
+        let seen = b.recorder.len();
+        until(Duration::from_secs(30), "progress", || {
+            b.recorder.len() > seen + 3 || writing.is_finished()
+        })
+        .await;
+    }
+    writing.await.unwrap();
+    b.sync().await;
+    assert!(round > 5, "{round} rounds");
+    let reference: Vec<Note> = b
+        .recorder
+        .notes()
+        .into_iter()
+        .filter(|note| matches!(note, Note::Change { .. }))
+        .collect();
+    let expected_table = table(&a.db, VALUES).await;
+    for (n, recorder) in live
+        .iter()
+        .map(|(_, recorder)| recorder)
+        .chain(gone.iter())
+        .enumerate()
+    {
+        let notes = recorder.notes();
+        if notes.is_empty() {
+            continue;
+        }
+        let Note::Rebuild { sequence, .. } = &notes[0] else {
+            panic!("observer {n}: a rebuild first: {notes:?}");
+        };
+        let from = reference
+            .iter()
+            .position(|note| matches!(note, Note::Change { position, .. } if position > sequence))
+            .unwrap_or(reference.len());
+        let got = &notes[1..];
+        assert!(got.iter().all(|note| !note.is_rebuild()), "observer {n}");
+        assert_eq!(
+            got,
+            &reference[from..from + got.len()],
+            "observer {n}: contiguous from {sequence}"
+        );
+    }
+    for (_, recorder) in &live {
+        assert_eq!(content_of(&recorder.notes(), VALUES), expected_table);
+    }
+}
+
+/// The status counts the transactions, changes and rebuilds delivered.
+async fn the_status_counts_what_was_delivered<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    let start = a.maps.status();
+    assert!(start.ready);
+    assert_eq!(start.rebuilds, 2, "one per observer: {start:?}");
+    assert_eq!((start.changes, start.transactions), (0, 0));
+    a.run(vec![
+        values(Op::Set("a".into(), 1)),
+        other(Op::Set("b".into(), 1)),
+    ])
+    .await
+    .unwrap();
+    a.run(vec![values(Op::Set("c".into(), 1))]).await.unwrap();
+    a.run(vec![
+        other(Op::Remove("b".into())),
+        values(Op::Clear),
+        values(Op::Set("d".into(), 1)),
+    ])
+    .await
+    .unwrap();
+    a.sync().await;
+    let status = a.maps.status();
+    assert_eq!(status.transactions, 3, "{status:?}");
+    assert_eq!(status.changes, 6, "{status:?}");
+    assert_eq!(status.position, log_head(&a.db).await);
+    a.run(vec![values(Op::Restore(vec![("r".into(), 1)]))])
+        .await
+        .unwrap();
+    a.sync().await;
+    let status = a.maps.status();
+    assert_eq!(status.rebuilds, 3, "the restore's: {status:?}");
+    assert_eq!(status.transactions, 4, "{status:?}");
+    assert_eq!(
+        (status.coverage_losses, status.skipped, status.last_error),
+        (0, 0, None)
+    );
 }

@@ -17,6 +17,9 @@ backend_tests! {
     shutting_a_hub_down_stops_its_follower =>
         sqlite_shutting_a_hub_down_stops_its_follower,
         postgres_shutting_a_hub_down_stops_its_follower;
+    shutting_a_hub_down_stops_a_follower_waiting_for_a_rebuild =>
+        sqlite_shutting_a_hub_down_stops_a_follower_waiting_for_a_rebuild,
+        postgres_shutting_a_hub_down_stops_a_follower_waiting_for_a_rebuild;
     undecodable_changes_are_skipped_and_counted =>
         sqlite_undecodable_changes_are_skipped_and_counted,
         postgres_undecodable_changes_are_skipped_and_counted;
@@ -34,9 +37,11 @@ postgres_tests! {
         postgres_the_followers_survive_terminated_connections_among_writers;
     a_rebuild_whose_read_fails_midway_is_followed_by_another =>
         postgres_a_rebuild_whose_read_fails_midway_is_followed_by_another;
+    a_read_on_a_silent_connection_is_abandoned_and_retried =>
+        postgres_a_read_on_a_silent_connection_is_abandoned_and_retried;
 }
 
-fn quick_retries() -> MapSettings {
+pub(crate) fn quick_retries() -> MapSettings {
     let mut settings = MapSettings::default();
     settings.retry_max = Duration::from_millis(200);
     settings.refresh_timeout = Duration::from_secs(2);
@@ -400,4 +405,55 @@ async fn a_rebuild_whose_read_fails_midway_is_followed_by_another(url: &str) {
             );
         }
     }
+}
+
+/// The hub is dropped while its follower waits for an observer's rebuild (which waits for a
+/// gate that is never opened): the follower still stops.
+async fn shutting_a_hub_down_stops_a_follower_waiting_for_a_rebuild<B: Sql>(url: &str) {
+    let a = Host::<B>::open(url).await;
+    a.run(vec![values(Op::Set("a".into(), 1))]).await.unwrap();
+    let name = crate::kit::fresh_gate();
+    let observer = CutShort {
+        recorder: crate::kit::Recorder::default(),
+        gate: crate::kit::gate(&name),
+        first: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    a.map(VALUES).subscribe(observer.clone());
+    observer.gate.reached(1).await;
+    let health = a.maps.health();
+    drop(a);
+    let ended = within(
+        Duration::from_secs(10),
+        "the follower stops while a rebuild waits",
+        health.ended(),
+    )
+    .await;
+    assert_eq!(ended, TaskState::Stopped);
+    observer.gate.open();
+}
+
+/// Host B's open connections go silent for good (a half-dead network path) while new ones
+/// work: its follower's read hangs, is abandoned after `refresh_timeout` (2 s) and retried on a
+/// new connection, so B catches up with A's writes.
+async fn a_read_on_a_silent_connection_is_abandoned_and_retried(url: &str) {
+    use crate::proxy::Proxy;
+    type B = ofx_diesel::Postgres;
+    let proxy = Proxy::start(url).await;
+    let a = Host::<B>::open(url).await;
+    let b = Host::<B>::open_with(proxy.url(), quick_retries(), |_| {}).await;
+    a.run(vec![values(Op::Set("a".into(), 1))]).await.unwrap();
+    b.sync().await;
+    proxy.silence_open_connections();
+    for n in 0..3 {
+        a.run(vec![values(Op::Set(format!("k{n}"), n))])
+            .await
+            .unwrap();
+    }
+    let caught_up = b.maps.sync_within(Duration::from_secs(30)).await;
+    assert!(
+        caught_up.is_ok(),
+        "{caught_up:?}, status {:?}",
+        b.maps.status()
+    );
+    assert_hosts_agree(&[&a, &b]).await;
 }
