@@ -426,14 +426,18 @@ fn deliver<B: Backend>(inner: &ManagerInner<B>, rows: &[StreamRow]) {
                     continue;
                 }
             };
-            inner.counters.changes.fetch_add(1, Ordering::Relaxed);
-            decoded += 1;
             let Some(map) = inner.map_named(&change.map) else {
-                continue; // not a map of this host
+                // A map this host does not have: a change all the same.
+                inner.counters.changes.fetch_add(1, Ordering::Relaxed);
+                decoded += 1;
+                continue;
             };
             if let Err(reason) = map.deliver(&change, position, sequence, operation_id) {
                 skip(inner, position, &reason);
+                continue;
             }
+            inner.counters.changes.fetch_add(1, Ordering::Relaxed);
+            decoded += 1;
             if let Some(hub) = &hub {
                 map.invalidate(hub, inner.id, &change);
             }

@@ -265,6 +265,8 @@ impl<K: MapKey, V: MapKey> ErasedMap for MapShared<K, V> {
             self.reset();
             return Ok(());
         }
+        // Decoded whether or not anyone observes: what does not decode is skipped everywhere.
+        let action = self.decode_action(change)?;
         let observers: Vec<Arc<dyn MapObserver<K, V>>> = self
             .slots()
             .iter()
@@ -275,7 +277,7 @@ impl<K: MapKey, V: MapKey> ErasedMap for MapShared<K, V> {
             return Ok(());
         }
         let change = MapChange {
-            action: self.decode_action(change)?,
+            action,
             sequence,
             position,
             operation,

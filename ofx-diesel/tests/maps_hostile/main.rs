@@ -48,4 +48,5 @@ mod manager;
 mod order;
 mod reads;
 mod rebuild;
+mod regressions;
 mod view;
