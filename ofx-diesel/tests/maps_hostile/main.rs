@@ -40,6 +40,8 @@ macro_rules! postgres_tests {
 }
 
 mod kit;
+// The state service's hostile suite's proxy, shared.
+#[path = "../state_hostile/proxy.rs"]
 mod proxy;
 
 mod edges;
