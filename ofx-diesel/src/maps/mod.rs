@@ -69,11 +69,11 @@
 //! use ofx_diesel::{DbHub, DbSettings, Sqlite};
 //! use std::sync::atomic::{AtomicI64, Ordering};
 //!
-//! /// The total of every value, kept exact by notifications.
-//! #[derive(Default)]
-//! struct Total(AtomicI64);
+//! /// The total of every value, kept exact by notifications (clones share it).
+//! #[derive(Clone, Default)]
+//! struct Total(std::sync::Arc<AtomicI64>);
 //!
-//! impl MapObserver<String, i64> for std::sync::Arc<Total> {
+//! impl MapObserver<String, i64> for Total {
 //!     fn changed(&self, change: &MapChange<String, i64>) {
 //!         match &change.action {
 //!             MapAction::Add { value, .. } => self.0.fetch_add(*value, Ordering::Relaxed),
@@ -98,7 +98,7 @@
 //! let db = DbHub::<Sqlite>::open("app.db", DbSettings::default()).await?;
 //! let maps = MapManager::new(&db);
 //! let balances = maps.map::<String, i64>("balances")?;
-//! let total = std::sync::Arc::new(Total::default());
+//! let total = Total::default();
 //! balances.subscribe(total.clone());
 //! let hub = ofx_core::Hub::builder().with(db.clone()).with(maps.clone()).start().await?;
 //! maps.ready().await?;
