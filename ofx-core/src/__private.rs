@@ -2,7 +2,9 @@
 //!
 //! Not public API: no semver guarantee. Use the macros instead.
 
-pub use crate::command::registry::CommandRegistration;
+pub use crate::command::registry::{
+    CommandRegistration, OutputEncoder, OutputProbe, ProbeOpaque, ProbeSerialize,
+};
 pub use crate::{ComputeOutput, ComputeService};
 pub use core::future::Future;
 pub use core::marker::PhantomData;

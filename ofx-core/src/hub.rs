@@ -1,7 +1,7 @@
 //! [`Hub`]: one host's runtime.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use std::any::{Any, TypeId};
@@ -47,6 +47,8 @@ struct HubInner {
     host_id: HostId,
     registry: Registry,
     versions: AtomicU64,
+    /// The operation log position replayed through (-1: none yet); see `Hub::log_position`.
+    log_position: AtomicI64,
     shutdown: CancellationToken,
     /// The command handlers of the services added with `add_service`, by command type.
     handlers: papaya::HashMap<TypeId, HandlerEntry, foldhash::fast::RandomState>,
@@ -108,6 +110,24 @@ impl Hub {
     pub fn invalidate_everything(&self) {
         tracing::info!(host = %self.inner.host_id, "invalidating every cached value");
         self.inner.registry.invalidate_everything();
+    }
+
+    /// The operation log position this hub has replayed through, as its log reader last
+    /// reported it: every operation committed at or below it, by any host, is reflected in this
+    /// hub's cache. `None` while no reader has reported (a hub without a database). Values
+    /// computed after reading it reflect at least that position: what live values over HTTP
+    /// put in their frames' ids.
+    pub fn log_position(&self) -> Option<i64> {
+        let position = self.inner.log_position.load(Ordering::Acquire);
+        (position >= 0).then_some(position)
+    }
+
+    /// Records that this hub has replayed the operation log through `position` (what a log
+    /// reader calls). The position never goes back: a lower one is ignored.
+    pub fn advance_log_position(&self, position: i64) {
+        self.inner
+            .log_position
+            .fetch_max(position, Ordering::AcqRel);
     }
 
     /// A token cancelled when the hub is dropped: background tasks of this hub stop on it.
@@ -495,6 +515,7 @@ impl HubBuilder {
                 host_id: self.host_id.unwrap_or_default(),
                 registry: Registry::new(self.capacity, self.event_listener),
                 versions: AtomicU64::new(0),
+                log_position: AtomicI64::new(-1),
                 shutdown: CancellationToken::new(),
                 handlers: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
                 adding: Mutex::new(()),

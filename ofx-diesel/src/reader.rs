@@ -164,6 +164,22 @@ impl Progress {
         }
     }
 
+    /// The highest index at or below which everything is replayed (`None`: not known yet, or
+    /// transactions in flight at the reader's start may still fill indexes below its start).
+    fn replayed_through(&self) -> Option<i64> {
+        if self.start_pending_through.is_some() {
+            return None;
+        }
+        let mut through = self.cursor;
+        if let Some(gap) = self.first_gap {
+            through = through.min(gap - 1);
+        }
+        if let Some(retry) = self.first_retry {
+            through = through.min(retry - 1);
+        }
+        (through >= 0).then_some(through)
+    }
+
     fn replayed(&self, sequence: i64) -> bool {
         sequence <= self.cursor
             && self.first_gap.is_none_or(|gap| gap > sequence)
@@ -730,7 +746,13 @@ impl<B: Backend> Reader<B> {
                     pause
                 }
             };
-            self.progress.send_replace(state.progress());
+            let progress = state.progress();
+            if let Some(through) = progress.replayed_through()
+                && let Some(hub) = self.hub.upgrade()
+            {
+                hub.advance_log_position(through);
+            }
+            self.progress.send_replace(progress);
             if self.stop.is_cancelled() {
                 return;
             }

@@ -99,6 +99,14 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
         const _: () = {
             ::ofx_core::__private::inventory::submit! {
                 ::ofx_core::__private::CommandRegistration::of::<#ident>()
+                    .with_output_encoder({
+                        fn output_encoder() -> ::core::option::Option<::ofx_core::__private::OutputEncoder> {
+                            #[allow(unused_imports)]
+                            use ::ofx_core::__private::{ProbeOpaque as _, ProbeSerialize as _};
+                            (&&::ofx_core::__private::OutputProbe::<#output>::NEW).output_encoder()
+                        }
+                        output_encoder
+                    })
             }
         };
     };

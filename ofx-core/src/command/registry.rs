@@ -10,6 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 
+use serde::Serialize;
+
 use super::Command;
 use crate::Error;
 
@@ -36,7 +38,13 @@ pub struct CommandRegistration {
     pub decode: fn(serde_json::Value) -> Result<Box<ErasedCommand>, serde_json::Error>,
     /// Encodes the command for the log.
     pub encode: fn(&ErasedCommand) -> Result<serde_json::Value, serde_json::Error>,
+    /// How to encode the command's output as JSON: `Some` when the output type implements
+    /// `Serialize` (found by the derive), for endpoints that run commands by name.
+    pub output_encoder: fn() -> Option<OutputEncoder>,
 }
+
+/// Encodes a handler's type-erased output as JSON (see [`CommandRegistration::output_encoder`]).
+pub type OutputEncoder = fn(&BoxedOutput) -> Result<serde_json::Value, serde_json::Error>;
 
 impl CommandRegistration {
     /// The registration of `C`.
@@ -48,7 +56,71 @@ impl CommandRegistration {
             backend: C::BACKEND,
             decode: decode::<C>,
             encode: encode::<C>,
+            output_encoder: no_output_encoder,
         }
+    }
+
+    /// With `output_encoder` (the derive passes one that finds it by type).
+    pub const fn with_output_encoder(
+        mut self,
+        output_encoder: fn() -> Option<OutputEncoder>,
+    ) -> Self {
+        self.output_encoder = output_encoder;
+        self
+    }
+}
+
+fn no_output_encoder() -> Option<OutputEncoder> {
+    None
+}
+
+/// Finds, by type, how to encode a command's output: `Some` when `O: Serialize`, `None`
+/// otherwise. Generated code calls `(&&OutputProbe::<O>::NEW).output_encoder()` with both probe
+/// traits in scope: method lookup picks [`ProbeSerialize`] when `O: Serialize` and falls back
+/// to [`ProbeOpaque`].
+pub struct OutputProbe<O>(std::marker::PhantomData<fn() -> O>);
+
+impl<O> OutputProbe<O> {
+    /// The probe.
+    pub const NEW: Self = Self(std::marker::PhantomData);
+}
+
+impl<O> std::fmt::Debug for OutputProbe<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputProbe")
+    }
+}
+
+/// The probe for outputs that implement `Serialize`.
+pub trait ProbeSerialize {
+    /// `Some(encoder)`.
+    fn output_encoder(&self) -> Option<OutputEncoder>;
+}
+
+impl<O: Serialize + 'static> ProbeSerialize for &OutputProbe<O> {
+    fn output_encoder(&self) -> Option<OutputEncoder> {
+        Some(encode_output::<O>)
+    }
+}
+
+/// The probe for every other output.
+pub trait ProbeOpaque {
+    /// `None`: the output cannot be encoded.
+    fn output_encoder(&self) -> Option<OutputEncoder>;
+}
+
+impl<O> ProbeOpaque for OutputProbe<O> {
+    fn output_encoder(&self) -> Option<OutputEncoder> {
+        None
+    }
+}
+
+fn encode_output<O: Serialize + 'static>(
+    output: &BoxedOutput,
+) -> Result<serde_json::Value, serde_json::Error> {
+    match output.downcast_ref::<O>() {
+        Some(output) => serde_json::to_value(output),
+        None => unreachable!("an output is encoded by the registration of its command"),
     }
 }
 

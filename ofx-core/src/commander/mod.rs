@@ -277,6 +277,49 @@ impl Commander {
         self.run(call, options).await
     }
 
+    /// Like [`call_by_name`](Self::call_by_name), with the output encoded as JSON: `Some` when
+    /// the command's output type implements `Serialize`, `None` when it does not (or, logged
+    /// at warn level, when encoding it failed: the command committed all the same). What a web
+    /// endpoint that runs commands by name uses.
+    ///
+    /// # Errors
+    /// As [`call_by_name`](Self::call_by_name).
+    pub async fn call_json(
+        &self,
+        name: &str,
+        command: serde_json::Value,
+        options: CallOptions,
+    ) -> Result<Executed<Option<serde_json::Value>>, Error> {
+        let executed = self.call_by_name(name, command, options).await?;
+        let encoder = registry::registry()?
+            .by_name(name)
+            .and_then(|registration| (registration.output_encoder)());
+        let output = encoder.and_then(|encode| match encode(&executed.output) {
+            Ok(json) => Some(json),
+            Err(error) => {
+                tracing::warn!(command = name, operation = %executed.operation, %error,
+                    "the command committed but its output could not be encoded as JSON");
+                None
+            }
+        });
+        Ok(Executed {
+            output,
+            operation: executed.operation,
+            committed: executed.committed,
+        })
+    }
+
+    /// Whether a command is registered under `name`, and if so whether it is a backend command
+    /// (`Some(true)`: refused from clients).
+    ///
+    /// # Errors
+    /// [`Error::DuplicateCommandName`] when the program's command registry is inconsistent.
+    pub fn is_backend_command(name: &str) -> Result<Option<bool>, Error> {
+        Ok(registry::registry()?
+            .by_name(name)
+            .map(|registration| registration.backend))
+    }
+
     async fn run_typed<C: Command>(
         &self,
         command: C,
