@@ -26,6 +26,7 @@
 //!     pub async fn greeting(&self, name: String) -> String { format!("hello, {name}") }
 //! }
 //!
+//! # async fn ctrl_c() {} // tokio::signal::ctrl_c with tokio's `signal` feature
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 //! let hub = Hub::new()?;
 //! let clock = Arc::new(Clock { hub: hub.clone() });
@@ -39,7 +40,7 @@
 //! let shutdown = ofx.clone();
 //! axum::serve(listener, app)
 //!     .with_graceful_shutdown(async move {
-//!         let _ = tokio::signal::ctrl_c().await;
+//!         ctrl_c().await;
 //!         shutdown.shutdown(); // live streams end, so the graceful shutdown can finish
 //!     })
 //!     .await?;

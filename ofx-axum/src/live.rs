@@ -21,7 +21,9 @@
 //! ```
 //!
 //! - `event` is `init` for the first frame of a connection, `update` after; `error` (with a
-//!   message as data) when the value could not be computed or encoded, which ends the stream.
+//!   message as data) when the value could not be computed or encoded (or its compute method
+//!   panicked), which ends the stream. A recomputation that yields the same JSON as the last
+//!   frame sends nothing.
 //! - `id` is a [`LiveFrameId`]: the value's version (greater for every recomputation on this
 //!   host) and the operation log position this host had replayed through before computing it
 //!   (every operation committed at or below it, by any host, is reflected in the value);
@@ -42,10 +44,14 @@
 //! # Cost
 //!
 //! An open stream holds one cached value alive and waits on it: a commit that invalidates
-//! something else costs it nothing.
+//! something else costs it nothing. The values live streams show stay in the hub's cache, so
+//! give the hub a [capacity](ofx_core::HubBuilder::capacity) above the number of distinct live
+//! values served: a value evicted to make room is recomputed by its stream (and sent only if it
+//! changed).
 
 use std::convert::Infallible;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -54,7 +60,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use ofx_core::{ComputeMethod, ComputeService, Computed, capture};
 use serde::Deserialize;
 use serde::Serialize;
@@ -153,7 +159,15 @@ struct LiveQuery {
 /// When they are not the method's arguments (400).
 fn decode_args<A: DeserializeOwned>(query: &LiveQuery) -> Result<A, LiveArgsRejection> {
     let text = query.args.as_deref().unwrap_or("null");
-    serde_json::from_str(text).map_err(|error| LiveArgsRejection {
+    let decoded = serde_json::from_str(text).or_else(|error| {
+        // `[]` is how a client writes "no arguments": the unit tuple's JSON is `null`.
+        if text.trim() == "[]" {
+            serde_json::from_str("null").map_err(|_| error)
+        } else {
+            Err(error)
+        }
+    });
+    decoded.map_err(|error| LiveArgsRejection {
         status: StatusCode::BAD_REQUEST,
         message: format!("`args` must be the method's arguments as a JSON array: {error}"),
     })
@@ -244,6 +258,7 @@ impl Ofx {
             reconnect_after: self.settings().reconnect_after,
             first: true,
             ended: false,
+            last_data: None,
         };
         Sse::new(futures_util::stream::unfold(live, Live::next))
             .keep_alive(KeepAlive::new().interval(self.settings().keep_alive))
@@ -261,6 +276,8 @@ struct Live<M: ComputeMethod> {
     reconnect_after: std::time::Duration,
     first: bool,
     ended: bool,
+    /// The data of the last frame sent: a recomputation to the same value sends nothing.
+    last_data: Option<String>,
 }
 
 impl<M> Live<M>
@@ -281,37 +298,58 @@ where
                 () = computed.when_invalidated() => {}
             }
         }
-        let position = self.service.hub().log_position();
-        let captured = tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => return None,
-            captured = capture(self.method.call(&self.service, self.args.clone())) => captured,
-        };
-        let frame = match captured {
-            Ok((value, computed)) => {
-                let id = LiveFrameId {
-                    version: computed.version(),
-                    position,
-                };
-                let kind = if self.first { "init" } else { "update" };
-                let mut event = Event::default().event(kind).id(id.to_string());
-                if self.first {
-                    event = event.retry(self.reconnect_after);
+        loop {
+            let position = self.service.hub().log_position();
+            let call = capture(self.method.call(&self.service, self.args.clone()));
+            let captured = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                captured = AssertUnwindSafe(call).catch_unwind() => captured,
+            };
+            let (value, computed) = match captured {
+                Ok(Ok(captured)) => captured,
+                Ok(Err(error)) => {
+                    let frame =
+                        self.error_frame(format!("the value could not be computed: {error}"));
+                    return Some((Ok(frame), self));
                 }
-                match event.json_data(&value) {
-                    Ok(event) => {
-                        self.first = false;
-                        self.computed = Some(computed);
-                        event
-                    }
-                    Err(error) => {
-                        self.error_frame(format!("the value could not be encoded: {error}"))
-                    }
+                Err(_panic) => {
+                    let frame = self.error_frame("the compute method panicked".to_owned());
+                    return Some((Ok(frame), self));
+                }
+            };
+            let data = match serde_json::to_string(&value) {
+                Ok(data) => data,
+                Err(error) => {
+                    let frame =
+                        self.error_frame(format!("the value could not be encoded: {error}"));
+                    return Some((Ok(frame), self));
+                }
+            };
+            if self.last_data.as_deref() == Some(data.as_str()) {
+                // Recomputed to the same value (invalidated by a change that did not change
+                // it, or evicted): nothing to send; wait for the next invalidation.
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => return None,
+                    () = computed.when_invalidated() => continue,
                 }
             }
-            Err(error) => self.error_frame(format!("the value could not be computed: {error}")),
-        };
-        Some((Ok(frame), self))
+            let id = LiveFrameId {
+                version: computed.version(),
+                position,
+            };
+            let kind = if self.first { "init" } else { "update" };
+            let mut event = Event::default().event(kind).id(id.to_string());
+            if self.first {
+                event = event.retry(self.reconnect_after);
+            }
+            let event = event.data(data.as_str());
+            self.first = false;
+            self.computed = Some(computed);
+            self.last_data = Some(data);
+            return Some((Ok(event), self));
+        }
     }
 
     fn error_frame(&mut self, message: String) -> Event {

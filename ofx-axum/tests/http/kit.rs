@@ -121,6 +121,13 @@ impl Notes {
         (version, "x".repeat(self.blob_size))
     }
 
+    /// Panics when asked to.
+    #[compute_method]
+    pub async fn fragile(&self, panic: bool) -> u64 {
+        assert!(!panic, "fragile was asked to panic");
+        7
+    }
+
     #[command_handler]
     pub async fn add(&self, command: AddNote, ctx: &CommandContext) -> Result<Note, NoteError> {
         invalidate! {
@@ -195,6 +202,13 @@ impl Notes {
             .unwrap()
     }
 
+    /// Invalidates `list(owner)` without changing anything.
+    pub fn touch_list(&self, owner: &str) {
+        invalidate! {
+            self.list(owner.to_owned());
+        }
+    }
+
     /// Changes the blob and invalidates it.
     pub fn bump_blob(&self) -> u64 {
         let version = self.blob_version.fetch_add(1, Ordering::SeqCst) + 1;
@@ -257,7 +271,8 @@ impl Host {
             .nest("/commands", ofx.command_router())
             .route("/live/list", ofx.live(&notes, Notes::list_method()))
             .route("/live/count", ofx.live(&notes, Notes::count_method()))
-            .route("/live/blob", ofx.live(&notes, Notes::blob_method()));
+            .route("/live/blob", ofx.live(&notes, Notes::blob_method()))
+            .route("/live/fragile", ofx.live(&notes, Notes::fragile_method()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {

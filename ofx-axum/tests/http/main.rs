@@ -7,7 +7,7 @@ mod kit;
 
 use std::time::Duration;
 
-use kit::{Host, SseClient, args, post, temp_path, two_hosts};
+use kit::{Host, Notes, SseClient, args, post, temp_path, two_hosts};
 use ofx_axum::{LiveFrameId, OfxSettings};
 use ofx_core::ComputeMethod;
 use serde_json::json;
@@ -311,6 +311,73 @@ async fn a_slow_client_gets_the_latest_value_not_a_backlog() {
         computed < updates / 4,
         "{computed} computations for {updates} updates: the stream computed frames the client could not take"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_that_changes_nothing_sends_no_frame() {
+    let (a, _b) = two_hosts().await;
+    let mut live = SseClient::open(
+        &format!("{}/live/list?args={}", a.url, args(json!(["ann"]))),
+        None,
+    )
+    .await;
+    assert_eq!(live.next().await.json(), json!({"Ok": []}));
+    let computations = Notes::list_method().descriptor().computations();
+    a.notes.touch_list("ann");
+    // The stream recomputes (the value was invalidated) before the next change is made.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Notes::list_method().descriptor().computations() == computations {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream did not recompute"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    post(
+        &format!("{}/commands/notes.add", a.url),
+        json!({"owner": "ann", "text": "real"}).to_string(),
+    )
+    .await;
+    let next = live.next().await;
+    assert_eq!(
+        next.json()["Ok"][0]["text"],
+        "real",
+        "no frame for the unchanged value"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compute_method_that_panics_ends_the_stream_with_an_error_frame() {
+    let (a, _b) = two_hosts().await;
+    let mut live = SseClient::open(
+        &format!("{}/live/fragile?args={}", a.url, args(json!([true]))),
+        None,
+    )
+    .await;
+    let frame = live.next().await;
+    assert_eq!(frame.event.as_deref(), Some("error"));
+    assert!(frame.data.contains("panicked"), "{frame:?}");
+    assert_eq!(live.next_within(Duration::from_secs(5)).await, None);
+    // The host still serves.
+    let mut live = SseClient::open(
+        &format!("{}/live/fragile?args={}", a.url, args(json!([false]))),
+        None,
+    )
+    .await;
+    assert_eq!(live.next().await.json(), json!(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_without_arguments_takes_no_args_or_an_empty_array() {
+    let (a, _b) = two_hosts().await;
+    for url in [
+        format!("{}/live/blob", a.url),
+        format!("{}/live/blob?args=%5B%5D", a.url),
+    ] {
+        let mut live = SseClient::open(&url, None).await;
+        assert_eq!(live.status, 200, "{url}");
+        assert_eq!(live.next().await.json()[0], 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
