@@ -211,6 +211,10 @@ async fn invalidations(host: &BenchHost) -> f64 {
 async fn run() {
     let streams = host("streams").await;
     let bare = host("bare").await;
+    let cached = host("cached").await;
+    for key in 0..STREAMS {
+        cached.counters.value(key).await;
+    }
     let frames = Arc::new(AtomicU64::new(0));
     let opening = Instant::now();
     open_streams(&streams, &frames).await;
@@ -224,11 +228,14 @@ async fn run() {
     commands(&bare).await;
     let mut command_medians = (Vec::new(), Vec::new());
     let mut invalidation_medians = (Vec::new(), Vec::new());
+    let mut cached_medians = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         command_medians.0.push(commands(&streams).await);
         command_medians.1.push(commands(&bare).await);
+        cached_medians.0.push(commands(&cached).await);
         invalidation_medians.0.push(invalidations(&streams).await);
         invalidation_medians.1.push(invalidations(&bare).await);
+        cached_medians.1.push(invalidations(&cached).await);
     }
     // Let any frame that was (wrongly) produced arrive before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -253,6 +260,11 @@ async fn run() {
     println!(
         "  with {STREAMS} streams: {inv_with:.0}   without: {inv_without:.0}   difference: {:+.0} ns per value touched (target ≤ 1,000)",
         inv_with - inv_without
+    );
+    println!(
+        "the same with {STREAMS} cached values and no stream: commit {:.1} µs, invalidation {:.0} ns",
+        median(cached_medians.0.clone()),
+        median(cached_medians.1.clone())
     );
     println!("frames sent by the {STREAMS} streams after their first: {extra_frames} (must be 0)");
     assert_eq!(
