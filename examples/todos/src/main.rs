@@ -41,8 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // it (its log reader, trimmer and watcher start here), the service.
     let db = DbHub::<Sqlite>::open(&path, DbSettings::default()).await?;
     set_watcher(&db, &which, &watch_dir)?;
-    let hub = Hub::builder().with(db.clone()).start().await?;
-    let todos = Todos::open(&hub, db.clone()).await?;
+    let (hub, todos) = Todos::start(db.clone()).await?;
     let commander = hub.commander();
     let alice = || "alice".to_owned();
     commander
@@ -173,8 +172,7 @@ async fn two_hosts(
     info!(watcher = %which, "7. host B opens the same database; a watcher wakes its log reader");
     let db_b = DbHub::<Sqlite>::open(path, DbSettings::default()).await?;
     set_watcher(&db_b, which, watch_dir)?;
-    let hub_b = Hub::builder().with(db_b.clone()).start().await?;
-    let todos_b = Todos::open(&hub_b, db_b.clone()).await?;
+    let (_hub_b, todos_b) = Todos::start(db_b.clone()).await?;
 
     for round in 1..=3 {
         let (open, computed) = capture(todos_b.open_count("alice".to_owned())).await?;
@@ -211,8 +209,7 @@ async fn follow(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut settings = DbSettings::default();
     settings.poll_period = std::time::Duration::from_millis(20);
     let db = DbHub::<Sqlite>::open(path, settings).await?;
-    let hub = Hub::builder().with(db.clone()).start().await?;
-    let todos = Todos::open(&hub, db.clone()).await?;
+    let (_hub, todos) = Todos::start(db.clone()).await?;
     let mut stdin = tokio::io::stdin();
     let mut closed = Box::pin(async move {
         let mut buffer = [0_u8; 64];
@@ -246,8 +243,7 @@ async fn check(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut settings = DbSettings::default();
     settings.poll_period = std::time::Duration::from_millis(20);
     let db = DbHub::<Sqlite>::open(path, settings).await?;
-    let hub = Hub::builder().with(db.clone()).start().await?;
-    let todos = Todos::open(&hub, db.clone()).await?;
+    let (hub, todos) = Todos::start(db.clone()).await?;
     let reader = db.log_reader(&hub).ok_or("the hub runs no log reader")?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = std::io::stdout();
