@@ -6,7 +6,10 @@
 //! each owner's figures ([`History`], [`Figures`]) on every host, in memory: what
 //! [`Todos::figures`] reads.
 //!
-//! Run the demo with `cargo run -p todos`.
+//! Run the demo with `cargo run -p todos`, or serve it on two hosts with
+//! `cargo run -p todos -- serve` ([`web`]).
+
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
