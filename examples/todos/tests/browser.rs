@@ -1,6 +1,7 @@
 //! The demo in a real browser: headless Chromium, driven through ChromeDriver (WebDriver),
 //! opens host A's page and host B's page of `todos serve`; a todo added on A (typed, clicked)
-//! shows on B without a reload, and completing it on B shows on A. The latency from the click
+//! shows on B without a reload, completing it on B shows on A; another is renamed on A and
+//! removed on B. The latency from the click
 //! to the other page's DOM update is measured from the timestamps the pages record, printed,
 //! and written with screenshots of both pages to `target/browser-artifacts/`.
 //!
@@ -192,19 +193,45 @@ async fn scenario(served: &Served, a: &Client, b: &Client) -> Result<String, Fai
     appears(a, &done).await?;
     let completed = stamp(a, "lastUpdateAt").await? - stamp(b, "lastClickAt").await?;
     appears(b, &done).await?;
+
+    // Rename on A (through the page's prompt), seen on B; remove on B, gone from A.
+    let second = format!(r#"li[data-title="{}"]"#, titles[1]);
+    a.find(Locator::Css(&format!("{second} button.rename")))
+        .await?
+        .click()
+        .await?;
+    let renamed = format!("{} (renamed)", titles[1]);
+    a.send_alert_text(&renamed).await?;
+    a.accept_alert().await?;
+    let renamed = format!(r#"li[data-title="{renamed}"]"#);
+    appears(b, &renamed).await?;
+    b.find(Locator::Css(&format!("{renamed} button.remove")))
+        .await?
+        .click()
+        .await?;
+    for page in [a, b] {
+        page.wait()
+            .at_most(DEADLINE)
+            .for_element(Locator::XPath(&format!(
+                "//ul[@id='todos' and count(li) = {}]",
+                ADDS - 1
+            )))
+            .await?;
+    }
+
     // The open count and the history's figures followed on both pages.
     for page in [a, b] {
         page.wait()
             .at_most(DEADLINE)
             .for_element(Locator::XPath(&format!(
                 "//span[@id='open-count' and text()='{}']",
-                ADDS - 1
+                ADDS - 2
             )))
             .await?;
         page.wait()
             .at_most(DEADLINE)
             .for_element(Locator::XPath(&format!(
-                "//span[@id='figures' and starts-with(text(), '{ADDS} added, 1 completed')]"
+                "//span[@id='figures' and starts-with(text(), '{ADDS} added, 1 completed, 1 removed')]"
             )))
             .await?;
     }
