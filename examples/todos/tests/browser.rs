@@ -164,6 +164,7 @@ async fn scenario(served: &Served, a: &Client, b: &Client) -> Result<String, Fai
     // Add on A, typed and clicked: the first add is cold (first command, first recomputations
     // on both hosts); the next ones measure the latency again, warm.
     let mut added = Vec::new();
+    let mut answered = Vec::new();
     let mut titles = Vec::new();
     for round in 1..=ADDS {
         let title = format!(
@@ -177,8 +178,10 @@ async fn scenario(served: &Served, a: &Client, b: &Client) -> Result<String, Fai
         a.find(Locator::Id("add")).await?.click().await?;
         let on_b = format!(r#"li[data-title="{title}"][data-done="false"]"#);
         appears(b, &on_b).await?;
-        added.push(stamp(b, "lastUpdateAt").await? - stamp(a, "lastClickAt").await?);
+        let clicked = stamp(a, "lastClickAt").await?;
+        added.push(stamp(b, "lastUpdateAt").await? - clicked);
         appears(a, &on_b).await?;
+        answered.push(stamp(a, "lastAnswerAt").await? - clicked);
         titles.push(title);
     }
     let title = &titles[0];
@@ -244,6 +247,7 @@ async fn scenario(served: &Served, a: &Client, b: &Client) -> Result<String, Fai
         "click→B DOM: {:.1} ms (add on host A, seen on host B; first add, cold)\n\
          click→B DOM: {:.1} ms (the same, warm: mean of {} more adds; each {warm:.1?})\n\
          click→A DOM: {completed:.1} ms (complete on host B, seen on host A)\n\
+         click→A's command answered: {answered:.1?} ms (each add)\n\
          clock skew between the pages: {skew:.1} ms (±1 ms)\n",
         added[0],
         warm.iter().sum::<f64>() / warm.len() as f64,

@@ -107,6 +107,7 @@ async function command(name, body) {
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(body),
   });
+  document.body.dataset.lastAnswerAt = String(now());
   const answer = await response.json().catch(() => ({}));
   if (!response.ok) showMessage(answer.message || response.statusText);
   // Nothing else to do: the live streams bring the change, here and on every other host.
