@@ -2,8 +2,16 @@
 //! commands that write through the operation scope (the operation is logged in the same
 //! transaction) and whose invalidation branches say what each change makes stale.
 //!
-//! Run the demo with `cargo run -p todos`.
+//! The commands also append to a stream, `todos.history`, that a **state service** projects into
+//! each owner's figures ([`History`], [`Figures`]) on every host, in memory: what
+//! [`Todos::figures`] reads.
+//!
+//! Run the demo with `cargo run -p todos`, or serve it on two hosts with
+//! `cargo run -p todos -- serve` ([`web`]).
 
+pub mod web;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,6 +21,7 @@ use ofx_core::{
     Command, CommandContext, ComputeService, Hub, OperationItem, command_handler, compute_method,
     invalidate, service,
 };
+use ofx_diesel::state::{Projection, Rejection, StateService};
 use ofx_diesel::{DbHub, Sqlite};
 use serde::{Deserialize, Serialize};
 
@@ -154,11 +163,97 @@ impl OperationItem for Owner {
     const KEY: &'static str = "todos.owner";
 }
 
+/// What happened to the todos: the events of the `todos.history` stream, appended by the
+/// commands in their own transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HistoryEvent {
+    /// A todo was added for `owner`.
+    Added {
+        /// Whose todo.
+        owner: String,
+    },
+    /// A todo of `owner`'s was marked done (only the first time).
+    Completed {
+        /// Whose todo.
+        owner: String,
+    },
+    /// A todo of `owner`'s was removed.
+    Removed {
+        /// Whose todo.
+        owner: String,
+    },
+}
+
+/// One owner's figures: how many todos were ever added, completed and removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Figures {
+    /// Todos added.
+    pub added: u64,
+    /// Todos completed.
+    pub completed: u64,
+    /// Todos removed.
+    pub removed: u64,
+}
+
+/// The projected state: every owner's figures (a few owners: cloning it per applied batch is
+/// cheap).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryState {
+    /// Figures by owner.
+    pub owners: BTreeMap<String, Figures>,
+}
+
+/// The projection of the `todos.history` stream into [`HistoryState`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct History;
+
+impl Projection for History {
+    type Event = HistoryEvent;
+    type State = HistoryState;
+    const NAME: &'static str = "todos.history";
+    const VERSION: u32 = 1;
+
+    fn initial(&self) -> HistoryState {
+        HistoryState::default()
+    }
+
+    fn apply(
+        &self,
+        state: &mut HistoryState,
+        event: HistoryEvent,
+        _position: u64,
+    ) -> Result<(), Rejection> {
+        let (owner, field): (String, fn(&mut Figures) -> &mut u64) = match event {
+            HistoryEvent::Added { owner } => (owner, |f| &mut f.added),
+            HistoryEvent::Completed { owner } => (owner, |f| &mut f.completed),
+            HistoryEvent::Removed { owner } => (owner, |f| &mut f.removed),
+        };
+        *field(state.owners.entry(owner).or_default()) += 1;
+        Ok(())
+    }
+}
+
+/// The state service that keeps [`History`] on a host.
+pub type HistoryService = StateService<History, Sqlite>;
+
+/// An owner's figures as [`Todos::figures`] returns them, with the stream position they are
+/// at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerFigures {
+    /// The figures.
+    #[serde(flatten)]
+    pub figures: Figures,
+    /// The position in the `todos.history` stream of the last event applied on this host.
+    pub position: u64,
+}
+
 /// The todo service: reads go through compute methods, writes through commands.
 #[derive(Debug)]
 pub struct Todos {
     hub: Hub,
     db: DbHub<Sqlite>,
+    history: HistoryService,
     /// How many times a compute method read the database, for the demo and tests.
     pub reads: AtomicU64,
 }
@@ -176,19 +271,61 @@ fn failed(error: impl std::fmt::Display) -> String {
 
 #[service]
 impl Todos {
-    /// The service on `db` (its schema created if needed), attached to `hub`.
+    /// The last two steps of a host on `db` (whose watcher, if any, is set): starts a hub with
+    /// the database and the history's state service, adds the service, and waits until the
+    /// state service caught up with the stream (commands need it).
+    ///
+    /// # Errors
+    /// When the hub cannot start, the schema cannot be created, or the state service cannot
+    /// load.
+    pub async fn start(db: DbHub<Sqlite>) -> Result<(Hub, Arc<Self>), TodoError> {
+        let history = StateService::new(&db, History);
+        let hub = Hub::builder()
+            .with(db.clone())
+            .with(history.clone())
+            .start()
+            .await?;
+        let todos = Self::open(&hub, db, history).await?;
+        todos.history.ready().await?;
+        Ok((hub, todos))
+    }
+
+    /// The service on `db` (its schema created if needed), attached to `hub`, appending to and
+    /// reading `history` (attached to `hub` too, for commands to run: see
+    /// [`start`](Self::start)).
     ///
     /// # Errors
     /// When the schema cannot be created.
-    pub async fn open(hub: &Hub, db: DbHub<Sqlite>) -> Result<Arc<Self>, TodoError> {
+    pub async fn open(
+        hub: &Hub,
+        db: DbHub<Sqlite>,
+        history: HistoryService,
+    ) -> Result<Arc<Self>, TodoError> {
         db.connection().await?.batch_execute(SCHEMA).await?;
         let todos = Arc::new(Self {
             hub: hub.clone(),
             db,
+            history,
             reads: AtomicU64::new(0),
         });
         hub.add_service(&todos)?;
         Ok(todos)
+    }
+
+    /// The history's state service (for its status).
+    pub fn history(&self) -> &HistoryService {
+        &self.history
+    }
+
+    /// Appends `event` to the history, in the running command's transaction.
+    async fn record(&self, ctx: &CommandContext, event: HistoryEvent) -> Result<(), TodoError> {
+        self.history
+            .transaction(ctx, |_, appends| {
+                appends.push(event.clone());
+                Ok::<_, TodoError>(())
+            })
+            .await?;
+        Ok(())
     }
 
     /// One todo.
@@ -235,6 +372,28 @@ impl Todos {
         Ok(open)
     }
 
+    /// An owner's todos, in order: computed from `list` and `get`, so it depends on them (what
+    /// the web page shows live).
+    #[compute_method]
+    pub async fn view(&self, owner: String) -> Result<Vec<Todo>, String> {
+        let mut todos = Vec::new();
+        for id in self.list(owner).await? {
+            todos.extend(self.get(id).await?);
+        }
+        Ok(todos)
+    }
+
+    /// An owner's figures, from the history's state on this host: invalidated when the state
+    /// advances here (after a command on this host, or once this host followed another's).
+    #[compute_method]
+    pub async fn figures(&self, owner: String) -> Result<OwnerFigures, String> {
+        let view = self.history.local_state().await.map_err(failed)?;
+        Ok(OwnerFigures {
+            figures: view.owners.get(&owner).copied().unwrap_or_default(),
+            position: view.position,
+        })
+    }
+
     /// An owner's activity log.
     #[compute_method]
     pub async fn activity(&self, owner: String) -> Result<Vec<String>, String> {
@@ -269,8 +428,15 @@ impl Todos {
             .returning(Todo::as_returning())
             .get_result(&mut *connection)
             .await?;
-        drop(connection); // the nested command takes the scope's connection in turn
+        drop(connection); // the state service and the nested command take it in turn
         ctx.items().set(TodoId(todo.id))?;
+        self.record(
+            ctx,
+            HistoryEvent::Added {
+                owner: command.owner.clone(),
+            },
+        )
+        .await?;
         let text = format!("added {}: {}", todo.id, command.title);
         ctx.hub()
             .commander()
@@ -313,13 +479,31 @@ impl Todos {
             self.get(command.id);
         }
         let mut connection = self.db.operation_connection(ctx).await?;
-        diesel::update(todos::table.find(command.id))
+        let completed = diesel::update(todos::table.find(command.id).filter(todos::done.eq(false)))
             .set(todos::done.eq(true))
             .returning(Todo::as_returning())
             .get_result(&mut *connection)
             .await
-            .optional()?
-            .ok_or(TodoError::NotFound(command.id))
+            .optional()?;
+        let Some(todo) = completed else {
+            // Done already (nothing to write, nothing to record), or not there.
+            return todos::table
+                .find(command.id)
+                .select(Todo::as_select())
+                .first(&mut *connection)
+                .await
+                .optional()?
+                .ok_or(TodoError::NotFound(command.id));
+        };
+        drop(connection);
+        self.record(
+            ctx,
+            HistoryEvent::Completed {
+                owner: todo.owner.clone(),
+            },
+        )
+        .await?;
+        Ok(todo)
     }
 
     /// Removes a todo; its owner goes to the invalidation branch as an item.
@@ -340,6 +524,13 @@ impl Todos {
             .ok_or(TodoError::NotFound(command.id))?;
         drop(connection);
         ctx.items().set(Owner(owner.clone()))?;
+        self.record(
+            ctx,
+            HistoryEvent::Removed {
+                owner: owner.clone(),
+            },
+        )
+        .await?;
         let text = format!("removed {}", command.id);
         ctx.hub()
             .commander()

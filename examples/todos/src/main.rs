@@ -7,6 +7,8 @@
 //! `OFX_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/postgres`) or `OFX_WATCHER=redis`
 //! (`OFX_REDIS`, default `redis://127.0.0.1:6379`) wakes them through a server instead, and
 //! `OFX_WATCHER=none` leaves them to polling.
+//!
+//! `cargo run -p todos -- serve` serves the web page on two hosts instead (see [`serve`]).
 
 use std::sync::atomic::Ordering;
 
@@ -31,6 +33,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_target(false)
         .init();
+    match args.get(1).map(String::as_str) {
+        None => {}
+        Some("serve") if args.len() == 2 => return serve().await,
+        Some(_) => {
+            return Err(
+                "usage: todos [serve] (or `todos follow|check <db>`, for the tests)".into(),
+            );
+        }
+    }
 
     let path = std::env::temp_dir().join(format!("ofx-todos-{}.db", uuid::Uuid::new_v4().simple()));
     let path = path.to_string_lossy().into_owned();
@@ -41,8 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // it (its log reader, trimmer and watcher start here), the service.
     let db = DbHub::<Sqlite>::open(&path, DbSettings::default()).await?;
     set_watcher(&db, &which, &watch_dir)?;
-    let hub = Hub::builder().with(db.clone()).start().await?;
-    let todos = Todos::open(&hub, db.clone()).await?;
+    let (hub, todos) = Todos::start(db.clone()).await?;
     let commander = hub.commander();
     let alice = || "alice".to_owned();
     commander
@@ -173,8 +183,7 @@ async fn two_hosts(
     info!(watcher = %which, "7. host B opens the same database; a watcher wakes its log reader");
     let db_b = DbHub::<Sqlite>::open(path, DbSettings::default()).await?;
     set_watcher(&db_b, which, watch_dir)?;
-    let hub_b = Hub::builder().with(db_b.clone()).start().await?;
-    let todos_b = Todos::open(&hub_b, db_b.clone()).await?;
+    let (_hub_b, todos_b) = Todos::start(db_b.clone()).await?;
 
     for round in 1..=3 {
         let (open, computed) = capture(todos_b.open_count("alice".to_owned())).await?;
@@ -201,6 +210,108 @@ async fn two_hosts(
     Ok(())
 }
 
+/// `todos serve`: two hosts (two hubs on two connections) on one SQLite file, each serving the
+/// web app ([`todos::web`]) on its own port, until Ctrl-C or SIGTERM.
+///
+/// - `OFX_DB`: the SQLite file (default: a new file in the temporary directory, removed at the
+///   end).
+/// - `OFX_PORTS=a,b`: the ports of hosts A and B on 127.0.0.1 (default `8080,8081`; `0` for a
+///   free port). The URLs are printed on standard output, `host A: http://127.0.0.1:8080/`.
+/// - `OFX_WATCHER`: how the hosts wake each other, as in the console demo (`fs` by default,
+///   through the directory `<db>.watch`).
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+
+    let (path, temporary) = match std::env::var("OFX_DB") {
+        Ok(path) => (path, false),
+        Err(_) => {
+            let path = std::env::temp_dir()
+                .join(format!("ofx-todos-{}.db", uuid::Uuid::new_v4().simple()));
+            (path.to_string_lossy().into_owned(), true)
+        }
+    };
+    let ports = ports()?;
+    let which = std::env::var("OFX_WATCHER").unwrap_or_else(|_| "fs".to_owned());
+    let watch_dir = std::path::PathBuf::from(format!("{path}.watch"));
+    info!(%path, watcher = %which, "two hosts on one SQLite file");
+    // One recorder per process: both hosts render it (ofx labels its metrics by host).
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut hosts = Vec::new();
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    for (name, port) in [("A", ports[0]), ("B", ports[1])] {
+        let db = DbHub::<Sqlite>::open(&path, DbSettings::default()).await?;
+        set_watcher(&db, &which, &watch_dir)?;
+        let (hub, todos) = Todos::start(db).await?;
+        let (app, _) = todos::web::app(name, &todos, shutdown.clone(), Some(metrics.clone()));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        urls.push(format!("host {name}: http://{}/", listener.local_addr()?));
+        let stop = shutdown.clone().cancelled_owned();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }));
+        hosts.push((hub, todos));
+    }
+    let mut stdout = std::io::stdout();
+    for url in &urls {
+        writeln!(stdout, "{url}")?;
+    }
+    writeln!(stdout, "Ctrl-C stops both")?;
+    stdout.flush()?;
+
+    stopped().await?;
+    info!("stopping: the live streams end, the servers finish their requests");
+    shutdown.cancel();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    for server in servers {
+        match tokio::time::timeout_at(deadline, server).await {
+            Ok(served) => served??,
+            Err(_) => tracing::warn!("a server did not finish within a second: leaving it"),
+        }
+    }
+    drop(hosts);
+    if temporary {
+        for file in [path.clone(), format!("{path}-wal"), format!("{path}-shm")] {
+            let _ = std::fs::remove_file(file);
+        }
+        let _ = std::fs::remove_dir_all(&watch_dir);
+    }
+    Ok(())
+}
+
+/// The two ports of `OFX_PORTS` (`a,b`), `8080,8081` by default.
+fn ports() -> Result<[u16; 2], Box<dyn std::error::Error>> {
+    let Ok(text) = std::env::var("OFX_PORTS") else {
+        return Ok([8080, 8081]);
+    };
+    let bad = || format!("OFX_PORTS must be two ports, `a,b` (0: any free port), not `{text}`");
+    let (a, b) = text.split_once(',').ok_or_else(bad)?;
+    Ok([
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    ])
+}
+
+/// Until Ctrl-C (SIGINT) or SIGTERM.
+async fn stopped() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted,
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
+
 /// `todos follow <db>`: a second host in its own process. It caches alice's list, then prints
 /// `invalidated` and the recomputed list each time another process's command makes it stale
 /// (the log reader replays the operation), until its standard input closes.
@@ -211,8 +322,7 @@ async fn follow(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut settings = DbSettings::default();
     settings.poll_period = std::time::Duration::from_millis(20);
     let db = DbHub::<Sqlite>::open(path, settings).await?;
-    let hub = Hub::builder().with(db.clone()).start().await?;
-    let todos = Todos::open(&hub, db.clone()).await?;
+    let (_hub, todos) = Todos::start(db.clone()).await?;
     let mut stdin = tokio::io::stdin();
     let mut closed = Box::pin(async move {
         let mut buffer = [0_u8; 64];
@@ -246,8 +356,7 @@ async fn check(path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut settings = DbSettings::default();
     settings.poll_period = std::time::Duration::from_millis(20);
     let db = DbHub::<Sqlite>::open(path, settings).await?;
-    let hub = Hub::builder().with(db.clone()).start().await?;
-    let todos = Todos::open(&hub, db.clone()).await?;
+    let (hub, todos) = Todos::start(db.clone()).await?;
     let reader = db.log_reader(&hub).ok_or("the hub runs no log reader")?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = std::io::stdout();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ofx_core::{ComputedState, Hub, capture};
 use ofx_diesel::{DbHub, DbSettings, LogReader, Sqlite};
-use todos::{AddTodo, CompleteTodo, RemoveTodo, RenameTodo, TodoError, Todos};
+use todos::{AddTodo, CompleteTodo, Figures, RemoveTodo, RenameTodo, TodoError, Todos};
 
 fn alice() -> String {
     "alice".to_owned()
@@ -28,8 +28,7 @@ async fn host(path: &str, read: bool) -> (Hub, Arc<Todos>, Option<LogReader>) {
     settings.poll_period = Duration::from_millis(20);
     settings.read_log = read;
     let db = DbHub::<Sqlite>::open(path, settings).await.unwrap();
-    let hub = Hub::builder().with(db.clone()).start().await.unwrap();
-    let todos = Todos::open(&hub, db.clone()).await.unwrap();
+    let (hub, todos) = Todos::start(db.clone()).await.unwrap();
     let reader = db.log_reader(&hub);
     (hub, todos, reader)
 }
@@ -102,6 +101,24 @@ async fn completing_a_todo_recomputes_only_what_depends_on_it() {
         todos.activity(alice()).await.unwrap(),
         vec!["added 1: a", "added 2: b", "removed 2"]
     );
+    commander.call(CompleteTodo { id: 1 }).await.unwrap(); // done already: not counted again
+    let figures = todos.figures(alice()).await.unwrap();
+    assert_eq!(
+        figures.figures,
+        Figures {
+            added: 2,
+            completed: 1,
+            removed: 1
+        },
+        "the history's state service counted each command once"
+    );
+    assert_eq!(
+        figures.position, 5,
+        "3 added (bob's too), 1 completed, 1 removed"
+    );
+    let view = todos.view(alice()).await.unwrap();
+    assert_eq!(view.len(), 1);
+    assert!(view[0].done);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,4 +174,15 @@ async fn a_second_host_on_the_same_file_recomputes_after_the_log() {
             .expect("host B's reader replays the operation, nested command included");
     }
     assert_eq!(b.list(alice()).await, Ok(vec![1]));
+    // Host B's state service follows the history stream: its figures get there too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (figures, computed) = capture(b.figures(alice())).await.unwrap();
+        if figures.unwrap().figures.added == 1 {
+            break;
+        }
+        tokio::time::timeout_at(deadline.into(), computed.when_invalidated())
+            .await
+            .expect("host B's figures follow within 10 s");
+    }
 }

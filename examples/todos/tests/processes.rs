@@ -21,8 +21,7 @@ async fn a_command_in_one_process_invalidates_the_cache_of_another() {
     let db = DbHub::<Sqlite>::open(&path, writer_settings())
         .await
         .unwrap();
-    let hub = Hub::builder().with(db.clone()).start().await.unwrap();
-    let _todos = Todos::open(&hub, db).await.unwrap();
+    let (hub, _todos) = Todos::start(db).await.unwrap();
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_todos"))
         .args(["follow", &path])
@@ -83,8 +82,7 @@ async fn after_many_commands_the_other_process_serves_no_stale_value() {
     let db = DbHub::<Sqlite>::open(&path, writer_settings())
         .await
         .unwrap();
-    let hub = Hub::builder().with(db.clone()).start().await.unwrap();
-    let _todos = Todos::open(&hub, db.clone()).await.unwrap();
+    let (hub, todos) = Todos::start(db.clone()).await.unwrap();
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_todos"))
         .args(["check", &path])
@@ -164,7 +162,9 @@ async fn after_many_commands_the_other_process_serves_no_stale_value() {
     assert!(operations > 100 && last >= operations);
     // A hub without a reader: its values are computed fresh from the database.
     let fresh_hub = Hub::new().unwrap();
-    let fresh = Todos::open(&fresh_hub, db.clone()).await.unwrap();
+    let fresh = Todos::open(&fresh_hub, db.clone(), todos.history().clone())
+        .await
+        .unwrap();
     let expected = todos_snapshot(&fresh).await;
     assert_eq!(
         ask(last).await,
