@@ -1,6 +1,10 @@
 //! Attacks that broke a documented promise of ofx-axum: each test FAILS against the
-//! implementation it was written for. Not compiled into the `hostile` target (not declared in
-//! `main.rs`); to run one, add `mod findings;` to `main.rs`.
+//! implementation it was written for (ofx-axum at d9eb555). Not compiled into the `hostile`
+//! target (not declared in `main.rs`); to run them, add `mod findings;` above `mod kit;` in
+//! `main.rs` and run `cargo test -p ofx-axum --test hostile -- findings`.
+//!
+//! Each test says what failed (the exact assertion output), why (file:line in the
+//! implementation) and a suggested fix.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,8 +15,30 @@ use serde_json::json;
 use crate::kit::{Host, SseClient, args, post, temp_path, two_hosts, until};
 use crate::{fill_until_blocked, never_reading_client};
 
-/// FINDING: `Ofx::shutdown` does not let axum's graceful shutdown finish while a client that
-/// stopped reading holds a live stream whose socket buffers are full.
+/// FINDING 1: `Ofx::shutdown` does not let axum's graceful shutdown finish while a client that
+/// stopped reading holds a live stream whose socket buffers are full (promise: `state.rs`
+/// `Ofx::shutdown`, "so that `axum::serve(..).with_graceful_shutdown(..)` does not wait forever
+/// for streams that never end"; the lib.rs example relies on it).
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:56:13:
+/// the graceful shutdown finishes within 10 s: Elapsed(())
+/// ```
+/// Cause: the stream only sees the cancellation when hyper polls the body (`live.rs:295-307`,
+/// the `select!`s on `self.shutdown` inside `Live::next`), and hyper polls a response body only
+/// when its write buffer can take more. A client that stopped reading fills the socket buffers,
+/// hyper waits on the socket forever (there is no write timeout), never polls the stream again,
+/// and the connection's graceful shutdown (`conn.graceful_shutdown()`, which waits for the
+/// response in flight to finish) never completes; `axum::serve` waits for every connection.
+/// Nothing inside the body can fix it: it is not polled.
+/// Fix: bound the graceful shutdown outside the body: e.g. an `Ofx::serve`/helper (or the
+/// documented pattern in lib.rs) that, once the signal fired, races the serve future against
+/// a grace period and then drops it (closing the remaining connections), or serve through
+/// hyper-util's `GracefulShutdown` with a timeout; and document in `Ofx::shutdown` that a
+/// client that stopped reading can hold the graceful shutdown until then. (The same
+/// connection also outlives any keep-alive while the server runs: a per-connection write
+/// timeout would free it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_a_client_that_never_reads_blocks_the_graceful_shutdown() {
     let path = temp_path("db");
@@ -30,8 +56,26 @@ async fn finding_a_client_that_never_reads_blocks_the_graceful_shutdown() {
     stopped.expect("the graceful shutdown finishes within 10 s");
 }
 
-/// FINDING: a handler error that is transient (the database stays locked / unreachable past
-/// the retries) is answered 422 `rejected`, not 503 `unavailable`.
+/// FINDING 2: a handler error that is transient (the database stays locked / unreachable past
+/// the retries) is answered 422 `rejected`, not 503 `unavailable` (promise: `commands.rs`
+/// table, "503 `unavailable` | a transient error outlasted the retries (the database is
+/// unreachable, ...)"). A client told 422 thinks its command is wrong and does not retry.
+///
+/// Fails with (after ~15 s: three tries of SQLite's 5 s busy timeout):
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:91:5:
+/// assertion `left == right` failed: {"error":"rejected","message":"database error: database is locked"}
+///   left: (422, String("rejected"))
+///  right: (503, String("unavailable"))
+/// ```
+/// Cause: `commands.rs:153`: `into_response` matches `Error::Handler(..)` (→ 422) before the
+/// `_ if ofx.hub().is_transient(&failure)` arm (`commands.rs:170`). A database error met by a
+/// handler (`operation_connection`, a query) reaches the commander as `Error::Handler`, which
+/// `Hub::is_transient` classifies as transient (that is why it was retried three times); the
+/// 503 arm is only reachable for `Error::Scope` and the like.
+/// Fix: test `ofx.hub().is_transient(&failure)` first (before the `Error::Handler` and
+/// `Error::Rejected` arms; `is_transient_by` already excludes `CommitInDoubt` and
+/// `Permanent`-marked errors), so 422 is left for permanent handler errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_a_database_that_stays_locked_is_503_unavailable() {
     let (a, _b) = two_hosts().await;
@@ -47,7 +91,17 @@ async fn finding_a_database_that_stays_locked_is_503_unavailable() {
     assert_eq!((status, &body["error"]), (503, &json!("unavailable")), "{body}");
 }
 
-/// FINDING: the same, with a handler whose error is marked transient (`Error::transient`).
+/// FINDING 2 (b): the same, with a handler whose error is marked transient
+/// (`ofx_core::Error::transient`), without waiting for SQLite's busy timeout.
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:113:5:
+/// assertion `left == right` failed: {"error":"rejected","message":"the command handler failed: the database is unreachable"}
+///   left: (422, String("rejected"))
+///  right: (503, String("unavailable"))
+/// ```
+/// Cause and fix: as above (`commands.rs:153` before `commands.rs:170`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_a_transient_handler_error_is_503_unavailable() {
     let (a, _b) = two_hosts().await;
@@ -59,8 +113,27 @@ async fn finding_a_transient_handler_error_is_503_unavailable() {
     assert_eq!((status, &body["error"]), (503, &json!("unavailable")), "{body}");
 }
 
-/// FINDING: a recomputation to an identical value sends a frame when the value holds an
-/// unordered map (`HashMap`): its JSON comes out in another order each time.
+/// FINDING 3: a recomputation to an identical value sends a frame when the value holds an
+/// unordered map (`HashMap`, `HashSet`): its JSON comes out in another order each time, so every
+/// invalidation that changes nothing still sends the whole value (promise: `live.rs` module
+/// doc, "A recomputation that yields the same JSON as the last frame sends nothing", and the
+/// brief's "a recomputation to an identical value sends no frame"). Here the five touches
+/// that changed nothing sent five frames before the real change.
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:156:5:
+/// assertion `left == right` failed: a frame for an unchanged map
+///   left: 32
+///  right: 33
+/// ```
+/// Cause: `live.rs:321` encodes with `serde_json::to_string(&value)` and `live.rs:329`
+/// compares the text with the last frame's; a `HashMap` serializes in iteration order, which
+/// std's `RandomState` makes different for every map built (each recomputation builds one).
+/// Fix: compare values, not text: keep the last frame's `serde_json::Value`
+/// (`serde_json::to_value(&value)`) and compare with `==` (object equality ignores key order,
+/// with or without `preserve_order`), then encode the `Value` for the frame; or canonicalize
+/// (`to_value` then `to_string`: without `preserve_order` objects are `BTreeMap`s, sorted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_a_recomputation_to_an_identical_map_sends_no_frame() {
     let (a, _b) = two_hosts().await;
@@ -87,8 +160,24 @@ async fn finding_a_recomputation_to_an_identical_map_sends_no_frame() {
     );
 }
 
-/// FINDING (security, not a documented status): a command sent as `text/plain` (what a
-/// cross-site form or `fetch(.., {mode: "no-cors"})` can send without a CORS preflight) runs.
+/// FINDING 4 (security; no documented status covers it): a command sent as `text/plain`, or
+/// with no content type, runs. A cross-site page can send such a POST from the victim's
+/// browser without a CORS preflight (`<form enctype="text/plain">`, or `fetch` with
+/// `mode: "no-cors"`), with the victim's cookies: every client command is open to CSRF for an
+/// application that authenticates by cookie. axum's own `Json` extractor refuses such bodies
+/// (415) for this reason.
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:192:9:
+/// assertion `left != right` failed: Some("text/plain")
+///   left: 200
+///  right: 200
+/// ```
+/// Cause: `commands.rs:86` takes the body as raw `Bytes` and `commands.rs:118` parses it with
+/// `serde_json::from_slice` whatever the `Content-Type`.
+/// Fix: require `Content-Type: application/json` (or `application/*+json`) and answer 415
+/// `unsupported_media_type` otherwise (add it to the table), before anything runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_a_command_sent_as_text_plain_does_not_run() {
     let (a, _b) = two_hosts().await;
@@ -105,9 +194,31 @@ async fn finding_a_command_sent_as_text_plain_does_not_run() {
     assert_eq!(a.notes.rows().await, 0);
 }
 
-/// FINDING: with a capacity above the number of distinct live values served (as the
-/// documentation asks), live values computed from another value make the cache churn
-/// forever: every stream's value is evicted and recomputed in turn, with nothing changing.
+/// FINDING 5: with a capacity above the number of distinct live values served (as `live.rs`'s
+/// "Cost" section asks: 40 live values, capacity 64), live values computed from another value
+/// make the cache churn forever: each stream's value is evicted and recomputed in turn, with
+/// nothing changing (no frame is sent, but the database is queried continuously: 235
+/// recomputations in 2 s here (235 and 283 on other runs), and it does not stop).
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:243:9:
+/// 203 recomputations with nothing changing
+/// ```
+/// (The same with `list`, which depends on nothing, settles:
+/// `streams_of_values_without_dependencies_within_the_capacity_settle` in `main.rs`.)
+/// Cause: each `count(owner)` holds `list(owner)` in the cache, so 40 live values take 80
+/// entries > 64. The evictor (`ofx-core/src/computed/registry.rs:246`) evicts a consistent
+/// value that was not read since its hand passed and has no live dependent: a value a live
+/// stream holds and awaits (`live.rs:298`, `computed.when_invalidated()`) is neither read
+/// again nor depended on, so it is the first victim; its stream recomputes it at once
+/// (`live.rs:301-303`), the insert runs the evictor (`compute.rs` `lead` →
+/// `evict_if_over_capacity`), which evicts another stream's value, and so on forever.
+/// Fix: the evictor should treat a value somebody awaits (`NodeCore::changed` has listeners)
+/// as in use, like a value with a live dependent, or the live stream should hold its value
+/// as a dependent would; at least the documentation should ask for a capacity above the
+/// live values *and everything they are computed from*, and warn that below it streams
+/// recompute continuously.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finding_streams_within_the_capacity_do_not_recompute_forever() {
     let path = temp_path("db");

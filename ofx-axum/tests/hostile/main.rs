@@ -927,3 +927,135 @@ async fn an_encoding_error_over_two_lines_still_sends_an_error_frame() {
         "{frame:?}"
     );
 }
+
+/// After `Ofx::shutdown`, on a server that keeps running: open streams end, new ones are 503,
+/// commands still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_shutdown_streams_are_503_and_commands_still_run() {
+    let (a, _b) = two_hosts().await;
+    let ofx = ofx_axum::Ofx::builder(&a.hub)
+        .service(a.notes.clone())
+        .build();
+    let app = axum::Router::new()
+        .nest("/commands", ofx.command_router())
+        .route("/live/list", ofx.live(&a.notes, kit::Notes::list_method()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        }
+    });
+    let live_url = format!("{url}/live/list?args={}", args(json!(["ann"])));
+    let mut live = SseClient::open(&live_url, None).await;
+    live.next().await;
+    ofx.shutdown();
+    assert!(ofx.is_shut_down());
+    assert_eq!(live.next_within(Duration::from_secs(5)).await, None);
+    let refused = SseClient::open(&live_url, None).await;
+    assert_eq!(refused.status, 503);
+    let (status, body) = post(
+        &format!("{url}/commands/notes.add"),
+        json!({"owner": "ann", "text": "after"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A `HEAD` of a live route answers without a body and holds nothing afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_of_a_live_route_holds_nothing() {
+    let (path, dir) = one_host_dirs();
+    let a = Host::start(&path, &dir).await;
+    let baseline = Arc::strong_count(&a.notes);
+    for _ in 0..20 {
+        let response = reqwest::Client::new()
+            .head(format!("{}/live/list?args={}", a.url, args(json!(["ann"]))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.text().await.unwrap(), "");
+    }
+    until("the HEAD requests' streams were dropped", || {
+        Arc::strong_count(&a.notes) == baseline
+    })
+    .await;
+}
+
+/// The frame ids' positions hold for writes made on the client's own host as well as on the
+/// other, concurrently: a frame at position `p` shows every note of an operation at or below
+/// `p`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_frame_reflects_its_position_with_local_and_remote_writers() {
+    let (a, b) = two_hosts().await;
+    let mut live = SseClient::open(
+        &format!("{}/live/list?args={}", b.url, args(json!(["ann"]))),
+        None,
+    )
+    .await;
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let url = if writer % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        writers.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for n in 0..10 {
+                let (status, body) = post(
+                    &format!("{url}/commands/notes.add"),
+                    json!({"owner": "ann", "text": format!("w{writer}n{n}")}).to_string(),
+                )
+                .await;
+                assert_eq!(status, 200);
+                written.push((
+                    body["sequence"].as_i64().unwrap(),
+                    body["output"]["id"].as_i64().unwrap(),
+                ));
+            }
+            written
+        }));
+    }
+    let mut frames = vec![live.next().await];
+    loop {
+        let frame = live.next().await;
+        let done = frame.json()["Ok"].as_array().unwrap().len() == 40;
+        frames.push(frame);
+        if done {
+            break;
+        }
+    }
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    for frame in &frames {
+        let id: LiveFrameId = frame.id.as_deref().unwrap().parse().unwrap();
+        let ids: Vec<i64> = frame.json()["Ok"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|note| note["id"].as_i64().unwrap())
+            .collect();
+        for (sequence, note) in &written {
+            if *sequence <= id.position.unwrap() {
+                assert!(
+                    ids.contains(note),
+                    "frame {id} misses note {note} of operation {sequence}"
+                );
+            }
+        }
+    }
+}
