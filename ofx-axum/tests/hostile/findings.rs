@@ -248,3 +248,41 @@ async fn finding_streams_within_the_capacity_do_not_recompute_forever() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// FINDING 6: with `max_command_body` above the operation log's payload limit
+/// (`ofx_diesel::MAX_PAYLOAD_BYTES`, 1 MiB), a command the endpoint accepts by size but the log
+/// cannot store is a 500 `internal` (logged at error level as a server failure), not 413: a
+/// client input that answers 500 (promise: "no panic/500 from any client input"; the 413 row
+/// says the limit is `max_command_body`). Nothing is written (the transaction rolls back).
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:285:5:
+/// assertion `left == right` failed: {"error":"internal","message":"the operation scope failed: operation 01a24f80-de84-763f-b278-ac976fc44f2d is 2097181 bytes, over the log's limit of 1048576"}
+///   left: (500, String("internal"))
+///  right: (413, String("too_large"))
+/// ```
+/// Cause: `commands.rs:170-177`: the scope's `ofx_diesel::Error::PayloadTooLarge` (returned
+/// from the commit, `ofx-diesel/src/scope.rs` `EncodedOperation::new`) reaches
+/// `into_response` as `Error::Scope`, not transient, so it falls to the 500 arm; nothing in
+/// `OfxSettings` relates `max_command_body` to the log's limit.
+/// Fix: map a payload-too-large scope error to 413 `too_large` (ofx-core could expose it as
+/// a kind, or ofx-axum could downcast the scope error), and document in
+/// `OfxSettings::max_command_body` that a body above the storage's payload limit is refused
+/// by the storage anyway (or clamp the default and warn when it is set above 1 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_a_command_over_the_logs_limit_is_413_not_500() {
+    let path = temp_path("db");
+    let dir = temp_path("watch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut settings = OfxSettings::default();
+    settings.max_command_body = 4 << 20;
+    let a = Host::start_with(&path, &dir, settings).await;
+    let (status, body) = post(
+        &format!("{}/commands/notes.add", a.url),
+        json!({"owner": "ann", "text": "x".repeat(2 << 20)}).to_string(),
+    )
+    .await;
+    assert_eq!(a.notes.rows().await, 0, "nothing written");
+    assert_eq!((status, &body["error"]), (413, &json!("too_large")), "{body:.300}");
+}
