@@ -257,7 +257,7 @@ async fn finding_streams_within_the_capacity_do_not_recompute_forever() {
 ///
 /// Fails with:
 /// ```text
-/// panicked at ofx-axum/tests/hostile/findings.rs:285:5:
+/// panicked at ofx-axum/tests/hostile/findings.rs:287:5:
 /// assertion `left == right` failed: {"error":"internal","message":"the operation scope failed: operation 01a24f80-de84-763f-b278-ac976fc44f2d is 2097181 bytes, over the log's limit of 1048576"}
 ///   left: (500, String("internal"))
 ///  right: (413, String("too_large"))
