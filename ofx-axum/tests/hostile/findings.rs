@@ -286,3 +286,28 @@ async fn finding_a_command_over_the_logs_limit_is_413_not_500() {
     assert_eq!(a.notes.rows().await, 0, "nothing written");
     assert_eq!((status, &body["error"]), (413, &json!("too_large")), "{body:.300}");
 }
+
+/// FINDING 7: a command registered in the program whose service is not on this hub (a binary
+/// that links more services than this host runs) answers 500 `internal`, logged at error level
+/// as a server failure, for any client that names it: a client input that answers 500
+/// (promise: "no panic/500 from any client input"; for a client the command does not exist
+/// here, 404).
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:313:5:
+/// assertion `left == right` failed: {"error":"internal","message":"no service on this hub handles the command `elsewhere.ping`: add the service that has its `#[command_handler]` with `Hub::add_service`"}
+///   left: (500, String("internal"))
+///  right: (404, String("unknown_command"))
+/// ```
+/// Cause: `commands.rs:105-115` checks the name against the program-wide registry only
+/// (`Commander::is_backend_command`); `call_json` then fails with `Error::NoHandler`, which
+/// `into_response` sends to its 500 arm (`commands.rs:174-177`).
+/// Fix: answer `Error::NoHandler` with 404 `unknown_command` (nothing handles it on this
+/// server), or check the hub's handlers before decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_a_command_no_service_here_handles_is_404_not_500() {
+    let (a, _b) = two_hosts().await;
+    let (status, body) = post(&format!("{}/commands/elsewhere.ping", a.url), "null").await;
+    assert_eq!((status, &body["error"]), (404, &json!("unknown_command")), "{body}");
+}

@@ -65,6 +65,30 @@ pub struct AddUnreachable {
     pub owner: String,
 }
 
+/// A command of a service the hosts do not serve (a program that links more services than
+/// one host runs).
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = (), name = "elsewhere.ping")]
+pub struct Ping;
+
+pub struct Elsewhere {
+    hub: Hub,
+}
+
+impl ComputeService for Elsewhere {
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+#[service]
+impl Elsewhere {
+    #[command_handler]
+    pub async fn ping(&self, _command: Ping, _ctx: &CommandContext) -> Result<(), NoteError> {
+        Ok(())
+    }
+}
+
 /// See `Notes::unencodable`.
 #[derive(Debug, Clone, Serialize)]
 pub enum Unencodable {

@@ -84,6 +84,15 @@ async fn odd_command_names_are_refused_never_500_and_write_nothing() {
     assert_ne!(status, Some(500), "{answer:.200}");
     assert_ne!(status, Some(200), "{answer:.200}");
     assert_eq!(a.notes.rows().await, 0);
+    // A backend command is refused by its decoded name, however it is spelled.
+    for name in [
+        "notes.purge%5Fall",
+        "notes%2Epurge_all",
+        "%6Eotes.purge_all",
+    ] {
+        let (status, answer) = post(&format!("{}/commands/{name}", a.url), "null").await;
+        assert_eq!(status, 403, "{name}: {answer}");
+    }
     let (status, _) = post(&format!("{}/commands/notes.add", a.url), body).await;
     assert_eq!(status, 200, "the server still serves");
 }
