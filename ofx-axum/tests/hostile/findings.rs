@@ -262,7 +262,7 @@ async fn finding_streams_within_the_capacity_do_not_recompute_forever() {
 ///   left: (500, String("internal"))
 ///  right: (413, String("too_large"))
 /// ```
-/// Cause: `commands.rs:170-177`: the scope's `ofx_diesel::Error::PayloadTooLarge` (returned
+/// Cause: `commands.rs:173-176`: the scope's `ofx_diesel::Error::PayloadTooLarge` (returned
 /// from the commit, `ofx-diesel/src/scope.rs` `EncodedOperation::new`) reaches
 /// `into_response` as `Error::Scope`, not transient, so it falls to the 500 arm; nothing in
 /// `OfxSettings` relates `max_command_body` to the log's limit.
@@ -295,14 +295,14 @@ async fn finding_a_command_over_the_logs_limit_is_413_not_500() {
 ///
 /// Fails with:
 /// ```text
-/// panicked at ofx-axum/tests/hostile/findings.rs:313:5:
+/// panicked at ofx-axum/tests/hostile/findings.rs:312:5:
 /// assertion `left == right` failed: {"error":"internal","message":"no service on this hub handles the command `elsewhere.ping`: add the service that has its `#[command_handler]` with `Hub::add_service`"}
 ///   left: (500, String("internal"))
 ///  right: (404, String("unknown_command"))
 /// ```
-/// Cause: `commands.rs:105-115` checks the name against the program-wide registry only
+/// Cause: `commands.rs:106-116` checks the name against the program-wide registry only
 /// (`Commander::is_backend_command`); `call_json` then fails with `Error::NoHandler`, which
-/// `into_response` sends to its 500 arm (`commands.rs:174-177`).
+/// `into_response` sends to its 500 arm (`commands.rs:173-176`).
 /// Fix: answer `Error::NoHandler` with 404 `unknown_command` (nothing handles it on this
 /// server), or check the hub's handlers before decoding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
