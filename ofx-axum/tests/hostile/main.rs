@@ -1068,3 +1068,40 @@ async fn every_frame_reflects_its_position_with_local_and_remote_writers() {
         }
     }
 }
+
+/// A change committed on the other host while the stream computes its *first* value (after
+/// the computation read the database): the stale `init` is followed by the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_racing_the_init_computation_is_not_lost() {
+    let (a, b) = two_hosts().await;
+    let (entered, release) = b.notes.arm_gate("ann");
+    let url = format!("{}/live/list?args={}", b.url, args(json!(["ann"])));
+    // The response head comes with the first frame: open in a task.
+    let opening = tokio::spawn(async move { SseClient::open(&url, None).await });
+    tokio::time::timeout(Duration::from_secs(10), entered)
+        .await
+        .expect("the stream did not compute")
+        .unwrap();
+    let (status, body) = post(
+        &format!("{}/commands/notes.add", a.url),
+        json!({"owner": "ann", "text": "raced the init"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    b.wait_position(body["sequence"].as_i64().unwrap()).await;
+    release.send(()).unwrap();
+    let mut live = opening.await.unwrap();
+    let init = live.next().await;
+    assert_eq!(init.event.as_deref(), Some("init"));
+    let expected = b.notes.direct_list("ann").await;
+    if init.json() != expected {
+        let mut version = init
+            .id
+            .as_deref()
+            .unwrap()
+            .parse::<LiveFrameId>()
+            .unwrap()
+            .version;
+        live.until_json(&expected, &mut version).await;
+    }
+}
