@@ -394,3 +394,40 @@ async fn finding_every_error_answer_is_the_documented_json() {
     }
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// FINDING 10 (minor): a hub whose log reader is running (`Hub::builder().with(db).start()`
+/// returned: "when this returns, the start is established") has no log position until the
+/// reader's first pass reports one, so the live frames computed meanwhile have ids without a
+/// position, though `live.rs` says an id is "`42` alone on a hub without a log reader" (a
+/// client that waits for `position >= sequence` to read its own write cannot). Seen first as
+/// `every_frame_reflects_the_log_position_in_its_id` failing on `id.position.unwrap()` for an
+/// `init` frame when the machine was loaded (the kit now waits for a position).
+///
+/// Fails with:
+/// ```text
+/// panicked at ofx-axum/tests/hostile/findings.rs:432:5:
+/// assertion `left == right` failed
+///   left: None
+///  right: Some("a position")
+/// ```
+/// Cause: `ofx-diesel/src/reader.rs` `spawn_reader` establishes the start (`start`, which sets
+/// `state.cursor`) but only the spawned task's loop calls `hub.advance_log_position`
+/// (`reader.rs:753`), after its first `read`; `live.rs:302` reads `log_position()` as `None`
+/// meanwhile.
+/// Fix: advance the hub's position to the established start in `spawn_reader` before it
+/// returns (everything at or below the start cursor is reflected: the cache was empty or was
+/// invalidated by `start`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_a_hub_with_a_log_reader_has_a_position_once_started() {
+    let path = temp_path("db");
+    let dir = temp_path("watch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = ofx_diesel::DbHub::<ofx_diesel::Sqlite>::open(
+        path.to_str().unwrap(),
+        ofx_diesel::DbSettings::default(),
+    )
+    .await
+    .unwrap();
+    let hub = ofx_core::Hub::builder().with(db).start().await.unwrap();
+    assert_eq!(hub.log_position().map(|_| "a position"), Some("a position"));
+}

@@ -556,6 +556,16 @@ impl Host {
                 .await
                 .unwrap();
         });
+        // Frames carry a log position once the reader reported one (see findings.rs, finding
+        // 10): the tests start from there.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hub.log_position().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the log reader reported no position"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         Self {
             hub,
             notes,
