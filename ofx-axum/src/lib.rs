@@ -53,4 +53,4 @@ mod state;
 
 pub use commands::CommandResponse;
 pub use live::{LiveArgsRejection, LiveFrameId};
-pub use state::{Ofx, OfxBuilder, OfxHub, OfxService, OfxSettings};
+pub use state::{ErrorAnswer, Ofx, OfxBuilder, OfxHub, OfxService, OfxSettings};

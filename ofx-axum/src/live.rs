@@ -38,8 +38,15 @@
 //! a **slow client gets the latest value, never a backlog**: however many times the value was
 //! invalidated while the client was not reading, the next frame is computed once, from the
 //! state at that moment (what the operating system's socket buffers hold is all that can be
-//! in flight). Keep-alive comments are sent while nothing changes
-//! ([`OfxSettings::keep_alive`](crate::OfxSettings::keep_alive)).
+//! in flight: with small values, that can be many frames). Keep-alive comments are sent while
+//! nothing changes ([`OfxSettings::keep_alive`](crate::OfxSettings::keep_alive)).
+//!
+//! # Shutdown
+//!
+//! [`Ofx::shutdown`] ends every stream the next time the server polls it. A client that stopped
+//! reading (its socket buffers full) is never polled again, so its connection keeps axum's
+//! graceful shutdown waiting: bound the wait after the signal
+//! (`tokio::time::timeout(grace, server)`), as the todos demo does.
 //!
 //! # Cost
 //!
@@ -276,8 +283,8 @@ struct Live<M: ComputeMethod> {
     reconnect_after: std::time::Duration,
     first: bool,
     ended: bool,
-    /// The data of the last frame sent: a recomputation to the same value sends nothing.
-    last_data: Option<String>,
+    /// The value of the last frame sent: a recomputation to the same value sends nothing.
+    last_data: Option<serde_json::Value>,
 }
 
 impl<M> Live<M>
@@ -318,15 +325,17 @@ where
                     return Some((Ok(frame), self));
                 }
             };
-            let data = match serde_json::to_string(&value) {
-                Ok(data) => data,
+            // Compared as JSON values, not text: a map's entries may serialize in another
+            // order each time (a `HashMap`), while a JSON object compares by its entries.
+            let json = match serde_json::to_value(&value) {
+                Ok(json) => json,
                 Err(error) => {
                     let frame =
                         self.error_frame(format!("the value could not be encoded: {error}"));
                     return Some((Ok(frame), self));
                 }
             };
-            if self.last_data.as_deref() == Some(data.as_str()) {
+            if self.last_data.as_ref() == Some(&json) {
                 // Recomputed to the same value (invalidated by a change that did not change
                 // it, or evicted): nothing to send; wait for the next invalidation.
                 tokio::select! {
@@ -344,10 +353,10 @@ where
             if self.first {
                 event = event.retry(self.reconnect_after);
             }
-            let event = event.data(data.as_str());
+            let event = event.data(json.to_string());
             self.first = false;
             self.computed = Some(computed);
-            self.last_data = Some(data);
+            self.last_data = Some(json);
             return Some((Ok(event), self));
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use ofx_core::{ComputeService, Hub};
+use ofx_core::{ComputeService, Error, Hub};
 use tokio_util::sync::CancellationToken;
 
 /// The limits and timings of the routes.
@@ -46,6 +46,7 @@ pub struct Ofx {
 }
 
 struct Inner {
+    classify: Option<Classifier>,
     hub: Hub,
     services: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     settings: OfxSettings,
@@ -56,6 +57,7 @@ impl Ofx {
     /// A builder for the state of `hub`'s routes.
     pub fn builder(hub: &Hub) -> OfxBuilder {
         OfxBuilder {
+            classify: None,
             hub: hub.clone(),
             services: HashMap::new(),
             settings: OfxSettings::default(),
@@ -96,6 +98,25 @@ impl Ofx {
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
     }
+
+    /// The answer the application chose for `error`, if any.
+    pub(crate) fn classify(&self, error: &Error) -> Option<ErrorAnswer> {
+        self.inner
+            .classify
+            .as_ref()
+            .and_then(|classify| classify(error))
+    }
+}
+
+impl fmt::Debug for OfxBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OfxBuilder")
+            .field("host", self.hub.host_id())
+            .field("services", &self.services.len())
+            .field("settings", &self.settings)
+            .field("classify_errors", &self.classify.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Ofx {
@@ -109,9 +130,21 @@ impl fmt::Debug for Ofx {
     }
 }
 
+/// How a command error of the application's is answered: see
+/// [`OfxBuilder::classify_errors`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorAnswer {
+    /// The status.
+    pub status: StatusCode,
+    /// The `error` field of the JSON body (`message` is the error's text).
+    pub kind: &'static str,
+}
+
+type Classifier = Arc<dyn Fn(&Error) -> Option<ErrorAnswer> + Send + Sync>;
+
 /// Builds an [`Ofx`].
-#[derive(Debug)]
 pub struct OfxBuilder {
+    classify: Option<Classifier>,
     hub: Hub,
     services: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
     settings: OfxSettings,
@@ -134,6 +167,35 @@ impl OfxBuilder {
         self
     }
 
+    /// Answers the command errors `classify` recognizes with the status it gives (`None`: the
+    /// default answers of the [command endpoint](crate::commands)): the application's own
+    /// errors, or a storage's.
+    ///
+    /// ```
+    /// use axum::http::StatusCode;
+    /// use ofx_axum::{ErrorAnswer, Ofx};
+    ///
+    /// # fn build(hub: &ofx_core::Hub) -> Ofx {
+    /// Ofx::builder(hub)
+    ///     .classify_errors(|error| {
+    ///         let too_large = matches!(
+    ///             error.scope_error::<ofx_diesel::Error>(),
+    ///             Some(ofx_diesel::Error::PayloadTooLarge { .. })
+    ///         );
+    ///         too_large.then_some(ErrorAnswer { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "too_large" })
+    ///     })
+    ///     .build()
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn classify_errors(
+        mut self,
+        classify: impl Fn(&Error) -> Option<ErrorAnswer> + Send + Sync + 'static,
+    ) -> Self {
+        self.classify = Some(Arc::new(classify));
+        self
+    }
+
     /// Ends the live streams when `token` is cancelled (as [`Ofx::shutdown`] does).
     #[must_use]
     pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
@@ -145,6 +207,7 @@ impl OfxBuilder {
     pub fn build(self) -> Ofx {
         Ofx {
             inner: Arc::new(Inner {
+                classify: self.classify,
                 hub: self.hub,
                 services: self.services,
                 settings: self.settings,
@@ -160,7 +223,7 @@ impl OfxBuilder {
 ///
 /// ```no_run
 /// use ofx_axum::OfxService;
-/// # use ofx_core::{ComputeService, Hub};
+/// # use ofx_core::{ComputeService, Error, Hub};
 /// # struct Todos { hub: Hub }
 /// # impl ComputeService for Todos { fn hub(&self) -> &Hub { &self.hub } }
 /// # impl Todos { async fn count(&self) -> usize { 0 } }

@@ -640,6 +640,10 @@ impl<B: Backend> DbHub<B> {
         }
         let wake = Arc::new(Notify::new());
         let stop = hub.shutdown_token();
+        // Known as soon as the start is established, before the reader's first pass.
+        if let Some(through) = state.progress().replayed_through() {
+            hub.advance_log_position(through);
+        }
         let (progress_tx, progress) = watch::channel(state.progress());
         stats
             .cursor

@@ -533,6 +533,17 @@ impl Host {
             .service(notes.clone())
             .settings(settings)
             .shutdown_on(shutdown.clone())
+            // What an application on ofx-diesel does: the log's "too large" is the client's.
+            .classify_errors(|error| {
+                matches!(
+                    error.scope_error::<ofx_diesel::Error>(),
+                    Some(ofx_diesel::Error::PayloadTooLarge { .. })
+                )
+                .then_some(ofx_axum::ErrorAnswer {
+                    status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    kind: "too_large",
+                })
+            })
             .build();
         let app = Router::new()
             .nest("/commands", ofx.command_router())

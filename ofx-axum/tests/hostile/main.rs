@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)] // a failed unwrap is a failed test
 
+mod findings;
 mod kit;
 
 use std::sync::Arc;
@@ -124,10 +125,10 @@ async fn deeply_nested_json_is_400_not_a_crash() {
     assert_eq!(a.notes.rows().await, 0);
 }
 
-/// Bodies that are not what the endpoint wants, by content type or by bytes: 400, nothing
-/// written, never 500.
+/// Bodies that are not what the endpoint wants, by content type (415) or by bytes (400):
+/// nothing written, never 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_of_the_wrong_kind_are_400_and_write_nothing() {
+async fn bodies_of_the_wrong_kind_are_refused_and_write_nothing() {
     let (a, _b) = two_hosts().await;
     let url = format!("{}/commands/notes.add", a.url);
     let cases: [(&str, Vec<u8>); 7] = [
@@ -164,7 +165,12 @@ async fn bodies_of_the_wrong_kind_are_400_and_write_nothing() {
             .unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        assert_eq!(status, 400, "{content_type} {body:?}: {text}");
+        let expected = if content_type == "application/json" {
+            400
+        } else {
+            415
+        };
+        assert_eq!(status, expected, "{content_type} {body:?}: {text}");
     }
     assert_eq!(a.notes.rows().await, 0);
 }

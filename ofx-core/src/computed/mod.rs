@@ -29,7 +29,8 @@
 //!
 //! **A dependency of a value in use is in use**: the evictor (a clock with a second chance for
 //! values read since its hand last passed) never evicts a value that a cached or computing
-//! value depends on, though cache hits on the dependent never read it. It evicts the values
+//! value depends on, though cache hits on the dependent never read it, nor a value something
+//! awaits ([`Computed::when_invalidated`]: a live stream showing it). It evicts the values
 //! nothing depends on that nobody read, and with each, the dependencies it leaves unused: so
 //! eviction takes what nobody reads. The cache may hold more than its capacity while
 //! computations in flight hold what they read, and then, for the next eighth of the capacity

@@ -84,6 +84,12 @@ impl NodeCore {
         self.accessed.swap(false, Ordering::Relaxed)
     }
 
+    /// Whether something awaits this node's next state change (a `Computed::when_invalidated`,
+    /// such as a live stream showing the value): the evictor keeps such a value.
+    pub(crate) fn is_awaited(&self) -> bool {
+        self.changed.total_listeners() > 0
+    }
+
     /// Registers a listener for the next state change. The caller must check the state again
     /// after this, before awaiting.
     pub(crate) fn listen(&self) -> event_listener::EventListener {

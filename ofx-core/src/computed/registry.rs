@@ -171,7 +171,8 @@ impl Registry {
     ///
     /// The policy is a clock (FIFO with a second chance) that keeps what is in use: nodes queue
     /// in insertion order and the evictor takes them from the front. A node read since the hand
-    /// last passed is sent to the back with its flag cleared; so is a node that a live
+    /// last passed is sent to the back with its flag cleared; so is a node something awaits
+    /// (`Computed::when_invalidated`: a live stream showing it), and a node that a live
     /// (consistent or computing) value depends on: a dependency of a value in use is in use,
     /// though its dependent's cache hits never read it. Other consistent nodes are evicted, and
     /// the evictor then looks at once at what each victim depended on: a dependency left with no
@@ -243,7 +244,11 @@ impl Registry {
             let core = node.core();
             match core.state() {
                 INVALIDATED => {}
-                CONSISTENT if !core.take_accessed() && !core.has_live_dependents() => {
+                CONSISTENT
+                    if !core.take_accessed()
+                        && !core.has_live_dependents()
+                        && !core.is_awaited() =>
+                {
                     if let Some(dependencies) = evict(node.as_ref()) {
                         evicted += 1 + self.evict_unused(dependencies, target);
                     }
@@ -266,7 +271,11 @@ impl Registry {
                 break;
             };
             let core = node.core();
-            if core.state() != CONSISTENT || core.accessed() || core.has_live_dependents() {
+            if core.state() != CONSISTENT
+                || core.accessed()
+                || core.has_live_dependents()
+                || core.is_awaited()
+            {
                 continue;
             }
             if let Some(dependencies) = evict(node.as_ref()) {
