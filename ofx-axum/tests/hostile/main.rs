@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)] // a failed unwrap is a failed test
 
 mod findings;
+#[path = "../kit/mod.rs"]
 mod kit;
 
 use std::sync::Arc;

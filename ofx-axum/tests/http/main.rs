@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs, unreachable_pub)] // a failed unwrap is a failed test
 
+#[path = "../kit/mod.rs"]
 mod kit;
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The hostile kit: the http suite's test service (notes in SQLite), extended with fault hooks
+//! The kit of the http and hostile suites: the test service (notes in SQLite), extended with fault hooks
 //! (a gate inside `list`, a computation that never ends, panics on demand, an unordered map),
 //! hosts on one file, a served router, an SSE client and a raw HTTP client.
 
