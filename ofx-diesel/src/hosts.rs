@@ -167,7 +167,12 @@ impl<B: Backend> DbHub<B> {
                 }
                 drop(hub);
                 row.heartbeat_at = micros(SystemTime::now());
-                let pause = match db.beat(&row, &mut last_sweep).await {
+                // Cancellable: a beat waiting for a connection must not outlive the hub.
+                let outcome = tokio::select! {
+                    () = stop.cancelled() => break,
+                    outcome = db.beat(&row, &mut last_sweep) => outcome,
+                };
+                let pause = match outcome {
                     Ok(()) => {
                         stats.beats.fetch_add(1, Ordering::Relaxed);
                         backoff.reset();

@@ -298,6 +298,13 @@ pub(crate) async fn sqlite_file() -> String {
     path
 }
 
+/// Removes a SQLite database's files (after a test that passed).
+pub(crate) fn remove_sqlite(path: &str) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+}
+
 /// A fresh PostgreSQL database with the notes table, on the server at 127.0.0.1:5432 (or
 /// `OFX_TEST_POSTGRES`).
 pub(crate) async fn postgres_database() -> String {
@@ -313,6 +320,7 @@ pub(crate) async fn postgres_database() -> String {
                  or set OFX_TEST_POSTGRES to another server"
             )
         });
+    drop_leftovers(&mut admin).await;
     let name = format!(
         "ofx_cli_{}_{}",
         std::process::id(),
@@ -333,6 +341,34 @@ pub(crate) async fn postgres_database() -> String {
         .await
         .unwrap();
     url
+}
+
+/// Drops the test databases named `ofx_cli_{pid}_…` whose process is gone; databases of running
+/// processes are left alone.
+async fn drop_leftovers(admin: &mut diesel_async::AsyncPgConnection) {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let names: Vec<Name> =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'ofx_cli_%'")
+            .load(admin)
+            .await
+            .unwrap_or_default();
+    for Name { datname } in names {
+        let pid = datname["ofx_cli_".len()..]
+            .split('_')
+            .next()
+            .unwrap_or_default();
+        let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            // Fails harmlessly if the database is still in use.
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {datname}"))
+                .await;
+        }
+    }
 }
 
 /// What a run of `ofx` left.

@@ -12,6 +12,7 @@ macro_rules! backend_tests {
         async fn $sqlite() {
             let url = crate::common::sqlite_file().await;
             $scenario::<ofx_diesel::Sqlite>(&url).await;
+            crate::common::remove_sqlite(&url);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,4 +100,5 @@ async fn errors_are_clear() {
     let output = command.output().await.unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[]");
+    crate::common::remove_sqlite(&empty);
 }
