@@ -113,23 +113,80 @@ async fn tail<B: Backend>(
     follow::<B>(db, head.unwrap_or(0), args.interval, json, out).await
 }
 
-/// Prints operations committed after `cursor` as they commit, until Ctrl-C or SIGTERM.
+/// Prints operations committed after `cursor` as they commit, until Ctrl-C or SIGTERM (also
+/// while a read hangs). A database that fails is read again with backoff, said once on
+/// standard error.
 async fn follow<B: Backend>(
     db: &DbHub<B>,
-    mut cursor: i64,
+    cursor: i64,
     interval: Duration,
     json: bool,
     out: &mut Out,
 ) -> Result<(), CliError> {
     let mut terminate = Terminate::new()?;
-    // Index ranges `[from, to)` passed over and not seen yet, with when they were found.
-    let mut gaps: Vec<(i64, i64, Instant)> = Vec::new();
-    let mut printed: BTreeSet<i64> = BTreeSet::new();
+    let mut follower = Follower {
+        cursor,
+        gaps: Vec::new(),
+        printed: BTreeSet::new(),
+    };
+    let mut failures = 0u32;
     loop {
+        let polled = tokio::select! {
+            () = terminate.recv() => return Ok(()),
+            polled = follower.poll(db, json, out) => polled,
+        };
+        let pause = match polled {
+            Ok(full) => {
+                if failures > 0 {
+                    eprintln!("ofx: reading the log again");
+                    failures = 0;
+                }
+                if full {
+                    continue;
+                }
+                interval
+            }
+            Err(CliError::Db { doing, error }) => {
+                if failures == 0 {
+                    eprintln!("ofx: {doing}: {error}; retrying");
+                }
+                failures = failures.saturating_add(1);
+                (interval * 2u32.saturating_pow(failures.min(8))).min(Duration::from_secs(5))
+            }
+            Err(other) => return Err(other),
+        };
+        tokio::select! {
+            () = terminate.recv() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// What `tail --follow` knows of the log.
+struct Follower {
+    /// The highest index read.
+    cursor: i64,
+    /// Index ranges `[from, to)` passed over and not seen yet, with when they were found: on
+    /// PostgreSQL a row may commit after rows with higher indexes.
+    gaps: Vec<(i64, i64, Instant)>,
+    /// Indexes printed that a gap's re-read may return again.
+    printed: BTreeSet<i64>,
+}
+
+impl Follower {
+    /// Reads and prints what committed since the last poll; whether a full batch was read
+    /// (more may wait).
+    async fn poll<B: Backend>(
+        &mut self,
+        db: &DbHub<B>,
+        json: bool,
+        out: &mut Out,
+    ) -> Result<bool, CliError> {
         let mut found = Vec::new();
-        if !gaps.is_empty() {
-            gaps.retain(|(_, _, since)| since.elapsed() < GAP_WAIT);
-            let ranges: Vec<(i64, i64)> = gaps.iter().map(|&(from, to, _)| (from, to)).collect();
+        self.gaps.retain(|(_, _, since)| since.elapsed() < GAP_WAIT);
+        if !self.gaps.is_empty() {
+            let ranges: Vec<(i64, i64)> =
+                self.gaps.iter().map(|&(from, to, _)| (from, to)).collect();
             let mut connection = db
                 .connection()
                 .await
@@ -142,36 +199,23 @@ async fn follow<B: Backend>(
         }
         let new = db
             .log()
-            .after(cursor, FOLLOW_BATCH)
+            .after(self.cursor, FOLLOW_BATCH)
             .await
             .map_err(db_err("cannot read the log"))?;
         for op in &new {
-            if op.index > cursor + 1 && gaps.len() < MAX_GAPS {
-                gaps.push((cursor + 1, op.index, Instant::now()));
+            if op.index > self.cursor + 1 && self.gaps.len() < MAX_GAPS {
+                self.gaps.push((self.cursor + 1, op.index, Instant::now()));
             }
-            cursor = cursor.max(op.index);
+            self.cursor = self.cursor.max(op.index);
         }
         let full = new.len() == FOLLOW_BATCH;
         found.extend(new);
         found.sort_by_key(|op| op.index);
         for op in found {
-            if !printed.insert(op.index) {
+            if !self.printed.insert(op.index) {
                 continue;
             }
-            // Trim the gaps around what was found.
-            let index = op.index;
-            let mut split = Vec::new();
-            gaps.retain_mut(|(from, to, since)| {
-                if index < *from || index >= *to {
-                    return true;
-                }
-                if index + 1 < *to {
-                    split.push((index + 1, *to, *since));
-                }
-                *to = index;
-                *from < *to
-            });
-            gaps.extend(split);
+            self.found(op.index);
             if json {
                 out.json(&operation_summary(&op), true)?;
             } else {
@@ -179,19 +223,30 @@ async fn follow<B: Backend>(
             }
         }
         // Forget what no gap can bring back.
-        let lowest = gaps
+        let lowest = self
+            .gaps
             .iter()
             .map(|&(from, _, _)| from)
             .min()
-            .unwrap_or(cursor);
-        printed = printed.split_off(&lowest);
-        if full {
-            continue;
-        }
-        tokio::select! {
-            () = terminate.recv() => return Ok(()),
-            () = tokio::time::sleep(interval) => {}
-        }
+            .unwrap_or(self.cursor);
+        self.printed = self.printed.split_off(&lowest);
+        Ok(full)
+    }
+
+    /// Takes `index` out of the gap that holds it.
+    fn found(&mut self, index: i64) {
+        let mut split = Vec::new();
+        self.gaps.retain_mut(|(from, to, since)| {
+            if index < *from || index >= *to {
+                return true;
+            }
+            if index + 1 < *to {
+                split.push((index + 1, *to, *since));
+            }
+            *to = index;
+            *from < *to
+        });
+        self.gaps.extend(split);
     }
 }
 
@@ -810,4 +865,40 @@ async fn quarantine<B: Backend>(
 
 fn db_err(doing: &'static str) -> impl Fn(ofx_diesel::Error) -> CliError {
     move |error| CliError::Db { doing, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(follower: &Follower) -> Vec<(i64, i64)> {
+        let mut ranges: Vec<(i64, i64)> = follower
+            .gaps
+            .iter()
+            .map(|&(from, to, _)| (from, to))
+            .collect();
+        ranges.sort_unstable();
+        ranges
+    }
+
+    #[test]
+    fn a_late_row_takes_its_index_out_of_its_gap() {
+        let mut follower = Follower {
+            cursor: 10,
+            gaps: vec![(3, 8, Instant::now()), (9, 10, Instant::now())],
+            printed: BTreeSet::new(),
+        };
+        follower.found(5);
+        assert_eq!(ranges(&follower), [(3, 5), (6, 8), (9, 10)]);
+        follower.found(3);
+        assert_eq!(ranges(&follower), [(4, 5), (6, 8), (9, 10)]);
+        follower.found(7);
+        assert_eq!(ranges(&follower), [(4, 5), (6, 7), (9, 10)]);
+        for index in [4, 6, 9] {
+            follower.found(index);
+        }
+        assert!(follower.gaps.is_empty());
+        follower.found(12);
+        assert!(follower.gaps.is_empty());
+    }
 }
