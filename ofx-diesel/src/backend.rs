@@ -24,6 +24,10 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// A connection taken from the pool (returned to it when dropped).
     type Pooled: DerefMut<Target = Self::Connection> + Send + 'static;
 
+    /// The operator's queries (`inspect`, `hosts`): the backend itself.
+    #[doc(hidden)]
+    type Inspect: crate::inspect::queries::InspectQueries<Conn = Self::Connection>;
+
     /// The backend's name, for logs.
     const NAME: &'static str;
 

@@ -63,6 +63,15 @@ pub struct DbSettings {
     pub serializable: bool,
     /// Events with guaranteed delivery: processing, leases, retries, retention.
     pub events: crate::EventSettings,
+    /// How often a hub that runs this database's log reader writes its row of `ofx_hosts`
+    /// (its reader's position; see [`DbHub::hosts`]), ±10 % jitter; at start, then every
+    /// period, and marked stopped when the hub shuts down (default 5 s; `None`: no heartbeat,
+    /// no row).
+    pub host_heartbeat: Option<Duration>,
+    /// Rows of `ofx_hosts` whose heartbeat is older than this are deleted by the other hosts'
+    /// heartbeats (hourly) and by [`DbHub::trim_hosts`] (default 7 days). Until then a silent
+    /// host shows as stale.
+    pub host_retention: Duration,
 }
 
 impl Default for DbSettings {
@@ -83,6 +92,8 @@ impl Default for DbSettings {
             commit_verification: Duration::from_secs(3),
             serializable: false,
             events: crate::EventSettings::default(),
+            host_heartbeat: Some(Duration::from_secs(5)),
+            host_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -351,6 +362,9 @@ impl<B: Backend> DbHub<B> {
         }));
         if self.settings().read_log {
             self.start_log_reader(hub).await?;
+            if let Some(period) = self.settings().host_heartbeat {
+                self.start_heartbeat(hub, period);
+            }
         }
         if self.settings().events.process {
             self.start_event_processor(hub)?;

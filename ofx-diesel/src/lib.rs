@@ -15,6 +15,7 @@
 //! | [`Trimmer`] | deletes operations older than the log's max age, and finished events older than theirs, in bounded batches |
 //! | [`EventProcessor`] | claims due events under a lease with a fencing number, runs each as its own operation, marks it done in that operation's transaction; retries, dead events (see [`events`]) |
 //! | [`DbEvents`] | lists events, redrives and purges dead ones ([`DbHub::events`]) |
+//! | [`DbLog`], [`HostInfo`] | what operators read (the `ofx` command line): the log's newest operations, one by uuid ([`DbHub::log`]); each host's reader position, written by its heartbeat ([`DbHub::hosts`], [`DbSettings::host_heartbeat`]); the state tables ([`inspect`]) |
 //! | [`state::StateService`] | a state projected from a stream of domain events, followed on every host: readiness, current vs local state, snapshots, quarantine (see [`state`]) |
 //! | [`maps::MapManager`] | transactional maps ([`maps::ReliableMap`]) whose changes every host delivers to observers in redo order, with commit sequence numbers and rebuilds (see [`maps`]) |
 //!
@@ -93,6 +94,8 @@ mod db_hub;
 mod error;
 pub mod events;
 mod following;
+mod hosts;
+pub mod inspect;
 mod link;
 pub mod maps;
 #[cfg(feature = "postgres")]
@@ -115,6 +118,8 @@ pub use events::{
     DbEvents, EventCounts, EventInfo, EventProcessor, EventRetry, EventSettings, EventState,
     EventStats,
 };
+pub use hosts::{Heartbeat, HostInfo};
+pub use inspect::{DbLog, LoggedOperation};
 #[cfg(feature = "postgres")]
 pub use postgres::Postgres;
 pub use reader::{LogReader, MAX_GAPS, MAX_RETRIES, ReaderStats, ReplayBlock};

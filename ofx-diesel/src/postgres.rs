@@ -35,6 +35,7 @@ impl Backend for Postgres {
     type Connection = AsyncPgConnection;
     type Pool = Pool<AsyncPgConnection>;
     type Pooled = Object<AsyncPgConnection>;
+    type Inspect = Self;
 
     const NAME: &'static str = "postgres";
     const HAS_GAPS: bool = true;

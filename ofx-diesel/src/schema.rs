@@ -136,3 +136,29 @@ diesel::table! {
         value -> Text,
     }
 }
+
+diesel::table! {
+    /// One row per host that reads the log, written by its heartbeat (see `hosts`).
+    ofx_hosts (host_id) {
+        /// The host's id (`HostId`).
+        host_id -> Text,
+        /// The machine's name.
+        host_name -> Text,
+        /// The process id.
+        pid -> BigInt,
+        /// When the heartbeat started (µs since the epoch, the host's clock).
+        started_at -> BigInt,
+        /// The last heartbeat (µs since the epoch, the host's clock).
+        heartbeat_at -> BigInt,
+        /// How often the host beats (µs).
+        heartbeat_period -> BigInt,
+        /// When the host stopped cleanly (µs since the epoch).
+        stopped_at -> Nullable<BigInt>,
+        /// The last index its reader read (-1 before the first read).
+        read_cursor -> BigInt,
+        /// Every operation up to this index is replayed there (NULL: unknown).
+        replayed_through -> Nullable<BigInt>,
+        /// Operations replayed.
+        replayed -> BigInt,
+    }
+}

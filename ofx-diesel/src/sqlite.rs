@@ -40,6 +40,7 @@ impl Backend for Sqlite {
     type Connection = SqliteAsyncConnection;
     type Pool = Pool<SqliteAsyncConnection>;
     type Pooled = Object<SqliteAsyncConnection>;
+    type Inspect = Self;
 
     const NAME: &'static str = "sqlite";
     // One writer at a time, and AUTOINCREMENT: rows commit in index order.

@@ -6,6 +6,7 @@
 
 mod commit_verification;
 mod common;
+mod hosts;
 mod lifecycle;
 mod poison_row;
 mod reprocess;
