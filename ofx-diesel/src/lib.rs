@@ -105,6 +105,7 @@ mod scope;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod state;
+pub mod telemetry;
 mod transient;
 mod trimmer;
 
