@@ -201,7 +201,15 @@ fn pass(hub: &Hub, operation: &Operation, local: bool) -> invalidation::PassRepo
         host = %hub.host_id(),
     );
     let _entered = span.enter();
-    invalidation::run(hub, operation)
+    let report = invalidation::run(hub, operation);
+    // One event per pass (never per cache hit), in the span: what a log at DEBUG greps by uuid.
+    tracing::debug!(
+        nested = operation.nested.len(),
+        panics = report.panics,
+        failed = report.error.is_some(),
+        "invalidation pass done"
+    );
+    report
 }
 
 impl std::fmt::Debug for OperationCompletionNotifier {
