@@ -467,8 +467,8 @@ impl<B: Backend> Processor<B> {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(event.uuid.clone(), event.lease_token);
         let host = self.shared().stats.host.clone();
-        let running = metrics::gauge!(telemetry::EVENTS_RUNNING, "host" => host.clone());
-        running.increment(1.0);
+        let running_gauge = metrics::gauge!(telemetry::EVENTS_RUNNING, "host" => host.clone());
+        running_gauge.increment(1.0);
         tokio::spawn(async move {
             let (uuid, token) = (event.uuid.clone(), event.lease_token);
             let duration = metrics::histogram!(
@@ -478,9 +478,8 @@ impl<B: Backend> Processor<B> {
             );
             let started = Instant::now();
             run.run(event).await;
-            run.processor.shared.ran(started.elapsed());
-            duration.record(started.elapsed().as_secs_f64());
-            running.decrement(1.0);
+            let took = started.elapsed();
+            run.processor.shared.ran(took);
             let mut running = run
                 .processor
                 .shared
@@ -494,6 +493,8 @@ impl<B: Backend> Processor<B> {
             }
             drop(running);
             drop(permit);
+            duration.record(took.as_secs_f64());
+            running_gauge.decrement(1.0);
         });
     }
 }
