@@ -64,6 +64,8 @@ struct HubInner {
     transient: std::sync::RwLock<Vec<(&'static str, TransientClassifier)>>,
     /// Begins the storing scope of an operation that added events but wrote nowhere.
     event_scope: std::sync::OnceLock<EventScopeStarter>,
+    /// The compute methods of the services added, whose counters the hub publishes.
+    methods: Mutex<Vec<&'static crate::computed::ComputeMethodDescriptor>>,
 }
 
 /// Begins the storing scope of an operation (through
@@ -199,7 +201,36 @@ impl Hub {
         for (command, entry) in entries {
             map.insert(command, entry);
         }
+        crate::telemetry::remember(&self.inner.methods, S::compute_methods());
         Ok(())
+    }
+
+    /// Publishes the hub's metrics now through the [`metrics`] facade (see
+    /// [`telemetry`](crate::telemetry)): the counters of the compute methods of the services
+    /// added to it (`ofx_compute_*_total{method}`, absolute values; a method's counters are
+    /// per process, shared by every hub) and its gauges (`ofx_compute_cached_entries{host}`,
+    /// `ofx_compute_capacity{host}`). The hub also does it every
+    /// [`metrics_interval`](HubBuilder::metrics_interval); call it right before rendering a
+    /// `/metrics` page for values of that instant. Without a recorder installed, does nothing
+    /// of note.
+    pub fn record_metrics(&self) {
+        let methods = self
+            .inner
+            .methods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        crate::telemetry::record_hub(self, &methods);
+    }
+
+    /// The compute methods whose counters [`record_metrics`](Self::record_metrics) publishes:
+    /// those of the services added to the hub.
+    pub fn compute_methods(&self) -> Vec<&'static crate::computed::ComputeMethodDescriptor> {
+        self.inner
+            .methods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The handler of the command type `command` on this hub, and its service; `name` names the
@@ -357,6 +388,7 @@ pub struct HubBuilder {
     event_listener: Option<Arc<dyn HubEventListener>>,
     reprocess: ReprocessPolicy,
     transient: Vec<(&'static str, TransientClassifier)>,
+    metrics_interval: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for HubBuilder {
@@ -377,6 +409,7 @@ impl fmt::Debug for HubBuilder {
             )
             .field("event_listener", &self.event_listener.is_some())
             .field("reprocess", &self.reprocess)
+            .field("metrics_interval", &self.metrics_interval)
             .finish_non_exhaustive()
     }
 }
@@ -393,6 +426,7 @@ impl Default for HubBuilder {
             event_listener: None,
             reprocess: ReprocessPolicy::default(),
             transient: Vec::new(),
+            metrics_interval: Some(crate::telemetry::DEFAULT_METRICS_INTERVAL),
         }
     }
 }
@@ -471,6 +505,15 @@ impl HubBuilder {
         self
     }
 
+    /// How often the hub publishes its compute metrics ([`Hub::record_metrics`]) in the
+    /// background: every second by default; `None` or zero turns it off (call
+    /// `record_metrics` yourself then). The task starts with the hub when a tokio runtime runs
+    /// (a hub built outside one publishes on `record_metrics` only) and stops with the hub.
+    pub fn metrics_interval(mut self, interval: impl Into<Option<std::time::Duration>>) -> Self {
+        self.metrics_interval = interval.into().filter(|interval| !interval.is_zero());
+        self
+    }
+
     /// Builds a hub without extensions.
     ///
     /// # Errors
@@ -510,7 +553,7 @@ impl HubBuilder {
 
     fn build_hub(self) -> Result<Hub, Error> {
         crate::command::registry::registry()?;
-        Ok(Hub {
+        let hub = Hub {
             inner: Arc::new(HubInner {
                 host_id: self.host_id.unwrap_or_default(),
                 registry: Registry::new(self.capacity, self.event_listener),
@@ -526,7 +569,12 @@ impl HubBuilder {
                 reprocess: self.reprocess,
                 transient: std::sync::RwLock::new(self.transient),
                 event_scope: std::sync::OnceLock::new(),
+                methods: Mutex::new(Vec::new()),
             }),
-        })
+        };
+        if let Some(interval) = self.metrics_interval {
+            crate::telemetry::start_publisher(&hub, interval);
+        }
+        Ok(hub)
     }
 }

@@ -144,6 +144,12 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
+    /// The highest index in the log that this connection sees committed, if any row is there
+    /// (the log's head: what a reader that read a full batch measures its lag by).
+    fn head_index(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
     /// Where a fresh reader starts: the highest index committed now, and (on a backend whose
     /// rows may commit out of index order) the transactions in flight now, whose rows may
     /// still commit with lower indexes. Read in one snapshot.

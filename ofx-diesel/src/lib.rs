@@ -108,6 +108,7 @@ mod scope;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub mod state;
+pub mod telemetry;
 mod transient;
 mod trimmer;
 

@@ -80,6 +80,13 @@ macro_rules! log_queries {
                 .await?)
         }
 
+        async fn head_index(connection: &mut Self::Connection) -> Result<Option<i64>> {
+            Ok(dsl::ofx_operations
+                .select(diesel::dsl::max(dsl::idx))
+                .first(connection)
+                .await?)
+        }
+
         async fn trim(connection: &mut Self::Connection, cutoff: i64, limit: i64) -> Result<usize> {
             let batch: Vec<i64> = dsl::ofx_operations
                 .filter(dsl::logged_at.lt(cutoff))

@@ -11,6 +11,7 @@ use ofx_core::background::{TaskHealth, spawn_supervised};
 use ofx_core::{Hub, Operation, ReplayError, WeakHub};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::db_hub::DbHub;
@@ -650,6 +651,7 @@ impl<B: Backend> DbHub<B> {
             .store(state.cursor.unwrap_or(-1), Ordering::Relaxed);
         let task = Reader {
             db: self.clone(),
+            host: hub.host_id().to_string(),
             hub: hub.downgrade(),
             wake: Arc::clone(&wake),
             stop: stop.clone(),
@@ -711,6 +713,8 @@ async fn start<B: Backend>(
 
 struct Reader<B: Backend> {
     db: DbHub<B>,
+    /// The hub's host id: the `host` label of the reader's metrics.
+    host: String,
     /// Weak: the reader must not keep its hub alive (it stops when the hub is dropped).
     hub: WeakHub,
     wake: Arc<Notify>,
@@ -750,6 +754,7 @@ impl<B: Backend> Reader<B> {
                     pause
                 }
             };
+            crate::telemetry::record_reader_stats(&self.host, &self.stats);
             let progress = state.progress();
             if let Some(through) = progress.replayed_through()
                 && let Some(hub) = self.hub.upgrade()
@@ -791,20 +796,62 @@ impl<B: Backend> Reader<B> {
         let mut late = Vec::new();
         let fetched = self.fetch(&hub, &mut connection, state, &mut late).await;
         drop(connection);
-        for row in late {
-            self.stats.late_rows.fetch_add(1, Ordering::Relaxed);
-            self.process(&hub, state, &row).await;
+        let batch = fetched
+            .as_ref()
+            .map_or(&[][..], |(rows, _, _)| rows.as_slice());
+        let count = late.len() + batch.len();
+        if count > 0 {
+            crate::telemetry::record_reader_batch(&self.host, count);
+            let span = tracing::info_span!(
+                "replay_batch",
+                host = %self.host,
+                rows = count,
+                late = late.len(),
+                first = batch.first().map(|row| row.idx),
+                last = batch.last().map(|row| row.idx),
+            );
+            self.process_batch(&hub, state, late, batch)
+                .instrument(span)
+                .await;
         }
-        let (rows, full) = fetched?;
-        for row in rows {
-            state.cursor = Some(row.idx);
-            self.process(&hub, state, &row).await;
-        }
+        let (rows, full, head) = fetched?;
+        // The lag: none when the read reached the log's end; after a full batch, up to the
+        // head the database saw then, the newest row replayed committed first.
+        let behind = match (full, head, state.cursor) {
+            (false, _, _) => 0,
+            (true, Some(head), Some(cursor)) => (head - cursor).max(0),
+            // Behind by at least one row, it seems, but the head is unknown.
+            (true, _, _) => 1,
+        };
+        crate::telemetry::record_reader_lag(
+            &self.host,
+            behind,
+            rows.last().map(|row| row.committed_at),
+        );
         if let Some(cursor) = state.cursor {
             self.stats.cursor.store(cursor, Ordering::Relaxed);
         }
         self.retry_due(&hub, state).await;
         Ok(full)
+    }
+
+    /// Replays the rows found late in gaps, then the batch read after the cursor (moving the
+    /// cursor past each).
+    async fn process_batch(
+        &self,
+        hub: &Hub,
+        state: &mut ReaderState,
+        late: Vec<OperationRow>,
+        batch: &[OperationRow],
+    ) {
+        for row in late {
+            self.stats.late_rows.fetch_add(1, Ordering::Relaxed);
+            self.process(hub, state, &row).await;
+        }
+        for row in batch {
+            state.cursor = Some(row.idx);
+            self.process(hub, state, row).await;
+        }
     }
 
     /// The database's part of a read: checks the coverage, re-reads the gaps and the start
@@ -816,7 +863,7 @@ impl<B: Backend> Reader<B> {
         connection: &mut B::Pooled,
         state: &mut ReaderState,
         late: &mut Vec<OperationRow>,
-    ) -> Result<(Vec<OperationRow>, bool)> {
+    ) -> Result<(Vec<OperationRow>, bool, Option<i64>)> {
         let settings = self.db.settings().clone();
         let cursor = state.cursor.unwrap_or(0);
         let cursor = self.check_coverage(hub, connection, state, cursor).await?;
@@ -827,7 +874,14 @@ impl<B: Backend> Reader<B> {
         if B::HAS_GAPS {
             self.note_gaps(connection, state, cursor, &rows).await?;
         }
-        Ok((rows, full || gaps_full))
+        // Behind: where the log ends, for the lag metric (one query, only after a full batch;
+        // its failure is no failure of the read).
+        let head = if full {
+            B::head_index(connection).await.ok().flatten()
+        } else {
+            None
+        };
+        Ok((rows, full || gaps_full, head))
     }
 
     /// Replays one row, or logs and counts why it cannot be.
@@ -847,6 +901,7 @@ impl<B: Backend> Reader<B> {
         match hub.notifier().complete_remote(hub, operation.clone()).await {
             Ok(_) => {
                 self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::record_replay_delay(&self.host, row.committed_at);
             }
             Err(ReplayError::Undecodable(error)) => {
                 self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);

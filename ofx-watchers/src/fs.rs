@@ -88,7 +88,7 @@ impl FsWatcher {
         let dir = std::path::absolute(dir).map_err(io("resolve", dir))?;
         let file_name = Self::file_name_for(log_name);
         let path = dir.join(&file_name);
-        let handle = Handle::new(host_id, &stop);
+        let handle = Handle::new("fs", host_id, &stop);
         let session = Session::establish(&dir, &file_name).await?;
         let hash = shared::stable_hash(handle.shared.host_id.as_str().as_bytes());
         let mut temporary = OsString::from(".");

@@ -90,7 +90,7 @@ mod redis;
 pub use error::{Error, Result};
 pub use factory::{StartWatcher, WatcherFactory};
 pub use ofx_core::LogWatcher;
-pub use stats::{StatsSnapshot, WatcherStats};
+pub use stats::{NOTIFICATIONS_SENT, RECONNECTS, StatsSnapshot, WAKEUPS, WatcherStats};
 
 #[cfg(feature = "fs")]
 pub use fs::FsWatcher;

@@ -90,7 +90,7 @@ impl PgWatcher {
             .keepalives_retries(KEEPALIVE.2);
         let application_name = config.get_application_name().unwrap_or_default().to_owned();
         let channel = Self::channel_for(log_name);
-        let handle = Handle::new(host_id, &stop);
+        let handle = Handle::new("postgres", host_id, &stop);
         let session = listen(&config, &channel, &handle.shared).await?;
         let listener = Listener {
             config: config.clone(),

@@ -80,7 +80,7 @@ impl RedisWatcher {
         let publisher = Client::open(info).map_err(redis_error("parse the URL"))?;
         let channel = Self::channel_for(log_name);
         let client_name = Self::client_name_for(&host_id);
-        let handle = Handle::new(host_id, &stop);
+        let handle = Handle::new("redis", host_id, &stop);
         let session = subscribe(&subscriber, &channel, &client_name).await?;
         let listener = Listener {
             client: subscriber,

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::stats::{Counter, WatcherStats};
+use crate::stats::{Counter, NOTIFICATIONS_SENT, RECONNECTS, WAKEUPS, WatcherStats};
 use crate::{Error, Result};
 
 /// How long connecting (and subscribing) may take.
@@ -24,6 +24,9 @@ pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The receiving side's state, shared by a watcher and its background tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// What kind of watcher it is (`fs`, `postgres`, `redis`): the `watcher` label of its
+    /// metrics.
+    pub(crate) kind: &'static str,
     pub(crate) host_id: HostId,
     pub(crate) wakes: Arc<Notify>,
     pub(crate) stats: WatcherStats,
@@ -42,12 +45,15 @@ impl Shared {
     /// Something arrived that may come from another host (it could not be told apart).
     pub(crate) fn on_foreign_message(&self) {
         self.stats.add(Counter::Received);
+        metrics::counter!(WAKEUPS, "watcher" => self.kind).increment(1);
         self.wakes.notify_one();
     }
 
     /// The connection or watch was re-established: messages may have been missed meanwhile.
     pub(crate) fn on_reconnected(&self) {
         self.stats.add(Counter::Reconnects);
+        metrics::counter!(RECONNECTS, "watcher" => self.kind).increment(1);
+        metrics::counter!(WAKEUPS, "watcher" => self.kind).increment(1);
         self.wakes.notify_one();
     }
 }
@@ -65,10 +71,12 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    /// A handle for `host_id`, stopped with `stop` (or when dropped).
-    pub(crate) fn new(host_id: HostId, stop: &CancellationToken) -> Self {
+    /// A handle for a watcher of `kind` (its metrics' label) and `host_id`, stopped with `stop`
+    /// (or when dropped).
+    pub(crate) fn new(kind: &'static str, host_id: HostId, stop: &CancellationToken) -> Self {
         Self {
             shared: Arc::new(Shared {
+                kind,
                 host_id,
                 wakes: Arc::new(Notify::new()),
                 stats: WatcherStats::default(),
@@ -150,6 +158,7 @@ async fn run_sender(
         match result {
             Ok(()) => {
                 stats.add(Counter::Sent);
+                metrics::counter!(NOTIFICATIONS_SENT, "watcher" => shared.kind).increment(1);
                 if failing {
                     tracing::info!("sending wake-ups to the other hosts works again");
                     failing = false;
@@ -243,7 +252,7 @@ mod tests {
 
     #[test]
     fn own_messages_are_ignored_and_others_wake() {
-        let handle = Handle::new(HostId::from_string("me"), &CancellationToken::new());
+        let handle = Handle::new("test", HostId::from_string("me"), &CancellationToken::new());
         let shared = &handle.shared;
         shared.on_message(b"me");
         shared.on_message(b"someone else");
@@ -258,7 +267,7 @@ mod tests {
     #[test]
     fn dropping_the_handle_cancels_its_token_only() {
         let parent = CancellationToken::new();
-        let handle = Handle::new(HostId::new(), &parent);
+        let handle = Handle::new("test", HostId::new(), &parent);
         let stop = handle.stop.clone();
         drop(handle);
         assert!(stop.is_cancelled());

@@ -7,6 +7,16 @@ use ofx_core::background::TaskHealth;
 
 use tokio::sync::Notify;
 
+/// Counter `{watcher}` (`fs`, `postgres`, `redis`): times a watcher woke its host's log
+/// reader (a message from another host, or a reconnection after which messages may have been
+/// missed). Recorded through the [`metrics`] facade, as the two below.
+pub const WAKEUPS: &str = "ofx_watcher_wakeups_total";
+/// Counter `{watcher}`: times a watcher's connection (or directory watch) was lost and
+/// re-established.
+pub const RECONNECTS: &str = "ofx_watcher_reconnects_total";
+/// Counter `{watcher}`: wake-up messages a watcher sent to the other hosts.
+pub const NOTIFICATIONS_SENT: &str = "ofx_watcher_notifications_sent_total";
+
 /// The counters of one watcher. Read them with [`snapshot`](Self::snapshot), or wait for a
 /// condition on them with [`wait_until`](Self::wait_until).
 #[derive(Debug, Default)]

@@ -116,3 +116,48 @@ async fn a_directory_that_cannot_be_created_is_an_error() {
     assert!(matches!(error, Error::Io { .. }), "{error}");
     let _ = std::fs::remove_file(&dir.0);
 }
+
+/// The wake-ups and the messages sent are counted through the `metrics` facade. The
+/// recorder is installed for this test's thread, on a current-thread runtime, so the watchers'
+/// tasks record into it and the other tests do not.
+#[tokio::test]
+async fn wakeups_and_messages_sent_are_counted_as_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let dir = TempDir::new();
+    let stop = CancellationToken::new();
+    let (a, b) = pair(&dir, &stop).await;
+    common::notify_wakes_the_other_host(&*a, &*b).await;
+    // One snapshot (taking one resets the recorder's values).
+    let snapshot = snapshotter.snapshot().into_vec();
+    let counter = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(key, _, _, _)| {
+                let key = key.key();
+                key.name() == name
+                    && key
+                        .labels()
+                        .map(|label| (label.key(), label.value()))
+                        .eq([("watcher", "fs")])
+            })
+            .map(|(_, _, _, value)| value)
+    };
+    // Every wake-up is counted once, by the watcher that woke (here B, maybe twice for one
+    // message: a rename is reported twice).
+    let Some(&DebugValue::Counter(wakeups)) = counter(ofx_watchers::WAKEUPS) else {
+        panic!("no wake-up counted");
+    };
+    let woke = |stats: ofx_watchers::StatsSnapshot| stats.received + stats.reconnects;
+    assert!(wakeups >= 1);
+    assert!(wakeups <= woke(a.stats().snapshot()) + woke(b.stats().snapshot()));
+    assert_eq!(
+        counter(ofx_watchers::NOTIFICATIONS_SENT),
+        Some(&DebugValue::Counter(1)),
+        "A sent one message"
+    );
+    stop.cancel();
+}

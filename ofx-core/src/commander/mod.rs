@@ -7,7 +7,9 @@ pub mod reprocess;
 
 use std::any::TypeId;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
+
+use tracing::Instrument;
 
 pub use pipeline::{CommandFilter, Next};
 pub use reprocess::{Permanent, ReprocessPolicy, Transient, TransientClassifier};
@@ -17,7 +19,7 @@ use crate::command::registry::{self, BoxedOutput, ErasedCommand};
 use crate::command::{CallKind, Command, CommandContext, ContextItems, OperationItems};
 use crate::operation::recorder::RecordedNested;
 use crate::operation::{CommitOutcome, Committed, NestedOperation, Operation, OperationRecorder};
-use crate::{Error, Hub};
+use crate::{Error, Hub, telemetry};
 
 tokio::task_local! {
     /// The command whose main branch the task is running: a command called meanwhile is nested.
@@ -352,13 +354,17 @@ impl Commander {
             .ok()
             .filter(|parent| parent.hub.ptr_eq(&self.hub) && parent.kind != CallKind::Invalidation);
         if let Some(parent) = parent {
-            return self.run_once(&command, Some(parent), &options).await;
+            let result = self.run_once(&command, Some(parent), &options).await;
+            telemetry::nested_command_ended(command.name, telemetry::outcome(&result));
+            return result;
         }
         let policy = self.hub.reprocess_policy();
+        let started = Instant::now();
         let mut tries = 1;
         loop {
             match self.run_once(&command, None, &options).await {
                 Err(error) if tries < policy.max_tries && self.hub.is_transient(&error) => {
+                    telemetry::command_retried(command.name);
                     tries += 1;
                     let delay = policy.delay(tries);
                     tracing::info!(
@@ -374,7 +380,10 @@ impl Commander {
                     });
                     tokio::time::sleep(delay).await;
                 }
-                result => return result,
+                result => {
+                    telemetry::command_ended(command.name, telemetry::outcome(&result), started);
+                    return result;
+                }
             }
         }
     }
@@ -412,6 +421,14 @@ impl Commander {
                 nested_frames: Arc::from([]),
             },
         };
+        let nested = context.kind == CallKind::Nested;
+        let span = tracing::info_span!(
+            "command",
+            command = command.name,
+            operation = %context.operation.uuid,
+            nested,
+            host = %self.hub.host_id(),
+        );
         let call = CommandCall {
             handler,
             encode: command.encode,
@@ -419,6 +436,16 @@ impl Commander {
             service,
             context,
         };
+        self.run_call(call, options).instrument(span).await
+    }
+
+    /// The rest of one try, in its `command` span: the pipeline, then the nested command's
+    /// end or the outermost command's commit.
+    async fn run_call(
+        &self,
+        call: CommandCall,
+        options: &CallOptions,
+    ) -> Result<Executed<BoxedOutput>, Error> {
         let result = match &options.prepare {
             Some(prepare) => match prepare(&call.context) {
                 Ok(()) => Next::new(self.hub.filters()).run(&call).await,

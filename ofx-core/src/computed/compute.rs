@@ -60,6 +60,7 @@ where
                 return value;
             }
             Lookup::Wait(node) => {
+                method.count_wait();
                 let context = Context::current();
                 let erased: Arc<dyn ErasedNode> = node.clone();
                 if let Some(context) = &context

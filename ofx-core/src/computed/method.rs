@@ -61,6 +61,17 @@ pub struct ComputeMethodDescriptor {
     /// Calls and computations, striped by thread so that threads calling one method do not
     /// contend on one cache line.
     counters: [Stripe; STRIPES],
+    /// What happens off the hit path: invalidations, evictions, waits.
+    cold: ColdCounters,
+}
+
+/// The counters of what does not happen on the hit path, on a cache line of their own (away
+/// from `slot`, which every call reads).
+#[repr(align(64))]
+struct ColdCounters {
+    invalidations: AtomicU64,
+    evictions: AtomicU64,
+    waits: AtomicU64,
 }
 
 /// How many stripes a descriptor's counters have: up to this many threads count exactly.
@@ -114,6 +125,11 @@ impl ComputeMethodDescriptor {
             options,
             slot: AtomicUsize::new(0),
             counters: [Stripe::NEW; STRIPES],
+            cold: ColdCounters {
+                invalidations: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                waits: AtomicU64::new(0),
+            },
         }
     }
 
@@ -157,6 +173,48 @@ impl ComputeMethodDescriptor {
             .iter()
             .map(|stripe| stripe.computations.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// How many of the method's values were invalidated, on every hub: named by
+    /// `invalidate!`, computed from an invalidated value, expired, or cleared by
+    /// [`Hub::invalidate_everything`](crate::Hub::invalidate_everything). An evicted value
+    /// counts in [`evictions`](Self::evictions) instead.
+    pub fn invalidations(&self) -> u64 {
+        self.cold.invalidations.load(Ordering::Relaxed)
+    }
+
+    /// How many of the method's values were evicted to keep a hub's cache within its capacity,
+    /// on every hub.
+    pub fn evictions(&self) -> u64 {
+        self.cold.evictions.load(Ordering::Relaxed)
+    }
+
+    /// How many calls waited for a computation of the same value already in flight (single
+    /// flight), on every hub. They count in [`calls`](Self::calls), neither as hits nor as
+    /// computations.
+    pub fn waits(&self) -> u64 {
+        self.cold.waits.load(Ordering::Relaxed)
+    }
+
+    /// How many calls were served from the cache, on every hub: [`calls`](Self::calls) that
+    /// neither computed nor waited. Derived from the other counts (nothing is added to the
+    /// hit path to count them), so as approximate as `calls`.
+    pub fn hits(&self) -> u64 {
+        self.calls()
+            .saturating_sub(self.computations())
+            .saturating_sub(self.waits())
+    }
+
+    pub(crate) fn count_invalidation(&self) {
+        self.cold.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_eviction(&self) {
+        self.cold.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_wait(&self) {
+        self.cold.waits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a call; generated code calls it. Not public API.
@@ -217,6 +275,9 @@ impl fmt::Debug for ComputeMethodDescriptor {
             .field("options", &self.options)
             .field("calls", &self.calls())
             .field("computations", &self.computations())
+            .field("invalidations", &self.invalidations())
+            .field("evictions", &self.evictions())
+            .field("waits", &self.waits())
             .finish_non_exhaustive()
     }
 }

@@ -307,12 +307,18 @@ where
             let method = self.core.method;
             match removal {
                 Removal::Cleanup => {}
-                Removal::Invalidated => table.emit(|| HubEvent::Invalidated {
-                    method: method.name(),
-                }),
-                Removal::Evicted => table.emit(|| HubEvent::Evicted {
-                    method: method.name(),
-                }),
+                Removal::Invalidated => {
+                    method.count_invalidation();
+                    table.emit(|| HubEvent::Invalidated {
+                        method: method.name(),
+                    });
+                }
+                Removal::Evicted => {
+                    method.count_eviction();
+                    table.emit(|| HubEvent::Evicted {
+                        method: method.name(),
+                    });
+                }
             }
         }
     }

@@ -119,7 +119,7 @@ impl OperationCompletionNotifier {
         if !self.remember(operation.uuid) {
             return;
         }
-        let report = invalidation::run(hub, &operation);
+        let report = pass(hub, &operation, true);
         self.count_panics(hub, &operation, report.panics);
         if let Some(error) = report.error {
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -145,7 +145,7 @@ impl OperationCompletionNotifier {
         if !self.remember(operation.uuid) {
             return Ok(false);
         }
-        let report = invalidation::run(hub, &operation);
+        let report = pass(hub, &operation, false);
         self.count_panics(hub, &operation, report.panics);
         if let Some(error) = report.error {
             self.forget(operation.uuid);
@@ -160,6 +160,7 @@ impl OperationCompletionNotifier {
             });
             return Err(error);
         }
+        crate::telemetry::operation_replayed(&operation.command_name);
         self.tell(hub, &operation, false);
         Ok(true)
     }
@@ -187,6 +188,28 @@ impl OperationCompletionNotifier {
             listener.on_operation_completed(operation, local);
         }
     }
+}
+
+/// Runs the invalidation pass of `operation` in an `invalidation` span (synchronous: the span
+/// is entered for the pass only).
+fn pass(hub: &Hub, operation: &Operation, local: bool) -> invalidation::PassReport {
+    let span = tracing::info_span!(
+        "invalidation",
+        command = %operation.command_name,
+        operation = %operation.uuid,
+        local,
+        host = %hub.host_id(),
+    );
+    let _entered = span.enter();
+    let report = invalidation::run(hub, operation);
+    // One event per pass (never per cache hit), in the span: what a log at DEBUG greps by uuid.
+    tracing::debug!(
+        nested = operation.nested.len(),
+        panics = report.panics,
+        failed = report.error.is_some(),
+        "invalidation pass done"
+    );
+    report
 }
 
 impl std::fmt::Debug for OperationCompletionNotifier {

@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::db_hub::DbHub;
 use crate::reader::jitter;
 use crate::row::{MAX_PAYLOAD_BYTES, micros};
+use crate::telemetry;
 use crate::{Error, Result};
 
 /// How long an event that cannot run on this host (no service handles it here yet) waits.
@@ -41,6 +42,8 @@ pub struct EventStats {
     release_failures: AtomicU64,
     given_back: AtomicU64,
     changed: Notify,
+    /// The hub's host id: the `host` label of the processor's metrics.
+    host: String,
 }
 
 macro_rules! counters {
@@ -82,6 +85,19 @@ impl EventStats {
     fn add(&self, counter: &AtomicU64, count: u64) {
         counter.fetch_add(count, Ordering::Relaxed);
         self.changed.notify_waiters();
+        let metric = [
+            (&self.claimed, telemetry::EVENTS_CLAIMED),
+            (&self.completed, telemetry::EVENTS_COMPLETED),
+            (&self.retried, telemetry::EVENTS_RETRIED),
+            (&self.dead, telemetry::EVENTS_DEAD),
+            (&self.fenced, telemetry::EVENTS_FENCED),
+            (&self.in_doubt, telemetry::EVENTS_IN_DOUBT),
+        ]
+        .into_iter()
+        .find(|(cell, _)| std::ptr::eq(*cell, counter));
+        if let Some((_, name)) = metric {
+            metrics::counter!(name, "host" => self.host.clone()).increment(count);
+        }
     }
 }
 
@@ -202,7 +218,10 @@ impl<B: Backend> DbHub<B> {
         }
         let processor = EventProcessor {
             shared: Arc::new(Shared {
-                stats: EventStats::default(),
+                stats: EventStats {
+                    host: hub.host_id().to_string(),
+                    ..EventStats::default()
+                },
                 health: TaskHealth::new(),
                 stop: hub.shutdown_token(),
                 wake: link.events_wake(),
@@ -447,11 +466,20 @@ impl<B: Backend> Processor<B> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(event.uuid.clone(), event.lease_token);
+        let host = self.shared().stats.host.clone();
+        let running_gauge = metrics::gauge!(telemetry::EVENTS_RUNNING, "host" => host.clone());
+        running_gauge.increment(1.0);
         tokio::spawn(async move {
             let (uuid, token) = (event.uuid.clone(), event.lease_token);
+            let duration = metrics::histogram!(
+                telemetry::EVENT_RUN_DURATION,
+                "host" => host,
+                "command" => event.command_name.clone(),
+            );
             let started = Instant::now();
             run.run(event).await;
-            run.processor.shared.ran(started.elapsed());
+            let took = started.elapsed();
+            run.processor.shared.ran(took);
             let mut running = run
                 .processor
                 .shared
@@ -465,6 +493,8 @@ impl<B: Backend> Processor<B> {
             }
             drop(running);
             drop(permit);
+            duration.record(took.as_secs_f64());
+            running_gauge.decrement(1.0);
         });
     }
 }

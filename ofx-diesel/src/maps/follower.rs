@@ -439,6 +439,12 @@ fn deliver<B: Backend>(inner: &ManagerInner<B>, rows: &[StreamRow]) {
             inner.counters.changes.fetch_add(1, Ordering::Relaxed);
             decoded += 1;
             if let Some(hub) = &hub {
+                metrics::counter!(
+                    crate::telemetry::MAP_CHANGES_APPLIED,
+                    "host" => hub.host_id().to_string(),
+                    "map" => change.map.clone(),
+                )
+                .increment(1);
                 map.invalidate(hub, inner.id, &change);
             }
             if change.action == StoredAction::Drop {

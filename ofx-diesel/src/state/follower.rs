@@ -76,6 +76,7 @@ async fn follow<P: Projection, B: Backend>(
         .published
         .send_modify(|published| published.ready = true);
     inner.invalidate_readers();
+    super::telemetry::record(inner, 0);
     tracing::info!(
         projection = P::NAME,
         position = inner.published.borrow().position,
@@ -264,6 +265,7 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
         }
         if !rows.is_empty() {
             let applied = apply_batch(&inner.projection, &base, position, &rows);
+            let count = super::telemetry::applied(rows.len(), &applied.failed);
             let new_position = applied.position;
             {
                 // The status lock first, then the state (as readers take them): a reader sees
@@ -281,6 +283,7 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
             inner.invalidate_readers();
             persist_failed(inner, &applied.failed);
             StateService::record_failed(inner, applied.failed);
+            super::telemetry::record(inner, count);
         }
         if !full {
             break;
@@ -293,15 +296,18 @@ async fn refresh<P: Projection, B: Backend>(inner: &Inner<P, B>) -> Result<()> {
             status.head = status.head.max(u64::try_from(head).unwrap_or(0));
         }
     }
-    let mut status = lock(&inner.status);
-    status.caught_up_at = Some(started);
-    status.last_refresh = Some(Instant::now());
-    status.last_error = None;
-    status.caught_up = true;
-    status.replaying = false;
-    inner
-        .published
-        .send_modify(|published| published.refreshed = published.refreshed.max(epoch));
+    {
+        let mut status = lock(&inner.status);
+        status.caught_up_at = Some(started);
+        status.last_refresh = Some(Instant::now());
+        status.last_error = None;
+        status.caught_up = true;
+        status.replaying = false;
+        inner
+            .published
+            .send_modify(|published| published.refreshed = published.refreshed.max(epoch));
+    }
+    super::telemetry::record(inner, 0);
     Ok(())
 }
 

@@ -104,6 +104,7 @@ mod service;
 mod settings;
 mod snapshot;
 mod status;
+mod telemetry;
 
 #[cfg(feature = "http")]
 pub use http::status_router;

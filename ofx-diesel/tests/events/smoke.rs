@@ -67,3 +67,67 @@ async fn postgres_a_failed_command_leaves_no_event() {
     let url = crate::common::postgres_database().await;
     a_failed_command_leaves_no_event::<ofx_diesel::Postgres>(&url).await;
 }
+
+/// The processor's metrics after three events ran: claimed, completed, their run durations,
+/// none running. The recorder is installed for this test's thread, on a current-thread
+/// runtime (the processor and its runs run on it too).
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_the_processor_publishes_its_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use ofx_diesel::telemetry;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let url = crate::common::sqlite_file().await;
+    let host = Host::<ofx_diesel::Sqlite>::open(&url, fast()).await;
+    host.produce(3, 3, EventSpec::default()).await.unwrap();
+    host.drained(Duration::from_secs(10)).await;
+    // A run is done once it left the processor's list (after its metrics were recorded).
+    let processor = host.processor();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while processor.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the runs ended");
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let host_id = host.hub().host_id().to_string();
+    let value = |name: &str, command: Option<&str>| {
+        snapshot
+            .iter()
+            .find(|(key, _, _, _)| {
+                let key = key.key();
+                let mut labels: Vec<(&str, &str)> = key
+                    .labels()
+                    .map(|label| (label.key(), label.value()))
+                    .collect();
+                labels.sort_unstable();
+                let mut wanted = vec![("host", host_id.as_str())];
+                wanted.extend(command.map(|command| ("command", command)));
+                wanted.sort_unstable();
+                key.name() == name && labels == wanted
+            })
+            .map(|(_, _, _, value)| value)
+    };
+    assert_eq!(
+        value(telemetry::EVENTS_CLAIMED, None),
+        Some(&DebugValue::Counter(3))
+    );
+    assert_eq!(
+        value(telemetry::EVENTS_COMPLETED, None),
+        Some(&DebugValue::Counter(3))
+    );
+    assert_eq!(value(telemetry::EVENTS_DEAD, None), None, "none died");
+    assert_eq!(
+        value(telemetry::EVENTS_RUNNING, None),
+        Some(&DebugValue::Gauge(0.0.into()))
+    );
+    match value(telemetry::EVENT_RUN_DURATION, Some("jobs.run")) {
+        Some(DebugValue::Histogram(durations)) => assert_eq!(durations.len(), 3),
+        other => panic!("no run durations: {other:?}"),
+    }
+}
