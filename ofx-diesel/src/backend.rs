@@ -56,6 +56,10 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// was abandoned).
     fn discard(connection: Self::Pooled);
 
+    /// Whether `connection` was used before this checkout (it came back from the pool), as
+    /// opposed to opened for it.
+    fn reused(connection: &Self::Pooled) -> bool;
+
     /// The statement run first in every operation transaction to set its isolation level, per
     /// the settings (PostgreSQL: `SET TRANSACTION ISOLATION LEVEL SERIALIZABLE` when
     /// [`DbSettings::serializable`](crate::DbSettings::serializable)); `None` by default.

@@ -47,9 +47,11 @@ impl Backend for Postgres {
         AsyncPgConnection::establish(url).await
     }
 
-    // A test query (`SELECT 1`) at each checkout: one round trip that finds a connection gone
-    // stale (a server closing it is seen without it).
-    crate::queries::deadpool_pool!(diesel_async::pooled_connection::RecyclingMethod::Verified);
+    // No test query at checkout (a `SELECT 1` would be one more round trip per command): a
+    // connection the server closed is seen closed without one, and one that died unseen fails
+    // at `BEGIN`, before anything of the operation was sent, where the operation's scope
+    // retries on another connection (`DbOperationScope::connection`).
+    crate::queries::deadpool_pool!(diesel_async::pooled_connection::RecyclingMethod::Fast);
 
     fn isolation_statement(settings: &crate::DbSettings) -> Option<&'static str> {
         settings

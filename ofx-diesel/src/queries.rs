@@ -143,6 +143,10 @@ macro_rules! deadpool_pool {
         fn discard(connection: Self::Pooled) {
             drop(Object::take(connection));
         }
+
+        fn reused(connection: &Self::Pooled) -> bool {
+            Object::metrics(connection).recycle_count > 0
+        }
     };
 }
 

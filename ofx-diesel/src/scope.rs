@@ -92,12 +92,7 @@ impl<B: Backend> DbOperationScope<B> {
             .try_lock_owned()
             .map_err(|_| Error::ConnectionInUse)?;
         if guard.is_none() {
-            let mut connection = B::get(&self.db.pool).await?;
-            if let Err(error) = B::begin_operation(&mut connection, &self.db.settings).await {
-                B::discard(connection);
-                return Err(error);
-            }
-            *guard = Some(connection);
+            *guard = Some(self.begin().await?);
         }
         let missing: Vec<u64> = {
             let open = self.savepoints();
@@ -120,6 +115,34 @@ impl<B: Backend> DbOperationScope<B> {
             }
         }
         Ok(OperationConnection { guard })
+    }
+
+    /// A connection with the operation's transaction begun. Connections are checked out
+    /// without a test query, so a pooled one may have died unseen (its server restarted, a
+    /// network path dropped it): its `BEGIN` fails, before anything of the operation was sent,
+    /// and the operation begins again on another. Each failed connection is discarded; once
+    /// the pool's idle ones are used up it opens new ones, and a `BEGIN` failing on a new
+    /// connection is the operation's error.
+    async fn begin(&self) -> Result<B::Pooled> {
+        loop {
+            let mut connection = B::get(&self.db.pool).await?;
+            match B::begin_operation(&mut connection, &self.db.settings).await {
+                Ok(()) => return Ok(connection),
+                Err(error) => {
+                    let reused = B::reused(&connection);
+                    B::discard(connection);
+                    if !reused || !connection_lost(&error) {
+                        return Err(error);
+                    }
+                    tracing::debug!(
+                        %error,
+                        "a pooled connection failed at BEGIN: beginning on another"
+                    );
+                    metrics::counter!(crate::telemetry::STALE_CONNECTIONS, "backend" => B::NAME)
+                        .increment(1);
+                }
+            }
+        }
     }
 
     /// Notes that the operation appended up to `position` to the stream these state services
@@ -525,5 +548,20 @@ async fn rollback<B: Backend>(connection: &mut B::Pooled) {
             .await
     {
         tracing::warn!(%error, "rollback failed; the connection is discarded");
+    }
+}
+
+/// Whether `error` says the connection itself is gone (closed, or unable to send), as opposed
+/// to the server refusing the statement.
+fn connection_lost(error: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    match error {
+        Error::Database(DieselError::DatabaseError(kind, info)) => {
+            matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+            ) || info.message().starts_with("terminating connection")
+        }
+        _ => false,
     }
 }

@@ -39,6 +39,10 @@ pub const READER_GAPS_CLOSED: &str = "ofx_reader_gaps_closed_total";
 /// Counter `{host}`: missing indexes given up while a transaction could still fill them.
 pub const READER_GAPS_EXPIRED: &str = "ofx_reader_gaps_expired_total";
 
+/// Counter `{backend}`: pooled connections that failed at an operation's `BEGIN` (they died
+/// unseen while idle) and were replaced before the operation sent anything.
+pub const STALE_CONNECTIONS: &str = "ofx_db_stale_connections_total";
+
 /// Counter `{host}`: events claimed by the host's event processor (a run started).
 pub const EVENTS_CLAIMED: &str = "ofx_events_claimed_total";
 /// Counter `{host}`: event runs that committed (the event is done).

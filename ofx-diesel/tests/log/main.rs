@@ -23,3 +23,5 @@ mod private_server;
 mod proxy;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "postgres")]
+mod stale_connections;

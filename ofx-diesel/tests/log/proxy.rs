@@ -1,7 +1,8 @@
 //! A TCP proxy between a host and PostgreSQL that breaks the first `COMMIT` it sees after being
 //! armed, the ways a network can: it reads the client's messages (PostgreSQL's frontend
 //! protocol), and a simple-protocol query `Q` whose text is exactly `COMMIT` (what diesel-async
-//! sends to commit) triggers the armed [`Fault`]. Everything else is forwarded as it comes.
+//! sends to commit) triggers the armed [`Fault`]. It can also cut the connection that sends the
+//! next `BEGIN` ([`Proxy::arm_begin`]). Everything else is forwarded as it comes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +44,8 @@ struct Shared {
     upstream: SocketAddr,
     armed: Mutex<Option<Fault>>,
     intercepted: AtomicU64,
+    begin_armed: AtomicBool,
+    begins_cut: AtomicU64,
     refusing: AtomicBool,
     release: tokio::sync::Notify,
     /// Counts the server's replies read after the client was cut off (dropped, not forwarded).
@@ -72,6 +75,8 @@ impl Proxy {
             upstream,
             armed: Mutex::new(None),
             intercepted: AtomicU64::new(0),
+            begin_armed: AtomicBool::new(false),
+            begins_cut: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             release: tokio::sync::Notify::new(),
             dropped_replies: tokio::sync::watch::Sender::new(0),
@@ -96,6 +101,18 @@ impl Proxy {
             .armed
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(fault);
+    }
+
+    /// Makes the next `BEGIN` (on any connection) close both sides of its connection before
+    /// it reaches the server: what a connection that died while idle in the pool does to the
+    /// first statement sent on it.
+    pub(crate) fn arm_begin(&self) {
+        self.shared.begin_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// How many `BEGIN`s the proxy cut so far.
+    pub(crate) fn begins_cut(&self) -> u64 {
+        self.shared.begins_cut.load(Ordering::SeqCst)
     }
 
     /// How many `COMMIT`s the proxy intercepted so far.
@@ -266,6 +283,14 @@ async fn client_to_server(
         message.push(tag);
         message.extend_from_slice(&length.to_be_bytes());
         message.extend_from_slice(&body);
+        if tag == b'Q' && body == b"BEGIN\0" && shared.begin_armed.swap(false, Ordering::SeqCst) {
+            shared.begins_cut.fetch_add(1, Ordering::SeqCst);
+            client_writer.lock().await.take();
+            drop(client);
+            cut_server.cancel();
+            drop(server);
+            return;
+        }
         if tag == b'Q' && body == b"COMMIT\0" {
             let fault = shared
                 .armed
