@@ -50,12 +50,16 @@ where
             Lookup::Hit(value, None) => return value,
             Lookup::Hit(value, Some(node)) => {
                 let node: Arc<dyn ErasedNode> = node;
-                if let Some(context) = Context::current() {
-                    if !context.register_pending(&node) {
-                        // Invalidated since it was read: do not use it, look again.
-                        continue;
+                let registered = Context::with_current(|context| {
+                    let registered = context.register_pending(&node);
+                    if registered {
+                        context.record_captured(&node);
                     }
-                    context.record_captured(&node);
+                    registered
+                });
+                if registered == Some(false) {
+                    // Invalidated since it was read: do not use it, look again.
+                    continue;
                 }
                 return value;
             }
@@ -202,6 +206,7 @@ where
     let value = context.scope(body(key)).await;
     guard.0 = None;
     drop(guard);
+    node.core().end_recording();
     node.set_output(value.clone());
     let failed = is_error.is_some_and(|is_error| is_error(&value));
     if finish_computing(node.as_ref()) {

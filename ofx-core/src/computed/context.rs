@@ -35,6 +35,12 @@ impl Context {
         CONTEXT.try_with(Self::clone).ok()
     }
 
+    /// Runs `f` with the running task's context, if any (without cloning it).
+    #[inline]
+    pub(crate) fn with_current<R>(f: impl FnOnce(&Self) -> R) -> Option<R> {
+        CONTEXT.try_with(f).ok()
+    }
+
     /// Whether the running task is inside a computation or capture.
     #[inline]
     pub(crate) fn is_active() -> bool {
@@ -103,11 +109,18 @@ impl Context {
 /// Records that `dependent` is computed from `dependency`. Returns `false`, recording nothing,
 /// if `dependency` is invalidated.
 fn depend(dependent: &Arc<dyn ErasedNode>, dependency: &Arc<dyn ErasedNode>) -> bool {
-    // The dependent's side first: once there, an invalidation of `dependency` reaches it.
+    // Recorded before: it had `dependent` as its dependent before that (the order below), so an
+    // invalidation of it reaches `dependent` (which is then not cached, whatever it reads).
+    if dependent.core().has_dependency(dependency) {
+        return true;
+    }
+    // The dependency's side first: once there, an invalidation of `dependency` reaches
+    // `dependent`. Two tasks of one computation recording the same dependency at once both
+    // get here; the dependent's side keeps one of them.
     if !dependency.core().add_dependent(Arc::downgrade(dependent)) {
         return false;
     }
-    dependent.core().add_dependency(Arc::clone(dependency));
+    dependent.core().add_dependency(dependency);
     true
 }
 

@@ -36,8 +36,68 @@ pub(crate) struct NodeCore {
 struct Edges {
     /// What this value was computed from. Strong: a dependency lives while its dependents do.
     dependencies: Vec<Arc<dyn ErasedNode>>,
+    /// The addresses of `dependencies`, while the value computes and once it has more than
+    /// [`SCAN_LIMIT`] of them: what keeps recording a computation's dependencies linear in
+    /// their number (a call of a dependency already recorded records nothing).
+    known: Option<Box<AddressSet>>,
     /// What was computed from this value. Weak: a dependent may be dropped at any time.
     dependents: Vec<Weak<dyn ErasedNode>>,
+}
+
+type AddressSet = std::collections::HashSet<usize, foldhash::fast::FixedState>;
+
+/// Up to this many dependencies, a new one is checked against the others one by one (cheaper
+/// than hashing); past it, through [`Edges::known`].
+const SCAN_LIMIT: usize = 16;
+
+/// The address of a node, the same for every pointer to it (a `dyn` pointer's metadata is not
+/// part of it).
+#[inline]
+fn address(node: &Arc<dyn ErasedNode>) -> usize {
+    Arc::as_ptr(node).cast::<()>() as usize
+}
+
+impl Edges {
+    fn has_dependency(&self, key: usize) -> bool {
+        match &self.known {
+            Some(known) => known.contains(&key),
+            None => self
+                .dependencies
+                .iter()
+                .any(|recorded| address(recorded) == key),
+        }
+    }
+
+    /// Records `dependency` unless it is recorded already.
+    fn insert_dependency(&mut self, dependency: &Arc<dyn ErasedNode>) {
+        let key = address(dependency);
+        match &mut self.known {
+            Some(known) => {
+                if !known.insert(key) {
+                    return;
+                }
+            }
+            None => {
+                if self
+                    .dependencies
+                    .iter()
+                    .any(|recorded| address(recorded) == key)
+                {
+                    return;
+                }
+                if self.dependencies.len() >= SCAN_LIMIT {
+                    let mut known = AddressSet::with_capacity_and_hasher(
+                        self.dependencies.len() * 2,
+                        foldhash::fast::FixedState::default(),
+                    );
+                    known.extend(self.dependencies.iter().map(address));
+                    known.insert(key);
+                    self.known = Some(Box::new(known));
+                }
+            }
+        }
+        self.dependencies.push(Arc::clone(dependency));
+    }
 }
 
 impl NodeCore {
@@ -124,23 +184,36 @@ impl NodeCore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records that `self` (a computing node) was computed from `dependency`.
-    pub(crate) fn add_dependency(&self, dependency: Arc<dyn ErasedNode>) {
-        let mut edges = self.edges();
-        if !edges
-            .dependencies
-            .iter()
-            .any(|known| Arc::ptr_eq(known, &dependency))
-        {
-            edges.dependencies.push(dependency);
-        }
+    /// Whether `dependency` is recorded as one `self` is computed from.
+    pub(crate) fn has_dependency(&self, dependency: &Arc<dyn ErasedNode>) -> bool {
+        self.edges().has_dependency(address(dependency))
+    }
+
+    /// Records that `self` (a computing node) is computed from `dependency`, unless it is
+    /// recorded already.
+    pub(crate) fn add_dependency(&self, dependency: &Arc<dyn ErasedNode>) {
+        self.edges().insert_dependency(dependency);
     }
 
     /// Forgets `dependency` (a computation that was abandoned before `self` used its value).
     pub(crate) fn remove_dependency(&self, dependency: &Arc<dyn ErasedNode>) {
-        self.edges()
+        let key = address(dependency);
+        let mut edges = self.edges();
+        edges
             .dependencies
-            .retain(|known| !Arc::ptr_eq(known, dependency));
+            .retain(|recorded| address(recorded) != key);
+        if let Some(known) = &mut edges.known {
+            known.remove(&key);
+        }
+    }
+
+    /// Ends the recording of dependencies (the computation returned): frees what made it fast.
+    pub(crate) fn end_recording(&self) {
+        let mut edges = self.edges();
+        if edges.known.is_some() {
+            edges.known = None;
+            edges.dependencies.shrink_to_fit();
+        }
     }
 
     /// Records `dependent` as computed from `self`. Returns `false` if `self` is already

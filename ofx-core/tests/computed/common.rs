@@ -75,6 +75,19 @@ impl Store {
         self.sum(0, 1).await + self.value(2).await
     }
 
+    /// Reads `value(0)` to `value(n - 1)`, `rounds` times over: `n` dependencies, each called
+    /// `rounds` times.
+    #[compute_method]
+    pub(crate) async fn sweep(&self, n: usize, rounds: usize) -> u64 {
+        let mut total = 0;
+        for _ in 0..rounds {
+            for key in 0..n {
+                total += self.value(key).await;
+            }
+        }
+        total
+    }
+
     /// Reads `value(key)`, then waits for a permit of `gate`: lets tests act mid-computation.
     #[compute_method]
     pub(crate) async fn gated(&self, key: usize) -> u64 {

@@ -41,6 +41,33 @@ async fn calls_made_while_computing_become_dependencies_across_awaits() {
 }
 
 #[tokio::test]
+async fn a_dependency_called_many_times_is_recorded_once_on_both_sides() {
+    // Below and above the count where recording switches from a scan to a set (16).
+    for n in [3, 16, 17, 64] {
+        let store = Store::new(Hub::builder());
+        let (sum, computed) = capture(store.sweep(n, 5)).await.unwrap();
+        assert_eq!(sum, 5 * (0..n as u64).sum::<u64>());
+        let dependencies = computed.dependencies();
+        assert_eq!(dependencies.len(), n, "{n} dependencies, each once");
+        for dependency in &dependencies {
+            let dependents = dependency.dependents();
+            assert_eq!(dependents.len(), 1, "{n}: one edge back to sweep");
+            assert!(dependents[0].ptr_eq(&computed));
+        }
+        // Every one of them, the first and the last recorded included, reaches the dependent.
+        for key in [0, n / 2, n - 1] {
+            let (_, computed) = capture(store.sweep(n, 5)).await.unwrap();
+            invalidate! { store.value(key); }
+            assert_eq!(
+                computed.state(),
+                ComputedState::Invalidated,
+                "{n}: invalidating value({key}) reaches sweep"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn invalidating_a_dependency_invalidates_its_dependents_transitively() {
     let store = Store::new(Hub::builder());
     assert_eq!(store.total().await, 3);
