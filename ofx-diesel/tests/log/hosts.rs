@@ -106,7 +106,9 @@ async fn hosts_report_their_position<B: AccountQueries>(url: &str) {
     let mut retention = fast();
     retention.host_retention = Duration::ZERO;
     let sweeping = DbHub::<B>::open(url, retention).await.unwrap();
-    assert!(sweeping.trim_hosts().await.unwrap() >= 2);
+    // The stopped reader's row at least: the live writer beats every 50 ms, and a beat that
+    // lands between the trim's reading of the clock and its DELETE keeps its row this time.
+    assert!(sweeping.trim_hosts().await.unwrap() >= 1);
     assert!(
         db.hosts()
             .await
