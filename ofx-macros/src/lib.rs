@@ -39,6 +39,10 @@ use proc_macro::TokenStream;
 /// |---|---|---|
 /// | `auto_invalidate = "5s"` | invalidate every result this long after computing it | never |
 /// | `error_lifetime = "500ms"` | invalidate an `Err` result this long after computing it | `"1s"` |
+/// | `invalidation_delay = "1s"` | carry out each invalidation of a cached result this long after it is asked for, folding those asked for meanwhile into one; the old result is served until then | at once |
+/// | `min_cache_duration = "10s"` | keep every result at least this long after computing it, however full the cache (invalidation still removes it) | none |
+///
+/// See `ofx_core::ComputeMethodOptions` for the details of each.
 ///
 /// Durations are written as a whole number with a unit: `ms`, `s`, `m` or `h`.
 #[proc_macro_attribute]

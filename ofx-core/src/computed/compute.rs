@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::ComputeKey;
 use super::context::Context;
-use super::invalidation::{abandon, finish_computing, invalidate_all};
+use super::invalidation::{abandon, finish_computing, invalidate_all, invalidate_now};
 use super::method::ComputeMethodDescriptor;
 use super::node::{COMPUTING, CONSISTENT, ErasedNode, Node, NodeCore, Removal};
 use crate::event::HubEvent;
@@ -209,8 +209,11 @@ where
     node.core().end_recording();
     node.set_output(value.clone());
     let failed = is_error.is_some_and(|is_error| is_error(&value));
+    let options = method.options();
+    if let Some(duration) = options.min_cache_duration {
+        node.core().keep_for(duration);
+    }
     if finish_computing(node.as_ref()) {
-        let options = method.options();
         let lifetime = if failed {
             Some(options.error_lifetime)
         } else {
@@ -235,7 +238,7 @@ where
 {
     let node: Arc<dyn ErasedNode> = Arc::clone(node) as Arc<dyn ErasedNode>;
     if delay.is_zero() {
-        invalidate_all(vec![node]);
+        invalidate_now(vec![node]);
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -244,16 +247,18 @@ where
             method = node.core().method().name(),
             "no tokio runtime to expire this value: it is invalidated at once"
         );
-        invalidate_all(vec![node]);
+        invalidate_now(vec![node]);
         return;
     };
     let node = Arc::downgrade(&node);
     let shutdown = hub.shutdown_token();
+    // The lifetime runs from now, not from when the task first runs.
+    let deadline = tokio::time::Instant::now() + delay;
     runtime.spawn(async move {
         tokio::select! {
-            () = tokio::time::sleep(delay) => {
+            () = tokio::time::sleep_until(deadline) => {
                 if let Some(node) = node.upgrade() {
-                    invalidate_all(vec![node]);
+                    invalidate_now(vec![node]);
                 }
             }
             () = shutdown.cancelled() => {}

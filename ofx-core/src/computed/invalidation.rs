@@ -8,23 +8,44 @@ use super::node::{
 
 /// Invalidates `nodes` and everything computed from them. Idempotent and thread-safe: each
 /// node's state moves once, and only the thread that moved it walks its dependents.
+///
+/// A consistent node of a method with an invalidation delay is not invalidated now: its
+/// invalidation is scheduled (once) for the end of the delay.
 pub(crate) fn invalidate_all(nodes: Vec<Arc<dyn ErasedNode>>) {
     let mut pending = nodes;
     while let Some(node) = pending.pop() {
-        invalidate_one(node.as_ref(), &mut pending);
+        invalidate_one(&node, &mut pending, false);
     }
 }
 
-/// Invalidates one node; pushes its dependents to `pending`.
-pub(crate) fn invalidate_one(node: &dyn ErasedNode, pending: &mut Vec<Arc<dyn ErasedNode>>) {
+/// Like [`invalidate_all`], but `nodes` themselves are invalidated now, whatever their
+/// methods' invalidation delays (what they are computed from changed long ago, or a timer says
+/// so); their dependents follow the usual rule.
+pub(crate) fn invalidate_now(nodes: Vec<Arc<dyn ErasedNode>>) {
+    let mut pending = Vec::new();
+    for node in &nodes {
+        invalidate_one(node, &mut pending, true);
+    }
+    invalidate_all(pending);
+}
+
+/// Invalidates one node (or, unless `now`, schedules it when its method says so); pushes its
+/// dependents to `pending`.
+fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Vec<Arc<dyn ErasedNode>>, now: bool) {
     let core = node.core();
     loop {
         match core.state() {
             CONSISTENT => {
+                if !now
+                    && let Some(delay) = core.method().options().invalidation_delay
+                    && defer(node, delay)
+                {
+                    return;
+                }
                 if core.transition(CONSISTENT, INVALIDATED).is_err() {
                     continue;
                 }
-                pending.extend(left_cache(node, Removal::Invalidated).0);
+                pending.extend(left_cache(node.as_ref(), Removal::Invalidated).0);
                 return;
             }
             COMPUTING => {
@@ -44,6 +65,33 @@ pub(crate) fn invalidate_one(node: &dyn ErasedNode, pending: &mut Vec<Arc<dyn Er
             _ => return,
         }
     }
+}
+
+/// Schedules the invalidation of `node` `delay` from now, unless one is scheduled already.
+/// Returns `false` when there is no tokio runtime to wait on: then invalidate it now.
+fn defer(node: &Arc<dyn ErasedNode>, delay: std::time::Duration) -> bool {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    if !node.core().claim_delayed_invalidation() {
+        return true;
+    }
+    tracing::trace!(
+        method = node.core().method().name(),
+        version = node.core().version(),
+        ?delay,
+        "invalidation delayed"
+    );
+    let node = Arc::downgrade(node);
+    // The delay runs from now, not from when the task first runs.
+    let deadline = tokio::time::Instant::now() + delay;
+    runtime.spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        if let Some(node) = node.upgrade() {
+            invalidate_now(vec![node]);
+        }
+    });
+    true
 }
 
 /// Evicts `node` if it is consistent: invalidates it, told as evicted, and everything computed

@@ -18,6 +18,16 @@ pub struct ComputeMethodOptions {
     pub auto_invalidate: Option<Duration>,
     /// Invalidate an `Err` result this long after it was computed (`error_lifetime = "1s"`).
     pub error_lifetime: Duration,
+    /// Put off every invalidation of a cached result by this long (`invalidation_delay =
+    /// "1s"`): the result is served until then, and the invalidations asked for meanwhile
+    /// make one. `None`: invalidations take effect at once. See
+    /// [`with_invalidation_delay`](Self::with_invalidation_delay).
+    pub invalidation_delay: Option<Duration>,
+    /// Keep every result at least this long after it was computed, whatever the cache's
+    /// capacity (`min_cache_duration = "10s"`): the evictor passes it by until then.
+    /// Invalidation still removes it at once. `None`: results may be evicted as soon as they
+    /// are computed.
+    pub min_cache_duration: Option<Duration>,
 }
 
 impl ComputeMethodOptions {
@@ -25,6 +35,8 @@ impl ComputeMethodOptions {
     pub const DEFAULT: Self = Self {
         auto_invalidate: None,
         error_lifetime: DEFAULT_ERROR_LIFETIME,
+        invalidation_delay: None,
+        min_cache_duration: None,
     };
 
     /// Sets [`auto_invalidate`](Self::auto_invalidate).
@@ -36,6 +48,32 @@ impl ComputeMethodOptions {
     /// Sets [`error_lifetime`](Self::error_lifetime).
     pub const fn with_error_lifetime(mut self, lifetime: Duration) -> Self {
         self.error_lifetime = lifetime;
+        self
+    }
+
+    /// Sets [`invalidation_delay`](Self::invalidation_delay).
+    ///
+    /// An invalidation of a cached result (by `invalidate!`, by a dependency, by a command's
+    /// invalidation pass on any host, by [`Computed::invalidate`](crate::Computed::invalidate))
+    /// is carried out `delay` after the first one asked for: until then the result is served
+    /// and stays a dependency of what reads it, and further invalidations are folded into that
+    /// one. It suits a value that changes in bursts and is expensive to compute (a summary
+    /// over many rows), at the price of serving it up to `delay` out of date: `invalidate!`
+    /// returns before such a value is invalidated. A result still computing is invalidated at
+    /// once (it is never cached); so is everything on
+    /// [`Hub::invalidate_everything`](crate::Hub::invalidate_everything). Without a tokio
+    /// runtime to wait on, the invalidation happens at once.
+    pub const fn with_invalidation_delay(mut self, delay: Duration) -> Self {
+        self.invalidation_delay = Some(delay);
+        self
+    }
+
+    /// Sets [`min_cache_duration`](Self::min_cache_duration): the evictor keeps a result at
+    /// least `duration` after it was computed (up to 24 days), even when the cache is over its
+    /// capacity, which may then hold more than its capacity. For a value that is expensive to
+    /// compute and read again soon, but not often enough to stay cached under pressure.
+    pub const fn with_min_cache_duration(mut self, duration: Duration) -> Self {
+        self.min_cache_duration = Some(duration);
         self
     }
 }

@@ -1,6 +1,6 @@
 //! One cached result and its edges in the dependency graph.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use event_listener::Event;
@@ -25,6 +25,12 @@ pub(crate) struct NodeCore {
     /// Set by reads after the first, cleared by the evictor's sweep: a value read again since
     /// the last sweep gets a second chance; a value read once is evicted first.
     accessed: AtomicBool,
+    /// An invalidation of this (consistent) value is scheduled: its method has an
+    /// invalidation delay, and one was asked for.
+    delayed: AtomicBool,
+    /// Until when the evictor keeps this value (its method's minimum cache duration), on the
+    /// [`keep_clock`]; 0: no such promise.
+    kept_until: AtomicU32,
     version: u64,
     method: &'static ComputeMethodDescriptor,
     /// Notified on every state change.
@@ -105,6 +111,8 @@ impl NodeCore {
         Self {
             state: AtomicU8::new(COMPUTING),
             accessed: AtomicBool::new(false),
+            delayed: AtomicBool::new(false),
+            kept_until: AtomicU32::new(0),
             version,
             method,
             changed: Event::new(),
@@ -142,6 +150,26 @@ impl NodeCore {
     /// Clears the accessed flag, returning whether it was set.
     pub(crate) fn take_accessed(&self) -> bool {
         self.accessed.swap(false, Ordering::Relaxed)
+    }
+
+    /// Claims the scheduling of this value's delayed invalidation: `true` for the first caller
+    /// only.
+    pub(crate) fn claim_delayed_invalidation(&self) -> bool {
+        !self.delayed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Promises to keep the value `duration` from now (its method's minimum cache duration).
+    pub(crate) fn keep_for(&self, duration: std::time::Duration) {
+        let until = keep_clock::now()
+            .wrapping_add(keep_clock::ticks(duration))
+            .max(1);
+        self.kept_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether the evictor must keep the value still (its minimum cache duration is not over).
+    pub(crate) fn is_kept(&self) -> bool {
+        let until = self.kept_until.load(Ordering::Relaxed);
+        until != 0 && keep_clock::is_before(keep_clock::now(), until)
     }
 
     /// Whether something awaits this node's next state change (a `Computed::when_invalidated`,
@@ -394,5 +422,46 @@ where
                 }
             }
         }
+    }
+}
+
+/// The clock of minimum cache durations: milliseconds since the first use, on 32 bits that wrap
+/// (every 49 days), compared within half of that range: a duration is at most 24 days.
+mod keep_clock {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    // tokio's clock: the same as the system's monotonic clock, except in tests that pause it.
+    use tokio::time::Instant;
+
+    /// The longest duration the clock measures (a longer one is cut to it).
+    const MAX_TICKS: u32 = u32::MAX / 2;
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    /// Now, in wrapping milliseconds.
+    pub(super) fn now() -> u32 {
+        // Wrapping is the point: only differences of less than `MAX_TICKS` are read.
+        #[allow(clippy::cast_possible_truncation)]
+        let ticks = Instant::now()
+            .saturating_duration_since(epoch())
+            .as_millis() as u32;
+        ticks
+    }
+
+    /// `duration` in ticks, at least 1 and at most `MAX_TICKS`.
+    pub(super) fn ticks(duration: Duration) -> u32 {
+        u32::try_from(duration.as_millis())
+            .unwrap_or(MAX_TICKS)
+            .clamp(1, MAX_TICKS)
+    }
+
+    /// Whether `a` comes before `b` (less than `MAX_TICKS` apart).
+    pub(super) fn is_before(a: u32, b: u32) -> bool {
+        let ahead = b.wrapping_sub(a);
+        ahead != 0 && ahead <= MAX_TICKS
     }
 }

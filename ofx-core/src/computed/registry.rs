@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use super::ComputeKey;
-use super::invalidation::{evict, invalidate_all};
+use super::invalidation::{evict, invalidate_now};
 use super::method::ComputeMethodDescriptor;
 use super::node::{CONSISTENT, ErasedNode, INVALIDATED, Nodes};
 use super::table::{ErasedTable, MethodTable};
@@ -172,7 +172,8 @@ impl Registry {
     /// The policy is a clock (FIFO with a second chance) that keeps what is in use: nodes queue
     /// in insertion order and the evictor takes them from the front. A node read since the hand
     /// last passed is sent to the back with its flag cleared; so is a node something awaits
-    /// (`Computed::when_invalidated`: a live stream showing it), and a node that a live
+    /// (`Computed::when_invalidated`: a live stream showing it), a node within its method's
+    /// minimum cache duration, and a node that a live
     /// (consistent or computing) value depends on: a dependency of a value in use is in use,
     /// though its dependent's cache hits never read it. Other consistent nodes are evicted, and
     /// the evictor then looks at once at what each victim depended on: a dependency left with no
@@ -247,7 +248,8 @@ impl Registry {
                 CONSISTENT
                     if !core.take_accessed()
                         && !core.has_live_dependents()
-                        && !core.is_awaited() =>
+                        && !core.is_awaited()
+                        && !core.is_kept() =>
                 {
                     if let Some(dependencies) = evict(node.as_ref()) {
                         evicted += 1 + self.evict_unused(dependencies, target);
@@ -275,6 +277,7 @@ impl Registry {
                 || core.accessed()
                 || core.has_live_dependents()
                 || core.is_awaited()
+                || core.is_kept()
             {
                 continue;
             }
@@ -294,7 +297,7 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         for table in tables {
-            invalidate_all(table.all());
+            invalidate_now(table.all());
         }
     }
 }

@@ -88,6 +88,24 @@ impl Store {
         total
     }
 
+    /// `value(key)`, its invalidations put off by a second.
+    #[compute_method(invalidation_delay = "1s")]
+    pub(crate) async fn debounced(&self, key: usize) -> u64 {
+        self.value(key).await
+    }
+
+    /// Reads `debounced(key)`.
+    #[compute_method]
+    pub(crate) async fn above_debounced(&self, key: usize) -> u64 {
+        self.debounced(key).await + 1
+    }
+
+    /// `value(key)`, kept through eviction for ten seconds after it is computed.
+    #[compute_method(min_cache_duration = "10s")]
+    pub(crate) async fn kept(&self, key: usize) -> u64 {
+        self.values[key].load(Ordering::SeqCst)
+    }
+
     /// Reads `value(key)`, then waits for a permit of `gate`: lets tests act mid-computation.
     #[compute_method]
     pub(crate) async fn gated(&self, key: usize) -> u64 {

@@ -1,5 +1,5 @@
 //! Integration tests of compute methods: caching, dependencies, invalidation, single flight,
-//! cancellation, error lifetime, eviction and hub isolation.
+//! cancellation, error lifetime, invalidation delay, minimum cache duration, eviction and hub isolation.
 
 // Tests state their expectations with `unwrap`/`expect`: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
@@ -13,5 +13,6 @@ mod eviction;
 mod exactness;
 mod graph;
 mod lifetime;
+mod options;
 mod single_flight;
 mod stress;

@@ -128,5 +128,13 @@ fn options(model: &ComputeMethod<'_>) -> TokenStream {
         let millis = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
         options = quote!(#options.with_error_lifetime(::ofx_core::__private::Duration::from_millis(#millis)));
     }
+    if let Some(delay) = model.invalidation_delay {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        options = quote!(#options.with_invalidation_delay(::ofx_core::__private::Duration::from_millis(#millis)));
+    }
+    if let Some(duration) = model.min_cache_duration {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        options = quote!(#options.with_min_cache_duration(::ofx_core::__private::Duration::from_millis(#millis)));
+    }
     options
 }

@@ -10,7 +10,12 @@ use quote::quote;
 use crate::ctxt::Ctxt;
 
 /// Options `#[compute_method(...)]` accepts.
-const OPTIONS: &[&str] = &["auto_invalidate", "error_lifetime"];
+const OPTIONS: &[&str] = &[
+    "auto_invalidate",
+    "error_lifetime",
+    "invalidation_delay",
+    "min_cache_duration",
+];
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let method: syn::ImplItemFn = match syn::parse2(item.clone()) {

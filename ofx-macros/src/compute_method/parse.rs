@@ -17,6 +17,8 @@ pub(super) struct ComputeMethod<'a> {
     pub(super) output: Type,
     pub(super) auto_invalidate: Option<Duration>,
     pub(super) error_lifetime: Option<Duration>,
+    pub(super) invalidation_delay: Option<Duration>,
+    pub(super) min_cache_duration: Option<Duration>,
 }
 
 /// One argument after `&self`.
@@ -55,6 +57,8 @@ impl<'a> ComputeMethod<'a> {
             output,
             auto_invalidate: options.nonzero_duration(cx, "auto_invalidate"),
             error_lifetime: options.duration(cx, "error_lifetime"),
+            invalidation_delay: options.nonzero_duration(cx, "invalidation_delay"),
+            min_cache_duration: options.nonzero_duration(cx, "min_cache_duration"),
         }
     }
 }
