@@ -64,8 +64,27 @@ pub trait HandlerError: Into<Box<dyn std::error::Error + Send + Sync>> {}
 
 impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> HandlerError for E {}
 pub use crate::computed::{
-    ComputeKey, ComputeMethodDescriptor, ComputeMethodOptions, compute, invalidate,
+    ComputeKey, ComputeMethodDescriptor, ComputeMethodOptions, Recompute, compute,
+    compute_consolidated, invalidate,
 };
+
+/// The boxed future a consolidating method's recomputation returns.
+pub type RecomputeFuture<T> = core::pin::Pin<Box<dyn core::future::Future<Output = T> + Send>>;
+
+/// Checks, at the span of a consolidating compute method's return type, that its values can be
+/// compared.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be compared, and `#[compute_method(consolidate)]` compares the new value with the old",
+    label = "a consolidating method's output must implement `PartialEq`",
+    note = "derive or implement `PartialEq` for `{Self}`, or remove `consolidate`"
+)]
+pub trait ConsolidatedOutput: PartialEq {}
+
+impl<T: PartialEq> ConsolidatedOutput for T {}
+
+/// Checks, at the span of a consolidating compute method's return type, that it is comparable.
+#[inline(always)]
+pub const fn assert_consolidated_output<T: ConsolidatedOutput>() {}
 
 /// Checks, at the span of a compute method's receiver, that its type is a `ComputeService`.
 #[inline(always)]

@@ -76,6 +76,15 @@ pub enum HubEvent {
         /// `path::Type::method`.
         method: &'static str,
     },
+    /// A consolidating compute method (`#[compute_method(consolidate)]`) recomputed a value
+    /// that was invalidated, and compared it with the old one: `changed`, the values computed
+    /// from the old one were invalidated; otherwise they were kept, now computed from the new.
+    Consolidated {
+        /// `path::Type::method`.
+        method: &'static str,
+        /// Whether the new value differs from the old one.
+        changed: bool,
+    },
     /// An operation completed on this host (`local`) or was replayed from another's log.
     OperationCompleted {
         /// The operation's id.
@@ -131,11 +140,13 @@ pub enum HubEventKind {
     InvalidationPanicked,
     /// [`HubEvent::CommandRetried`].
     CommandRetried,
+    /// [`HubEvent::Consolidated`].
+    Consolidated,
 }
 
 impl HubEventKind {
     /// Every kind.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Computed,
         Self::CacheHit,
         Self::Invalidated,
@@ -144,6 +155,7 @@ impl HubEventKind {
         Self::ReplayFailed,
         Self::InvalidationPanicked,
         Self::CommandRetried,
+        Self::Consolidated,
     ];
 
     const fn index(self) -> usize {
@@ -156,6 +168,7 @@ impl HubEventKind {
             Self::ReplayFailed => 5,
             Self::InvalidationPanicked => 6,
             Self::CommandRetried => 7,
+            Self::Consolidated => 8,
         }
     }
 }
@@ -174,6 +187,7 @@ impl HubEvent {
             Self::ReplayFailed { .. } => HubEventKind::ReplayFailed,
             Self::InvalidationPanicked { .. } => HubEventKind::InvalidationPanicked,
             Self::CommandRetried { .. } => HubEventKind::CommandRetried,
+            Self::Consolidated { .. } => HubEventKind::Consolidated,
         }
     }
 
@@ -183,7 +197,8 @@ impl HubEvent {
             Self::Computed { method }
             | Self::CacheHit { method }
             | Self::Invalidated { method }
-            | Self::Evicted { method } => Some(method),
+            | Self::Evicted { method }
+            | Self::Consolidated { method, .. } => Some(method),
             Self::OperationCompleted { .. }
             | Self::ReplayFailed { .. }
             | Self::InvalidationPanicked { .. }
@@ -201,7 +216,8 @@ impl HubEvent {
             Self::Computed { .. }
             | Self::CacheHit { .. }
             | Self::Invalidated { .. }
-            | Self::Evicted { .. } => None,
+            | Self::Evicted { .. }
+            | Self::Consolidated { .. } => None,
         }
     }
 }
@@ -299,6 +315,12 @@ impl EventCounter {
     /// How many values of `method` were evicted ([`HubEvent::Evicted`]).
     pub fn evicted(&self, method: &str) -> u64 {
         self.count_for(HubEventKind::Evicted, method)
+    }
+
+    /// How many invalidated values of `method` were recomputed and compared
+    /// ([`HubEvent::Consolidated`]), changed or not.
+    pub fn consolidated(&self, method: &str) -> u64 {
+        self.count_for(HubEventKind::Consolidated, method)
     }
 
     /// How many operations of `command` completed, here or replayed

@@ -52,6 +52,9 @@ struct HubInner {
     shutdown: CancellationToken,
     /// The command handlers of the services added with `add_service`, by command type.
     handlers: papaya::HashMap<TypeId, HandlerEntry, foldhash::fast::RandomState>,
+    /// The services added with `add_service`, by type: what consolidating compute methods
+    /// recompute with.
+    services: papaya::HashMap<TypeId, std::sync::Weak<dyn Any + Send + Sync>>,
     /// Held while a service is added, so that its handlers are checked and added together.
     adding: Mutex<()>,
     filters: Vec<Arc<dyn CommandFilter>>,
@@ -202,7 +205,15 @@ impl Hub {
             map.insert(command, entry);
         }
         crate::telemetry::remember(&self.inner.methods, S::compute_methods());
+        let weak: std::sync::Weak<dyn Any + Send + Sync> = Arc::downgrade(service) as _;
+        self.inner.services.pin().insert(TypeId::of::<S>(), weak);
         Ok(())
+    }
+
+    /// The service of type `S` added to this hub, if it was and is still alive.
+    pub(crate) fn service<S: Send + Sync + 'static>(&self) -> Option<Arc<S>> {
+        let weak = self.inner.services.pin().get(&TypeId::of::<S>())?.clone();
+        weak.upgrade()?.downcast::<S>().ok()
     }
 
     /// Publishes the hub's metrics now through the [`metrics`] facade (see
@@ -570,6 +581,7 @@ impl HubBuilder {
                 transient: std::sync::RwLock::new(self.transient),
                 event_scope: std::sync::OnceLock::new(),
                 methods: Mutex::new(Vec::new()),
+                services: papaya::HashMap::new(),
             }),
         };
         if let Some(interval) = self.metrics_interval {

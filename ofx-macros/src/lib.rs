@@ -40,6 +40,7 @@ use proc_macro::TokenStream;
 /// | `auto_invalidate = "5s"` | invalidate every result this long after computing it | never |
 /// | `error_lifetime = "500ms"` | invalidate an `Err` result this long after computing it | `"1s"` |
 /// | `invalidation_delay = "1s"` | carry out each invalidation of a cached result this long after it is asked for, folding those asked for meanwhile into one; the old result is served until then | at once |
+/// | `consolidate` | when a result is invalidated, compute it again at once and invalidate what was computed from it only if the new result differs (`PartialEq`); needs the service added to its hub | off |
 /// | `min_cache_duration = "10s"` | keep every result at least this long after computing it, however full the cache (invalidation still removes it) | none |
 ///
 /// See `ofx_core::ComputeMethodOptions` for the details of each.

@@ -113,6 +113,34 @@ where
     }
 }
 
+/// [`compute`] for a consolidating method (`#[compute_method(consolidate)]`): the first call
+/// on a hub that knows the service also tells the method's table how to recompute and compare
+/// its values (`recompute`, the method's own wrapper on the service's `Arc`).
+pub async fn compute_consolidated<S, K, T, F, Fut>(
+    service: &S,
+    method: &'static ComputeMethodDescriptor,
+    key: K,
+    is_error: Option<fn(&T) -> bool>,
+    body: F,
+    recompute: super::table::Recompute<S, K, T>,
+) -> T
+where
+    S: ComputeService,
+    K: ComputeKey,
+    T: Clone + PartialEq + Send + Sync + 'static,
+    F: FnOnce(K) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let hub = service.hub();
+    {
+        let table = hub.registry().table::<S, K, T>(method);
+        if table.consolidator().is_none() {
+            table.learn_consolidation(hub, method, recompute, <T as PartialEq>::eq);
+        }
+    }
+    compute(service, method, key, is_error, body).await
+}
+
 /// Looks `key` up, inserting a computing node on a miss. Synchronous, so that no map guard
 /// lives across an `.await`.
 #[inline]

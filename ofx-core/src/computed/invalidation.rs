@@ -6,38 +6,66 @@ use super::node::{
     COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED, Nodes, Removal,
 };
 
+/// How an invalidation treats a method's invalidation delay and consolidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Asked for (by `invalidate!`, a dependency, ...): a delay puts it off, a consolidating
+    /// method keeps its dependents until it compared its new value.
+    Asked,
+    /// The end of a delay or of a lifetime: now, but a consolidating method still consolidates.
+    Timer,
+    /// Everything at once (`Hub::invalidate_everything`): now, and the dependents too.
+    Everything,
+}
+
 /// Invalidates `nodes` and everything computed from them. Idempotent and thread-safe: each
 /// node's state moves once, and only the thread that moved it walks its dependents.
 ///
 /// A consistent node of a method with an invalidation delay is not invalidated now: its
-/// invalidation is scheduled (once) for the end of the delay.
+/// invalidation is scheduled (once) for the end of the delay. A consistent node of a
+/// consolidating method is invalidated now, but its dependents only if its new value differs
+/// (see `ErasedNode::consolidate`).
 pub(crate) fn invalidate_all(nodes: Vec<Arc<dyn ErasedNode>>) {
-    let mut pending = nodes;
-    while let Some(node) = pending.pop() {
-        invalidate_one(&node, &mut pending, false);
-    }
+    run(Vec::new(), nodes, Mode::Asked);
 }
 
 /// Like [`invalidate_all`], but `nodes` themselves are invalidated now, whatever their
-/// methods' invalidation delays (what they are computed from changed long ago, or a timer says
-/// so); their dependents follow the usual rule.
+/// methods' invalidation delays (a timer says so); their dependents follow the usual rule.
 pub(crate) fn invalidate_now(nodes: Vec<Arc<dyn ErasedNode>>) {
-    let mut pending = Vec::new();
-    for node in &nodes {
-        invalidate_one(node, &mut pending, true);
-    }
-    invalidate_all(pending);
+    run(nodes, Vec::new(), Mode::Timer);
 }
 
-/// Invalidates one node (or, unless `now`, schedules it when its method says so); pushes its
-/// dependents to `pending`.
-fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Vec<Arc<dyn ErasedNode>>, now: bool) {
+/// Invalidates `nodes` and everything computed from them now, with no delay or consolidation.
+pub(crate) fn invalidate_everything(nodes: Vec<Arc<dyn ErasedNode>>) {
+    run(Vec::new(), nodes, Mode::Everything);
+}
+
+/// Invalidates `first` in `mode`, then `pending` and every dependent met, in `mode` unless it
+/// is [`Mode::Timer`] (then [`Mode::Asked`]).
+fn run(first: Nodes, mut pending: Nodes, mode: Mode) {
+    for node in &first {
+        invalidate_one(node, &mut pending, mode);
+    }
+    let mode = if mode == Mode::Timer {
+        Mode::Asked
+    } else {
+        mode
+    };
+    while let Some(node) = pending.pop() {
+        invalidate_one(&node, &mut pending, mode);
+    }
+}
+
+/// Invalidates one node (or schedules it, or consolidates it, as its method and `mode` say);
+/// pushes the dependents to invalidate to `pending`.
+fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Nodes, mode: Mode) {
     let core = node.core();
     loop {
         match core.state() {
             CONSISTENT => {
-                if !now
-                    && let Some(delay) = core.method().options().invalidation_delay
+                let options = core.method().options();
+                if mode == Mode::Asked
+                    && let Some(delay) = options.invalidation_delay
                     && defer(node, delay)
                 {
                     return;
@@ -45,7 +73,15 @@ fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Vec<Arc<dyn ErasedNo
                 if core.transition(CONSISTENT, INVALIDATED).is_err() {
                     continue;
                 }
-                pending.extend(left_cache(node.as_ref(), Removal::Invalidated).0);
+                let (dependents, dependencies) = left_cache(node.as_ref(), Removal::Invalidated);
+                drop(dependencies);
+                if options.consolidate && mode != Mode::Everything && !dependents.is_empty() {
+                    if let Err(dependents) = node.consolidate(dependents) {
+                        pending.extend(dependents);
+                    }
+                } else {
+                    pending.extend(dependents);
+                }
                 return;
             }
             COMPUTING => {
@@ -63,6 +99,44 @@ fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Vec<Arc<dyn ErasedNo
                 return;
             }
             _ => return,
+        }
+    }
+}
+
+/// Makes `dependents` (of a consolidated value that did not change) dependents of `node`, its
+/// new value; those it refuses (it was invalidated meanwhile) are invalidated.
+pub(crate) fn adopt(node: &Arc<dyn ErasedNode>, dependents: Nodes) {
+    let mut refused = Vec::new();
+    for dependent in dependents {
+        if node.core().add_dependent(Arc::downgrade(&dependent)) {
+            if matches!(dependent.core().state(), CONSISTENT | COMPUTING) {
+                dependent.core().add_dependency(node);
+            }
+        } else {
+            refused.push(dependent);
+        }
+    }
+    invalidate_all(refused);
+}
+
+/// Dependents kept by a consolidation in progress: invalidated when dropped armed.
+pub(crate) struct InvalidateOnDrop(Option<Nodes>);
+
+impl InvalidateOnDrop {
+    pub(crate) fn new(nodes: Nodes) -> Self {
+        Self(Some(nodes))
+    }
+
+    /// Takes the nodes out: dropping does nothing anymore.
+    pub(crate) fn disarm(&mut self) -> Nodes {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for InvalidateOnDrop {
+    fn drop(&mut self) {
+        if let Some(nodes) = self.0.take() {
+            invalidate_all(nodes);
         }
     }
 }

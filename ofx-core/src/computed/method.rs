@@ -28,6 +28,10 @@ pub struct ComputeMethodOptions {
     /// Invalidation still removes it at once. `None`: results may be evicted as soon as they
     /// are computed.
     pub min_cache_duration: Option<Duration>,
+    /// Recompute an invalidated result at once and invalidate what was computed from it only
+    /// if the new result differs (`consolidate`). See
+    /// [`with_consolidation`](Self::with_consolidation).
+    pub consolidate: bool,
 }
 
 impl ComputeMethodOptions {
@@ -37,6 +41,7 @@ impl ComputeMethodOptions {
         error_lifetime: DEFAULT_ERROR_LIFETIME,
         invalidation_delay: None,
         min_cache_duration: None,
+        consolidate: false,
     };
 
     /// Sets [`auto_invalidate`](Self::auto_invalidate).
@@ -65,6 +70,29 @@ impl ComputeMethodOptions {
     /// runtime to wait on, the invalidation happens at once.
     pub const fn with_invalidation_delay(mut self, delay: Duration) -> Self {
         self.invalidation_delay = Some(delay);
+        self
+    }
+
+    /// Sets [`consolidate`](Self::consolidate).
+    ///
+    /// When a cached result of a consolidating method is invalidated, it leaves the cache as
+    /// any other (the next call computes it again), but the values computed from it are kept
+    /// while the method computes its new result in a task of its own; then, if the new result
+    /// equals the old one (`PartialEq`), they stay cached, as computed from the new one, and
+    /// the change stops there; otherwise they are invalidated, as they would have been at
+    /// once. Use it for a value derived from others that often stays the same when they
+    /// change (a count, a flag, a summary), read by values that are expensive to compute.
+    ///
+    /// The price: between the invalidation and the comparison, the values computed from it are
+    /// served as they were, so `invalidate!` returns before they are invalidated (if they must
+    /// be). The recomputation needs the service: its `Arc`, added to the hub with
+    /// [`Hub::add_service`](crate::Hub::add_service); a method of a service that was not
+    /// added invalidates what depends on it at once (and says so in a warning, once). So it
+    /// does without a tokio runtime, and on
+    /// [`Hub::invalidate_everything`](crate::Hub::invalidate_everything). If the recomputation
+    /// panics or is cancelled, the dependents are invalidated.
+    pub const fn with_consolidation(mut self) -> Self {
+        self.consolidate = true;
         self
     }
 

@@ -49,10 +49,11 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-pub use compute::{compute, invalidate};
+pub use compute::{compute, compute_consolidated, invalidate};
 pub use context::{ComputeScope, capture};
 pub use method::{ComputeMethodDescriptor, ComputeMethodOptions, DEFAULT_ERROR_LIFETIME};
 pub(crate) use registry::Registry;
+pub use table::Recompute;
 
 use node::{COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode};
 
@@ -88,6 +89,10 @@ pub struct Computed {
 impl Computed {
     pub(crate) fn new(node: Arc<dyn ErasedNode>) -> Self {
         Self { node }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<dyn ErasedNode> {
+        &self.node
     }
 
     /// The compute method's name, `Type::method`.

@@ -333,6 +333,11 @@ pub(crate) trait ErasedNode: Send + Sync + 'static {
     /// Removes this node from its method table if it is still the entry for its key, and tells
     /// the hub's event listener why, unless `removal` is [`Removal::Cleanup`].
     fn detach(&self, removal: Removal);
+    /// Consolidates this node, just invalidated: keeps `dependents` while its method computes
+    /// the new value in a task of its own, then makes them dependents of the new value if it
+    /// equals this one, or invalidates them. `Err(dependents)`: it cannot (no consolidator, no
+    /// service, no runtime), invalidate them now.
+    fn consolidate(&self, dependents: Nodes) -> Result<(), Nodes>;
 }
 
 /// A cached result of the compute method `S::method(K) -> T`.
@@ -400,6 +405,48 @@ where
 {
     fn core(&self) -> &NodeCore {
         &self.core
+    }
+
+    fn consolidate(&self, dependents: Nodes) -> Result<(), Nodes> {
+        let Some(table) = self.table.upgrade() else {
+            return Err(dependents);
+        };
+        let Some(consolidator) = table.consolidator() else {
+            return Err(dependents);
+        };
+        let (Some(old), Ok(runtime)) = (
+            self.output.get().cloned(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return Err(dependents);
+        };
+        let Some(recompute) = (consolidator.recompute)(self.key.clone()) else {
+            return Err(dependents);
+        };
+        let same = consolidator.same;
+        let method = self.core.method;
+        // Invalidates the dependents unless disarmed: if the recomputation panics, or the task
+        // is dropped (its runtime shutting down), they are not left computed from a value that
+        // changed.
+        let mut kept = super::invalidation::InvalidateOnDrop::new(dependents);
+        runtime.spawn(async move {
+            let (new, computed) = match super::context::capture(recompute).await {
+                Ok(captured) => captured,
+                Err(_) => unreachable!("a compute method's wrapper calls its compute method"),
+            };
+            let changed = !same(&old, &new);
+            let dependents = kept.disarm();
+            if changed {
+                super::invalidation::invalidate_all(dependents);
+            } else {
+                super::invalidation::adopt(computed.node(), dependents);
+            }
+            table.emit(|| HubEvent::Consolidated {
+                method: method.name(),
+                changed,
+            });
+        });
+        Ok(())
     }
 
     fn detach(&self, removal: Removal) {

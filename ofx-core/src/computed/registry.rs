@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use super::ComputeKey;
-use super::invalidation::{evict, invalidate_now};
+use super::invalidation::{evict, invalidate_everything};
 use super::method::ComputeMethodDescriptor;
 use super::node::{CONSISTENT, ErasedNode, INVALIDATED, Nodes};
 use super::table::{ErasedTable, MethodTable};
@@ -297,7 +297,7 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         for table in tables {
-            invalidate_now(table.all());
+            invalidate_everything(table.all());
         }
     }
 }

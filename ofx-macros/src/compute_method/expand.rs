@@ -66,15 +66,45 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
         quote!(#name: #ty)
     });
 
+    // A consolidating method recomputes an invalidated value through its own wrapper, on the
+    // service's `Arc`, and compares the values: `PartialEq`, checked at the output's span.
+    let recompute_fn = format_ident!("__ofx_recompute_{}", name);
+    let (entry, recompute_arg, recompute_item, consolidated_assert) = if model.consolidate {
+        let service_var = syn::Ident::new("__ofx_service", Span::mixed_site());
+        let key_var = syn::Ident::new("__ofx_key", Span::mixed_site());
+        (
+            // At the output's span: a missing `PartialEq` is then reported once, there.
+            quote_spanned!(output.span()=> compute_consolidated),
+            quote!(Self::#recompute_fn,),
+            quote! {
+                #[doc(hidden)]
+                #[allow(clippy::type_complexity)]
+                fn #recompute_fn(
+                    #service_var: ::std::sync::Arc<Self>,
+                    #key_var: (#(#arg_types,)*),
+                ) -> ::ofx_core::__private::RecomputeFuture<#output> {
+                    ::std::boxed::Box::pin(async move {
+                        let (#(#arg_names,)*) = #key_var;
+                        #service_var.#name(#(#arg_names),*).await
+                    })
+                }
+            },
+            quote_spanned!(output.span()=> ::ofx_core::__private::assert_consolidated_output::<#output>();),
+        )
+    } else {
+        (quote!(compute), quote!(), quote!(), quote!())
+    };
+
     quote! {
         #(#attrs)*
         #vis async fn #name(&self, #(#wrapper_args),*) -> #output {
             #service_assert
             #(#key_asserts)*
             #output_assert
+            #consolidated_assert
             let #method_var = Self::#descriptor_fn();
             #method_var.count_call();
-            ::ofx_core::__private::compute(
+            ::ofx_core::__private::#entry(
                 self,
                 #method_var,
                 (#(#arg_names,)*),
@@ -83,9 +113,12 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
                     #method_var.count_computation();
                     self.#body_fn(#(#arg_names),*)
                 },
+                #recompute_arg
             )
             .await
         }
+
+        #recompute_item
 
         #[doc(hidden)]
         #(#lint_attrs)*
@@ -131,6 +164,9 @@ fn options(model: &ComputeMethod<'_>) -> TokenStream {
     if let Some(delay) = model.invalidation_delay {
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         options = quote!(#options.with_invalidation_delay(::ofx_core::__private::Duration::from_millis(#millis)));
+    }
+    if model.consolidate {
+        options = quote!(#options.with_consolidation());
     }
     if let Some(duration) = model.min_cache_duration {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);

@@ -15,6 +15,7 @@ const OPTIONS: &[&str] = &[
     "error_lifetime",
     "invalidation_delay",
     "min_cache_duration",
+    "consolidate",
 ];
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {

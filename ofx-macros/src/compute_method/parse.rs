@@ -19,6 +19,7 @@ pub(super) struct ComputeMethod<'a> {
     pub(super) error_lifetime: Option<Duration>,
     pub(super) invalidation_delay: Option<Duration>,
     pub(super) min_cache_duration: Option<Duration>,
+    pub(super) consolidate: bool,
 }
 
 /// One argument after `&self`.
@@ -59,6 +60,7 @@ impl<'a> ComputeMethod<'a> {
             error_lifetime: options.duration(cx, "error_lifetime"),
             invalidation_delay: options.nonzero_duration(cx, "invalidation_delay"),
             min_cache_duration: options.nonzero_duration(cx, "min_cache_duration"),
+            consolidate: options.flag(cx, "consolidate"),
         }
     }
 }
