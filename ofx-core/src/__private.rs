@@ -98,13 +98,28 @@ pub const fn assert_compute_key<T: ComputeKey>() {}
 #[inline(always)]
 pub const fn assert_compute_output<T: ComputeOutput>() {}
 
-/// Tells whether a compute method's value is an error (kept only for the error lifetime).
-pub type IsError<T> = fn(&T) -> bool;
+/// What a compute method returned, as its cache lifetime sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A value (not an `Err`): cached until invalidated (or `auto_invalidate`).
+    Value,
+    /// An `Err` that may go away by itself, or that nothing says is permanent: cached for the
+    /// method's `error_lifetime`.
+    TransientError,
+    /// An `Err` known to be permanent: cached for the method's `permanent_error_lifetime`.
+    PermanentError,
+}
 
-/// Finds, by type, how to tell an error value of a compute method: `Some(Result::is_err)`
-/// for any `Result` (whatever alias names it), `None` for other types. Generated code calls
-/// `(&&ErrorProbe::<T>::NEW).is_error_fn()` with both probe traits in scope: method lookup
-/// picks [`ProbeResult`] when `T` is a `Result` and falls back to [`ProbeOther`].
+/// Tells what a compute method's value is.
+pub type Classify<T> = fn(&T) -> Outcome;
+
+/// Finds, by type, how to classify a compute method's value: for a `Result` (whatever alias
+/// names it) whose error is a `std::error::Error`, its chain decides (an error marked with
+/// [`Error::permanent`](crate::Error::permanent), anywhere in its chain, is permanent; every
+/// other error is transient); for another `Result`, every `Err` is transient; other types are
+/// never errors (`None`). Generated code calls `(&&&ErrorProbe::<T>::NEW).classify_fn()` with
+/// the three probe traits in scope: method lookup picks [`ProbeResultError`], then
+/// [`ProbeResult`], then [`ProbeOther`].
 pub struct ErrorProbe<T>(core::marker::PhantomData<fn() -> T>);
 
 impl<T> ErrorProbe<T> {
@@ -118,28 +133,78 @@ impl<T> core::fmt::Debug for ErrorProbe<T> {
     }
 }
 
-/// The probe for `Result`s.
+/// The probe for `Result`s whose error is a `std::error::Error`.
+pub trait ProbeResultError<T> {
+    /// Classifies by the error's chain.
+    fn classify_fn(&self) -> Option<Classify<T>>;
+}
+
+impl<V, E: std::error::Error + 'static> ProbeResultError<Result<V, E>>
+    for &&ErrorProbe<Result<V, E>>
+{
+    fn classify_fn(&self) -> Option<Classify<Result<V, E>>> {
+        Some(|value| match value {
+            Ok(_) => Outcome::Value,
+            Err(error) if is_marked_permanent(error) => Outcome::PermanentError,
+            Err(_) => Outcome::TransientError,
+        })
+    }
+}
+
+/// The probe for other `Result`s.
 pub trait ProbeResult<T> {
-    /// `Some(Result::is_err)`.
-    fn is_error_fn(&self) -> Option<IsError<T>>;
+    /// Every `Err` is transient.
+    fn classify_fn(&self) -> Option<Classify<T>>;
 }
 
 impl<V, E> ProbeResult<Result<V, E>> for &ErrorProbe<Result<V, E>> {
-    fn is_error_fn(&self) -> Option<IsError<Result<V, E>>> {
-        Some(Result::is_err)
+    fn classify_fn(&self) -> Option<Classify<Result<V, E>>> {
+        Some(|value| {
+            if value.is_err() {
+                Outcome::TransientError
+            } else {
+                Outcome::Value
+            }
+        })
     }
 }
 
 /// The probe for every other type.
 pub trait ProbeOther<T> {
     /// `None`: no value of this type is an error.
-    fn is_error_fn(&self) -> Option<IsError<T>>;
+    fn classify_fn(&self) -> Option<Classify<T>>;
 }
 
 impl<T> ProbeOther<T> for ErrorProbe<T> {
-    fn is_error_fn(&self) -> Option<IsError<T>> {
+    fn classify_fn(&self) -> Option<Classify<T>> {
         None
     }
+}
+
+/// Classifies a `Result` by the method's own `is_transient` function.
+#[inline]
+pub fn classify_by<V, E>(value: &Result<V, E>, is_transient: impl FnOnce(&E) -> bool) -> Outcome {
+    match value {
+        Ok(_) => Outcome::Value,
+        Err(error) if is_transient(error) => Outcome::TransientError,
+        Err(_) => Outcome::PermanentError,
+    }
+}
+
+/// Whether `error`'s chain holds an error marked permanent.
+fn is_marked_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut link = Some(error);
+    while let Some(current) = link {
+        if current.is::<crate::commander::reprocess::Permanent>()
+            || current
+                .downcast_ref::<crate::Error>()
+                .is_some_and(crate::Error::is_permanent)
+        {
+            return true;
+        }
+        link = current.source();
+    }
+    false
 }
 
 /// Parses durations written in `#[compute_method(...)]` options; used by tests of the macro.

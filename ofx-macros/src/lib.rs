@@ -26,7 +26,8 @@ use proc_macro::TokenStream;
 /// implements `ComputeService`, with no generic parameters of its own (the `impl` may have
 /// some). Each argument is part of the cache key (`Hash + Eq + Clone + Send + Sync + 'static`);
 /// the result is cloned to every caller (`Clone + Send + Sync + 'static`). A `Result` that is
-/// `Err` stays cached only for the error lifetime.
+/// `Err` stays cached only for an error lifetime: short for a transient error, longer for a
+/// permanent one.
 ///
 /// In a [`#[service]`](macro@service) impl, the method is also a type (see there); its
 /// future must then be `Send`.
@@ -38,7 +39,9 @@ use proc_macro::TokenStream;
 /// | option | meaning | default |
 /// |---|---|---|
 /// | `auto_invalidate = "5s"` | invalidate every result this long after computing it | never |
-/// | `error_lifetime = "500ms"` | invalidate an `Err` result this long after computing it | `"1s"` |
+/// | `error_lifetime = "500ms"` | invalidate a transient `Err` result (any error not known to be permanent) this long after computing it | `"1s"` |
+/// | `permanent_error_lifetime = "5m"` | invalidate a permanent `Err` result this long after computing it | `"30s"` |
+/// | `is_transient = MyError::is_transient` | a `fn(&E) -> bool` (or closure) telling the method's transient errors from its permanent ones | an error is permanent when marked with `ofx_core::Error::permanent` in its chain (for a `std::error::Error`), transient otherwise |
 /// | `invalidation_delay = "1s"` | carry out each invalidation of a cached result this long after it is asked for, folding those asked for meanwhile into one; the old result is served until then | at once |
 /// | `consolidate` | when a result is invalidated, compute it again at once and invalidate what was computed from it only if the new result differs (`PartialEq`); needs the service added to its hub | off |
 /// | `min_cache_duration = "10s"` | keep every result at least this long after computing it, however full the cache (invalidation still removes it) | none |

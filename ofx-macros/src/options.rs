@@ -110,6 +110,21 @@ impl Options {
         }
     }
 
+    /// The expression given for `name` (a path to a function, or a closure).
+    pub(crate) fn expr(&self, cx: &Ctxt, name: &str, example: &str) -> Option<syn::Expr> {
+        let value = self.value(cx, name, example)?;
+        match syn::parse2::<syn::Expr>(value.clone()) {
+            Ok(expr) => Some(expr),
+            Err(_) => {
+                cx.error_spanned_by(
+                    value,
+                    format!("`{name}` takes a function: `{name} = {example}`"),
+                );
+                None
+            }
+        }
+    }
+
     /// The type given for `name`.
     pub(crate) fn ty(&self, cx: &Ctxt, name: &str) -> Option<Type> {
         let value = self.value(cx, name, "Type")?;

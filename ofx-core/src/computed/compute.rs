@@ -9,6 +9,7 @@ use super::context::Context;
 use super::invalidation::{abandon, finish_computing, invalidate_all, invalidate_now};
 use super::method::ComputeMethodDescriptor;
 use super::node::{COMPUTING, CONSISTENT, ErasedNode, Node, NodeCore, Removal};
+use crate::__private::Outcome;
 use crate::event::HubEvent;
 use crate::{ComputeService, Hub};
 
@@ -28,7 +29,7 @@ pub async fn compute<S, K, T, F, Fut>(
     service: &S,
     method: &'static ComputeMethodDescriptor,
     key: K,
-    is_error: Option<fn(&T) -> bool>,
+    classify: Option<crate::__private::Classify<T>>,
     body: F,
 ) -> T
 where
@@ -103,7 +104,7 @@ where
                 let Some(body) = body.take() else {
                     unreachable!("a caller leads at most once: it returns after leading")
                 };
-                let value = lead(hub, node, key, is_error, body).await;
+                let value = lead(hub, node, key, classify, body).await;
                 if let Some(context) = &context {
                     context.record_captured(&erased);
                 }
@@ -120,7 +121,7 @@ pub async fn compute_consolidated<S, K, T, F, Fut>(
     service: &S,
     method: &'static ComputeMethodDescriptor,
     key: K,
-    is_error: Option<fn(&T) -> bool>,
+    classify: Option<crate::__private::Classify<T>>,
     body: F,
     recompute: super::table::Recompute<S, K, T>,
 ) -> T
@@ -138,7 +139,7 @@ where
             table.learn_consolidation(hub, method, recompute, <T as PartialEq>::eq);
         }
     }
-    compute(service, method, key, is_error, body).await
+    compute(service, method, key, classify, body).await
 }
 
 /// Looks `key` up, inserting a computing node on a miss. Synchronous, so that no map guard
@@ -210,7 +211,7 @@ async fn lead<S, K, T, F, Fut>(
     hub: &Hub,
     node: Arc<Node<S, K, T>>,
     key: K,
-    is_error: Option<fn(&T) -> bool>,
+    classify: Option<crate::__private::Classify<T>>,
     body: F,
 ) -> T
 where
@@ -236,16 +237,16 @@ where
     drop(guard);
     node.core().end_recording();
     node.set_output(value.clone());
-    let failed = is_error.is_some_and(|is_error| is_error(&value));
+    let outcome = classify.map_or(Outcome::Value, |classify| classify(&value));
     let options = method.options();
     if let Some(duration) = options.min_cache_duration {
         node.core().keep_for(duration);
     }
     if finish_computing(node.as_ref()) {
-        let lifetime = if failed {
-            Some(options.error_lifetime)
-        } else {
-            options.auto_invalidate
+        let lifetime = match outcome {
+            Outcome::Value => options.auto_invalidate,
+            Outcome::TransientError => Some(options.error_lifetime),
+            Outcome::PermanentError => Some(options.permanent_error_lifetime),
         };
         if let Some(lifetime) = lifetime {
             schedule_invalidation(hub, &node, lifetime);

@@ -6,8 +6,12 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// How long an `Err` result stays cached when a method does not say otherwise.
+/// How long a transient `Err` result (or one nothing says is permanent) stays cached when a
+/// method does not say otherwise.
 pub const DEFAULT_ERROR_LIFETIME: Duration = Duration::from_secs(1);
+
+/// How long a permanent `Err` result stays cached when a method does not say otherwise.
+pub const DEFAULT_PERMANENT_ERROR_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The options of one compute method, set with `#[compute_method(...)]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +20,16 @@ pub struct ComputeMethodOptions {
     /// Invalidate every result this long after it was computed (`auto_invalidate = "5s"`).
     /// `None`: results stay until invalidated or evicted.
     pub auto_invalidate: Option<Duration>,
-    /// Invalidate an `Err` result this long after it was computed (`error_lifetime = "1s"`).
+    /// Invalidate a transient `Err` result this long after it was computed (`error_lifetime =
+    /// "1s"`). An error is transient unless it is known to be permanent: by the method's
+    /// `is_transient = path` function when it has one, otherwise by a mark of
+    /// [`Error::permanent`](crate::Error::permanent) in the error's chain (for an error type
+    /// that is a `std::error::Error`).
     pub error_lifetime: Duration,
+    /// Invalidate a permanent `Err` result this long after it was computed
+    /// (`permanent_error_lifetime = "30s"`): an error the method's `is_transient` function
+    /// says is not transient, or one marked with [`Error::permanent`](crate::Error::permanent).
+    pub permanent_error_lifetime: Duration,
     /// Put off every invalidation of a cached result by this long (`invalidation_delay =
     /// "1s"`): the result is served until then, and the invalidations asked for meanwhile
     /// make one. `None`: invalidations take effect at once. See
@@ -35,10 +47,12 @@ pub struct ComputeMethodOptions {
 }
 
 impl ComputeMethodOptions {
-    /// The defaults: no auto-invalidation, errors cached for [`DEFAULT_ERROR_LIFETIME`].
+    /// The defaults: no auto-invalidation, transient errors cached for
+    /// [`DEFAULT_ERROR_LIFETIME`] and permanent ones for [`DEFAULT_PERMANENT_ERROR_LIFETIME`].
     pub const DEFAULT: Self = Self {
         auto_invalidate: None,
         error_lifetime: DEFAULT_ERROR_LIFETIME,
+        permanent_error_lifetime: DEFAULT_PERMANENT_ERROR_LIFETIME,
         invalidation_delay: None,
         min_cache_duration: None,
         consolidate: false,
@@ -53,6 +67,12 @@ impl ComputeMethodOptions {
     /// Sets [`error_lifetime`](Self::error_lifetime).
     pub const fn with_error_lifetime(mut self, lifetime: Duration) -> Self {
         self.error_lifetime = lifetime;
+        self
+    }
+
+    /// Sets [`permanent_error_lifetime`](Self::permanent_error_lifetime).
+    pub const fn with_permanent_error_lifetime(mut self, lifetime: Duration) -> Self {
+        self.permanent_error_lifetime = lifetime;
         self
     }
 

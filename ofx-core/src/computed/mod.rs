@@ -51,7 +51,10 @@ use std::sync::Arc;
 
 pub use compute::{compute, compute_consolidated, invalidate};
 pub use context::{ComputeScope, capture};
-pub use method::{ComputeMethodDescriptor, ComputeMethodOptions, DEFAULT_ERROR_LIFETIME};
+pub use method::{
+    ComputeMethodDescriptor, ComputeMethodOptions, DEFAULT_ERROR_LIFETIME,
+    DEFAULT_PERMANENT_ERROR_LIFETIME,
+};
 pub(crate) use registry::Registry;
 pub use table::Recompute;
 

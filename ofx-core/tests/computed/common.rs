@@ -88,6 +88,36 @@ impl Store {
         total
     }
 
+    /// Fails with an error marked permanent while `failing` is set.
+    #[compute_method]
+    pub(crate) async fn guarded(&self, key: usize) -> Result<u64, ofx_core::Error> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(ofx_core::Error::permanent(Denied))
+        } else {
+            Ok(self.values[key].load(Ordering::SeqCst))
+        }
+    }
+
+    /// Fails with a plain `std::error::Error`, not marked, while `failing` is set.
+    #[compute_method]
+    pub(crate) async fn denied(&self) -> Result<u64, Denied> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(Denied)
+        } else {
+            Ok(0)
+        }
+    }
+
+    /// `values[key]`, except 0 (missing: permanent) and 1 (busy: transient).
+    #[compute_method(is_transient = LookupError::is_transient, permanent_error_lifetime = "10s")]
+    pub(crate) async fn lookup(&self, key: usize) -> Result<u64, LookupError> {
+        match self.values[key].load(Ordering::SeqCst) {
+            0 => Err(LookupError::Missing),
+            1 => Err(LookupError::Busy),
+            value => Ok(value),
+        }
+    }
+
     /// `value(key)`, its invalidations put off by a second.
     #[compute_method(invalidation_delay = "1s")]
     pub(crate) async fn debounced(&self, key: usize) -> u64 {
@@ -145,5 +175,30 @@ impl Store {
             "panicky({key}) was told to panic"
         );
         key as u64
+    }
+}
+
+/// An error `guarded` marks permanent.
+#[derive(Debug, Clone)]
+pub(crate) struct Denied;
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("denied")
+    }
+}
+
+impl std::error::Error for Denied {}
+
+/// `lookup`'s errors: `Busy` is transient, `Missing` is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LookupError {
+    Busy,
+    Missing,
+}
+
+impl LookupError {
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, Self::Busy)
     }
 }

@@ -69,3 +69,62 @@ async fn an_error_under_a_result_alias_expires_too() {
     computed.when_invalidated().await;
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+/// How long `computed`, just captured, stays cached (on the paused clock).
+async fn lifetime_of(computed: &ofx_core::Computed) -> Duration {
+    let start = tokio::time::Instant::now();
+    computed.when_invalidated().await;
+    start.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_marked_permanent_is_cached_for_the_permanent_lifetime() {
+    let store = Store::new(Hub::builder());
+    store.failing.store(true, Ordering::SeqCst);
+    let (error, computed) = capture(store.guarded(1)).await.unwrap();
+    assert!(error.unwrap_err().is_permanent());
+    let lived = lifetime_of(&computed).await;
+    assert!(
+        lived >= Duration::from_secs(30) && lived < Duration::from_secs(31),
+        "30 s by default: {lived:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_methods_own_classifier_picks_the_lifetime() {
+    let store = Store::new(Hub::builder());
+    let (busy, computed) = capture(store.lookup(1)).await.unwrap();
+    assert_eq!(busy, Err(crate::common::LookupError::Busy));
+    let lived = lifetime_of(&computed).await;
+    assert!(
+        lived >= Duration::from_secs(1) && lived < Duration::from_secs(2),
+        "transient: the error lifetime, 1 s: {lived:?}"
+    );
+
+    let (missing, computed) = capture(store.lookup(0)).await.unwrap();
+    assert_eq!(missing, Err(crate::common::LookupError::Missing));
+    let lived = lifetime_of(&computed).await;
+    assert!(
+        lived >= Duration::from_secs(10) && lived < Duration::from_secs(11),
+        "permanent: permanent_error_lifetime, 10 s: {lived:?}"
+    );
+
+    let (found, computed) = capture(store.lookup(5)).await.unwrap();
+    assert_eq!(found, Ok(5));
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    tokio::task::yield_now().await;
+    assert!(computed.is_consistent(), "a value does not expire");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_std_error_not_marked_permanent_is_transient() {
+    let store = Store::new(Hub::builder());
+    store.failing.store(true, Ordering::SeqCst);
+    let (error, computed) = capture(store.denied()).await.unwrap();
+    assert!(error.is_err());
+    let lived = lifetime_of(&computed).await;
+    assert!(
+        lived >= Duration::from_secs(1) && lived < Duration::from_secs(2),
+        "the error lifetime, 1 s: {lived:?}"
+    );
+}

@@ -455,7 +455,7 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
             &tracker,
             &MAP_GET,
             (id, self.shared.name.clone(), key),
-            Some(|read: &Read<Option<V>>| read.is_err()),
+            Some(|read: &Read<Option<V>>| read_outcome(read)),
             |_| async move {
                 ofx_core::computed::compute(
                     &epoch_tracker,
@@ -492,7 +492,7 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
             &tracker,
             &MAP_LEN,
             (self.manager.id, self.shared.name.clone()),
-            Some(|read: &Read<usize>| read.is_err()),
+            Some(|read: &Read<usize>| read_outcome(read)),
             |_| read,
         )
         .await
@@ -539,7 +539,7 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
             &tracker,
             &MAP_ENTRIES,
             (self.manager.id, self.shared.name.clone()),
-            Some(|read: &Read<Vec<(K, V)>>| read.is_err()),
+            Some(|read: &Read<Vec<(K, V)>>| read_outcome(read)),
             |_| read,
         )
         .await
@@ -796,5 +796,14 @@ impl<K: MapKey, V: MapKey, B: Backend> ReliableMap<K, V, B> {
         B::map_clear(&mut connection, &self.shared.name).await?;
         self.record(ctx, &mut connection, self.change(StoredAction::Drop))
             .await
+    }
+}
+
+/// A read's outcome for its cache lifetime: a failed read (the database) is a transient error.
+fn read_outcome<T>(read: &Read<T>) -> ofx_core::__private::Outcome {
+    if read.is_err() {
+        ofx_core::__private::Outcome::TransientError
+    } else {
+        ofx_core::__private::Outcome::Value
     }
 }

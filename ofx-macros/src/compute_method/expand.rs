@@ -52,11 +52,21 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
         _ => quote!((#(#arg_types,)*)),
     };
     // Chosen by type, so `Result` aliases under any name count: see `__private::ErrorProbe`.
-    let is_error = quote! {{
-        #[allow(unused_imports)]
-        use ::ofx_core::__private::{ProbeOther as _, ProbeResult as _};
-        (&&::ofx_core::__private::ErrorProbe::<#output>::NEW).is_error_fn()
-    }};
+    // With `is_transient = f`, `f` classifies the errors (the output must be a `Result`: the
+    // call is at `f`'s span, where a mismatch is reported).
+    let is_error = match &model.is_transient {
+        Some(is_transient) => quote_spanned! {is_transient.span()=>
+            ::core::option::Option::Some(
+                (|value: &#output| ::ofx_core::__private::classify_by(value, #is_transient))
+                    as ::ofx_core::__private::Classify<#output>,
+            )
+        },
+        None => quote! {{
+            #[allow(unused_imports)]
+            use ::ofx_core::__private::{ProbeOther as _, ProbeResult as _, ProbeResultError as _};
+            (&&&::ofx_core::__private::ErrorProbe::<#output>::NEW).classify_fn()
+        }},
+    };
     let options = options(model);
     // Hygienic: the user's arguments may have any name.
     let method_var = syn::Ident::new("__ofx_method", Span::mixed_site());
@@ -164,6 +174,10 @@ fn options(model: &ComputeMethod<'_>) -> TokenStream {
     if let Some(delay) = model.invalidation_delay {
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         options = quote!(#options.with_invalidation_delay(::ofx_core::__private::Duration::from_millis(#millis)));
+    }
+    if let Some(lifetime) = model.permanent_error_lifetime {
+        let millis = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        options = quote!(#options.with_permanent_error_lifetime(::ofx_core::__private::Duration::from_millis(#millis)));
     }
     if model.consolidate {
         options = quote!(#options.with_consolidation());

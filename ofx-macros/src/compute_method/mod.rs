@@ -13,6 +13,8 @@ use crate::ctxt::Ctxt;
 const OPTIONS: &[&str] = &[
     "auto_invalidate",
     "error_lifetime",
+    "permanent_error_lifetime",
+    "is_transient",
     "invalidation_delay",
     "min_cache_duration",
     "consolidate",

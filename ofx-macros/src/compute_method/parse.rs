@@ -17,6 +17,9 @@ pub(super) struct ComputeMethod<'a> {
     pub(super) output: Type,
     pub(super) auto_invalidate: Option<Duration>,
     pub(super) error_lifetime: Option<Duration>,
+    pub(super) permanent_error_lifetime: Option<Duration>,
+    /// `is_transient = path`: the method's own classification of its errors.
+    pub(super) is_transient: Option<syn::Expr>,
     pub(super) invalidation_delay: Option<Duration>,
     pub(super) min_cache_duration: Option<Duration>,
     pub(super) consolidate: bool,
@@ -58,6 +61,8 @@ impl<'a> ComputeMethod<'a> {
             output,
             auto_invalidate: options.nonzero_duration(cx, "auto_invalidate"),
             error_lifetime: options.duration(cx, "error_lifetime"),
+            permanent_error_lifetime: options.duration(cx, "permanent_error_lifetime"),
+            is_transient: options.expr(cx, "is_transient", "MyError::is_transient"),
             invalidation_delay: options.nonzero_duration(cx, "invalidation_delay"),
             min_cache_duration: options.nonzero_duration(cx, "min_cache_duration"),
             consolidate: options.flag(cx, "consolidate"),
