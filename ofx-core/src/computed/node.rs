@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use event_listener::Event;
+use thin_vec::ThinVec;
 
 use super::method::ComputeMethodDescriptor;
 use super::table::MethodTable;
@@ -38,16 +39,19 @@ pub(crate) struct NodeCore {
     edges: Mutex<Edges>,
 }
 
+/// A node's edges. The lists are `ThinVec`s (one pointer each, their length and capacity on
+/// the heap with the items): most nodes have one of the two lists empty, and an empty one
+/// then costs 8 bytes instead of a `Vec`'s 24.
 #[derive(Default)]
 struct Edges {
     /// What this value was computed from. Strong: a dependency lives while its dependents do.
-    dependencies: Vec<Arc<dyn ErasedNode>>,
+    dependencies: ThinVec<Arc<dyn ErasedNode>>,
     /// The addresses of `dependencies`, while the value computes and once it has more than
     /// [`SCAN_LIMIT`] of them: what keeps recording a computation's dependencies linear in
     /// their number (a call of a dependency already recorded records nothing).
     known: Option<Box<AddressSet>>,
     /// What was computed from this value. Weak: a dependent may be dropped at any time.
-    dependents: Vec<Weak<dyn ErasedNode>>,
+    dependents: ThinVec<Weak<dyn ErasedNode>>,
 }
 
 type AddressSet = std::collections::HashSet<usize, foldhash::fast::FixedState>;
@@ -276,7 +280,7 @@ impl NodeCore {
             .into_iter()
             .filter_map(|dependent| dependent.upgrade())
             .collect();
-        (dependents, edges.dependencies)
+        (dependents, edges.dependencies.into_iter().collect())
     }
 
     /// Whether a live (consistent or computing) value depends on this one. Drops the edges to
@@ -297,7 +301,7 @@ impl NodeCore {
     }
 
     pub(crate) fn dependencies(&self) -> Vec<Arc<dyn ErasedNode>> {
-        self.edges().dependencies.clone()
+        self.edges().dependencies.iter().cloned().collect()
     }
 
     pub(crate) fn dependents(&self) -> Vec<Arc<dyn ErasedNode>> {
