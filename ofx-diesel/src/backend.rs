@@ -90,6 +90,27 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// Applies the embedded migrations that have not run yet. Idempotent.
     fn migrate(url: &str) -> impl Future<Output = Result<()>> + Send;
 
+    /// Inserts the operation row and commits: [`insert_operation`](Self::insert_operation),
+    /// then the transaction manager's commit, in one hop to the blocking pool where the
+    /// backend runs there (SQLite). `Err`: the insert failed (nothing was committed, and the
+    /// transaction is still open, to roll back). `Ok((inserted, Err))`: the commit failed, and
+    /// must be verified.
+    fn insert_operation_and_commit(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> impl Future<Output = Result<(Inserted, diesel::QueryResult<()>)>> + Send {
+        async move {
+            use diesel_async::TransactionManager;
+            let inserted = Self::insert_operation(connection, row).await?;
+            let committed =
+                <Self::Connection as AsyncConnection>::TransactionManager::commit_transaction(
+                    connection,
+                )
+                .await;
+            Ok((inserted, committed))
+        }
+    }
+
     /// Inserts one operation row; returns its index and (PostgreSQL) the id of its transaction,
     /// taken before the index is drawn and stored in the row's `xid`.
     fn insert_operation(

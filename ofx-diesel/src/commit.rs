@@ -64,11 +64,23 @@ pub(crate) async fn commit<B: Backend>(
     operation: Uuid,
     inserted: Inserted,
 ) -> CommitVerdict {
-    let source = match <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(
-        &mut connection,
-    )
-    .await
-    {
+    let committed =
+        <B::Connection as AsyncConnection>::TransactionManager::commit_transaction(&mut connection)
+            .await;
+    settle(db, connection, operation, inserted, committed).await
+}
+
+/// The verdict on a `COMMIT` already sent on `connection` (by [`commit`], or together with
+/// the operation row by `Backend::insert_operation_and_commit`), whose result is `committed`:
+/// committed, or, when it failed, what verification finds (as [`commit`] says).
+pub(crate) async fn settle<B: Backend>(
+    db: &DbHub<B>,
+    connection: B::Pooled,
+    operation: Uuid,
+    inserted: Inserted,
+    committed: diesel::QueryResult<()>,
+) -> CommitVerdict {
+    let source = match committed {
         Ok(()) => {
             return CommitVerdict::Committed {
                 sequence: inserted.idx,

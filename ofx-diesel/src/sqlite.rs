@@ -102,6 +102,38 @@ impl Backend for Sqlite {
         Ok(Inserted { idx, xid: None })
     }
 
+    async fn insert_operation_and_commit(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+    ) -> Result<(Inserted, diesel::QueryResult<()>)> {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        // One hop to the blocking pool for both (each statement is one otherwise): the row's
+        // columns are moved into it.
+        let values = (
+            dsl::uuid.eq(row.uuid.to_owned()),
+            dsl::host_id.eq(row.host_id.to_owned()),
+            dsl::logged_at.eq(row.logged_at),
+            dsl::committed_at.eq(row.committed_at),
+            dsl::command_name.eq(row.command_name.to_owned()),
+            dsl::command_json.eq(row.command_json.to_owned()),
+            dsl::items_json.eq(row.items_json.to_owned()),
+            dsl::nested_json.eq(row.nested_json.to_owned()),
+        );
+        let (idx, committed) = connection
+            .spawn_blocking(move |connection| {
+                let idx: i64 = diesel::RunQueryDsl::get_result(
+                    diesel::insert_into(dsl::ofx_operations)
+                        .values(values)
+                        .returning(dsl::idx),
+                    connection,
+                )?;
+                let committed = AnsiTransactionManager::commit_transaction(connection);
+                Ok((idx, committed))
+            })
+            .await?;
+        Ok((Inserted { idx, xid: None }, committed))
+    }
+
     async fn insert_operation_completing(
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
