@@ -366,14 +366,9 @@ impl<B: Backend> DbOperationScope<B> {
                     return CommitOutcome::NotCommitted(error.into());
                 }
             };
-            let verdict = crate::commit::settle(
-                &self.db(),
-                connection,
-                operation.uuid,
-                inserted,
-                committed,
-            )
-            .await;
+            let verdict =
+                crate::commit::settle(&self.db(), connection, operation.uuid, inserted, committed)
+                    .await;
             return self.outcome(verdict, committed_at).await;
         }
         // A run of a claimed event marks it done in the same transaction, if the claim is still

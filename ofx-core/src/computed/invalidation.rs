@@ -103,15 +103,15 @@ fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Nodes, mode: Mode) {
     }
 }
 
-/// Makes `dependents` (of a consolidated value that did not change) dependents of `node`, its
-/// new value; those it refuses (it was invalidated meanwhile) are invalidated.
-pub(crate) fn adopt(node: &Arc<dyn ErasedNode>, dependents: Nodes) {
+/// Makes `dependents` (of the consolidated value at address `old`, which did not change)
+/// dependents of `node`, its new value, in place of the old one; those it refuses (it was
+/// invalidated meanwhile) are invalidated.
+pub(crate) fn adopt(node: &Arc<dyn ErasedNode>, dependents: Nodes, old: usize) {
     let mut refused = Vec::new();
     for dependent in dependents {
         if node.core().add_dependent(Arc::downgrade(&dependent)) {
-            if matches!(dependent.core().state(), CONSISTENT | COMPUTING) {
-                dependent.core().add_dependency(node);
-            }
+            // A dependent invalidated meanwhile has no edges left: nothing to replace.
+            dependent.core().replace_dependency(old, node);
         } else {
             refused.push(dependent);
         }
@@ -156,16 +156,34 @@ fn defer(node: &Arc<dyn ErasedNode>, delay: std::time::Duration) -> bool {
         ?delay,
         "invalidation delayed"
     );
-    let node = Arc::downgrade(node);
     // The delay runs from now, not from when the task first runs.
     let deadline = tokio::time::Instant::now() + delay;
+    // If the task never gets to the end of the delay (its runtime shuts down first), dropping
+    // it invalidates the node then: its claim must not outlive it, or every later invalidation
+    // would be folded into one that never comes.
+    let mut pending = InvalidateNowOnDrop(Some(Arc::downgrade(node)));
     runtime.spawn(async move {
         tokio::time::sleep_until(deadline).await;
-        if let Some(node) = node.upgrade() {
-            invalidate_now(vec![node]);
-        }
+        pending.fire();
     });
     true
+}
+
+/// A delayed invalidation not carried out yet: carried out when dropped.
+struct InvalidateNowOnDrop(Option<std::sync::Weak<dyn ErasedNode>>);
+
+impl InvalidateNowOnDrop {
+    fn fire(&mut self) {
+        if let Some(node) = self.0.take().and_then(|node| node.upgrade()) {
+            invalidate_now(vec![node]);
+        }
+    }
+}
+
+impl Drop for InvalidateNowOnDrop {
+    fn drop(&mut self) {
+        self.fire();
+    }
 }
 
 /// Evicts `node` if it is consistent: invalidates it, told as evicted, and everything computed

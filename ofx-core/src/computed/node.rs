@@ -227,6 +227,33 @@ impl NodeCore {
         self.edges().insert_dependency(dependency);
     }
 
+    /// Replaces the dependency at address `old` (a consolidated value that did not change)
+    /// with `new` (its successor). Returns `false`, changing nothing, when `old` is not among
+    /// the dependencies anymore (`self` was invalidated: its edges are gone).
+    pub(crate) fn replace_dependency(&self, old: usize, new: &Arc<dyn ErasedNode>) -> bool {
+        let mut edges = self.edges();
+        let Some(index) = edges
+            .dependencies
+            .iter()
+            .position(|recorded| address(recorded) == old)
+        else {
+            return false;
+        };
+        let new_key = address(new);
+        if edges.has_dependency(new_key) {
+            edges.dependencies.remove(index);
+        } else {
+            edges.dependencies[index] = Arc::clone(new);
+            if let Some(known) = &mut edges.known {
+                known.insert(new_key);
+            }
+        }
+        if let Some(known) = &mut edges.known {
+            known.remove(&old);
+        }
+        true
+    }
+
     /// Forgets `dependency` (a computation that was abandoned before `self` used its value).
     pub(crate) fn remove_dependency(&self, dependency: &Arc<dyn ErasedNode>) {
         let key = address(dependency);
@@ -429,6 +456,8 @@ where
         };
         let same = consolidator.same;
         let method = self.core.method;
+        // This node's address: what the dependents' lists know it by.
+        let this = std::ptr::from_ref(self).cast::<()>() as usize;
         // Invalidates the dependents unless disarmed: if the recomputation panics, or the task
         // is dropped (its runtime shutting down), they are not left computed from a value that
         // changed.
@@ -443,7 +472,7 @@ where
             if changed {
                 super::invalidation::invalidate_all(dependents);
             } else {
-                super::invalidation::adopt(computed.node(), dependents);
+                super::invalidation::adopt(computed.node(), dependents, this);
             }
             table.emit(|| HubEvent::Consolidated {
                 method: method.name(),

@@ -592,13 +592,16 @@ async fn eviction_during_a_consolidation_leaves_the_dependents_reachable() {
 }
 
 /// Unchanged consolidations, round after round, do not pile up in the kept dependent: it is
-/// computed from the latest value only, and the values it replaced are freed (here, one
-/// superseded value stays alive per round, referenced by the dependent).
+/// computed from the latest value only, and the values it replaced are freed. Freed when the
+/// cache's map reclaims them: it retires removed entries in batches (of 32 per thread), so up
+/// to a batch of superseded values may still be alive; 200 rounds show the count stays
+/// bounded rather than growing with them.
 #[tokio::test]
 async fn a_kept_dependent_does_not_keep_superseded_values_alive() {
+    const RECLAIM_BATCH: u64 = 32;
     let lab = Lab::new();
     let (_, label) = capture(lab.tracked_label(47)).await.unwrap();
-    for round in 1..=20_u64 {
+    for round in 1..=200_u64 {
         lab.set(47, 47 + 2 * round);
         invalidate! { lab.value(47); }
         lab.consolidations("tracked_parity", round).await;
@@ -607,7 +610,7 @@ async fn a_kept_dependent_does_not_keep_superseded_values_alive() {
     let dependencies = label.dependencies();
     let live = lab.live.load(Ordering::SeqCst);
     assert!(
-        live <= 2 && dependencies.len() == 1,
+        live <= 2 + RECLAIM_BATCH && dependencies.len() == 1,
         "{live} live values of tracked_parity(47); the label has {} dependencies, {} of them \
          invalidated",
         dependencies.len(),
