@@ -1,8 +1,24 @@
 //! Benchmarks of compute methods: the cached hit (against a `RwLock<HashMap>`, `quick_cache`,
-//! `moka` and a bare `papaya` map, on one and two threads; the two-thread group also has a
-//! never-written `HashMap` read without a lock, the most this machine gives two threads),
+//! `moka` and a bare `papaya` map, on one and two threads, and salsa's tracked functions on one;
+//! the two-thread group also has a never-written `HashMap` read without a lock, the most this
+//! machine gives two threads),
 //! invalidation (one leaf, a root with 10,000 dependents, a chain of 1,000, trees of branching
 //! 2, 3 and 4) and the miss path (without eviction, with one dependency, and at a full hub).
+//!
+//! The `hit` group also measures salsa (the incremental-computation crate of rust-analyzer, a
+//! dev-dependency) on the same loop: a memoized tracked function returning the same `Value`,
+//! every key computed beforehand in the database's one revision, so every read is a hit (salsa
+//! checks the memo was verified in the current revision and clones the value out, as ofx checks
+//! its entry is valid and clones it). salsa cannot key a tracked function by a bare `u64`: a
+//! function of one argument takes a salsa struct, and one of several arguments has its argument
+//! tuple interned on every call. So `salsa_u64` is `salsa_get(db, table, id)`, a `u64` beside a
+//! `#[salsa::input]` handle (the closest idiom: the pair is interned, a hash lookup behind a
+//! shard lock, then the memo is found by the interned id), and `salsa_interned` is
+//! `salsa_get_interned(db, key)` with a `#[salsa::interned]` key interned before the loop (the
+//! caller holds the id, as salsa code does; the memo is found by id, no hashing; the loop reads
+//! the id out of a `Vec`). Both are one database handle on one thread (a handle is `Send`, not
+//! `Sync`: salsa shares a database across threads by cloning handles), so neither is in the
+//! two-thread group.
 //!
 //! Two-thread figures: `hit_threads/NAME/1` and `hit_threads/NAME/2` report elements per second
 //! (one read per thread per iteration); their ratio is the scaling.
@@ -181,8 +197,9 @@ impl Graph {
 // Hit path
 // ---------------------------------------------------------------------------------------------
 
-/// Something the hit loop reads from: the compute method or a baseline.
-trait Target: Send + Sync {
+/// Something the hit loop reads from: the compute method or a baseline. (Not `Send + Sync`
+/// itself: a salsa database handle is `Send` but not `Sync`; the two-thread group requires both.)
+trait Target {
     /// What a read returns: a [`Value`] (an `Arc`, whose clone writes its count) or a `u64`.
     type Out;
     async fn read(&self, key: u64) -> Option<Self::Out>;
@@ -313,6 +330,91 @@ impl Target for Papaya {
     }
 }
 
+/// The salsa database's key space for [`salsa_get`]: salsa tracked functions are keyed by salsa
+/// structs (inputs, interned or tracked structs), so a `u64` key needs a second argument; a
+/// tracked function with more than one argument has its argument tuple interned on each call.
+#[salsa::input]
+struct SalsaTable {
+    #[returns(copy)]
+    name: u64,
+}
+
+/// The salsa equivalent of `Flat::get` called with a `u64`: a tracked function of
+/// `(SalsaTable, u64)` (salsa interns the pair, then looks up the memo under the interned id).
+#[salsa::tracked(returns(clone))]
+fn salsa_get(_db: &dyn salsa::Database, table: SalsaTable, id: u64) -> Value {
+    let _ = (table, id);
+    Arc::new([0; 64])
+}
+
+/// An interned key: the id salsa code passes around instead of a raw `u64`.
+#[salsa::interned]
+struct SalsaKey<'db> {
+    #[returns(copy)]
+    id: u64,
+}
+
+/// The salsa equivalent of `Flat::get` keyed by an interned id: a tracked function of one salsa
+/// struct, whose memo salsa finds by the struct's id (no hashing).
+#[salsa::tracked(returns(clone))]
+fn salsa_get_interned<'db>(_db: &'db dyn salsa::Database, key: SalsaKey<'db>) -> Value {
+    let _ = key;
+    Arc::new([0; 64])
+}
+
+/// salsa's tracked function [`salsa_get`], called with the `u64` key (the pair interned per call).
+struct SalsaU64 {
+    db: salsa::DatabaseImpl,
+    table: SalsaTable,
+}
+
+impl SalsaU64 {
+    /// With every key computed (all in the database's first revision: every read is a hit).
+    fn new() -> Self {
+        let db = salsa::DatabaseImpl::new();
+        let table = SalsaTable::new(&db, 0);
+        for key in 0..KEYS as u64 {
+            salsa_get(&db, table, key);
+        }
+        Self { db, table }
+    }
+}
+
+impl Target for SalsaU64 {
+    type Out = Value;
+    #[inline]
+    async fn read(&self, key: u64) -> Option<Value> {
+        Some(salsa_get(&self.db, self.table, key))
+    }
+}
+
+/// salsa's tracked function [`salsa_get_interned`], called with ids interned beforehand (the
+/// caller holds them: reading one out of this `Vec` is part of the loop).
+struct SalsaInterned<'db> {
+    db: &'db salsa::DatabaseImpl,
+    keys: Vec<SalsaKey<'db>>,
+}
+
+impl<'db> SalsaInterned<'db> {
+    /// With every key interned and computed (in the database's first revision).
+    fn new(db: &'db salsa::DatabaseImpl) -> Self {
+        let keys: Vec<SalsaKey<'db>> = (0..KEYS as u64).map(|id| SalsaKey::new(db, id)).collect();
+        for &key in &keys {
+            salsa_get_interned(db, key);
+        }
+        Self { db, keys }
+    }
+}
+
+impl Target for SalsaInterned<'_> {
+    type Out = Value;
+    #[inline]
+    async fn read(&self, key: u64) -> Option<Value> {
+        let key = *self.keys.get(usize::try_from(key).ok()?)?;
+        Some(salsa_get_interned(self.db, key))
+    }
+}
+
 /// `iters` reads of `target`, cycling through `keys`: the loop every hit benchmark times.
 async fn hit_loop<T: Target>(target: &T, keys: &[u64], iters: u64) -> Duration {
     let mut at = 0;
@@ -376,6 +478,10 @@ fn hit(c: &mut Criterion) {
     let ofx = warm_flat(&rt);
     bench_hit_one(&mut group, "ofx", &rt, &ofx, &keys);
     bench_hit_one(&mut group, "ofx_u64", &rt, &OfxU64(ofx), &keys);
+    bench_hit_one(&mut group, "salsa_u64", &rt, &SalsaU64::new(), &keys);
+    let salsa_db = salsa::DatabaseImpl::new();
+    let salsa_interned = SalsaInterned::new(&salsa_db);
+    bench_hit_one(&mut group, "salsa_interned", &rt, &salsa_interned, &keys);
     bench_hit_one(
         &mut group,
         "rwlock_hashmap_std",
@@ -399,7 +505,7 @@ fn hit(c: &mut Criterion) {
 /// `threads` OS threads, each with its own current-thread runtime and key order, each doing
 /// `iters` reads of `target` at once. Returns the wall time of the slowest; thread start and
 /// runtime creation are not timed.
-fn run_threads<T: Target>(
+fn run_threads<T: Target + Send + Sync>(
     target: &Arc<T>,
     keys: &[Vec<u64>],
     threads: usize,
@@ -427,7 +533,7 @@ fn run_threads<T: Target>(
     })
 }
 
-fn bench_threads_one<T: Target>(
+fn bench_threads_one<T: Target + Send + Sync>(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     target: &Arc<T>,
