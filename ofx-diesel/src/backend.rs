@@ -138,6 +138,22 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         xid: i64,
     ) -> impl Future<Output = Result<Option<TransactionStatus>>> + Send;
 
+    /// [`trimmed_through`](Self::trimmed_through), then [`read_after`](Self::read_after):
+    /// what a log reader with nothing else to look at reads after a wake-up, in one round trip
+    /// where the backend can (PostgreSQL: both statements sent before either reply is awaited;
+    /// SQLite: one hop to the blocking pool). The server runs them in that order.
+    fn read_after_covered(
+        connection: &mut Self::Connection,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<(i64, Vec<OperationRow>)>> + Send {
+        async move {
+            let trimmed = Self::trimmed_through(connection).await?;
+            let rows = Self::read_after(connection, after, limit).await?;
+            Ok((trimmed, rows))
+        }
+    }
+
     /// Rows with an index above `after`, in index order, at most `limit`.
     fn read_after(
         connection: &mut Self::Connection,

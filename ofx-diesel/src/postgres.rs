@@ -115,6 +115,27 @@ impl Backend for Postgres {
         Ok((Inserted { idx, xid }, completed? == 1))
     }
 
+    async fn read_after_covered(
+        connection: &mut Self::Connection,
+        after: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<OperationRow>)> {
+        // Pipelined: both statements are sent before either reply is awaited, and the server
+        // runs them in order (each in a snapshot of its own, as when sent one by one).
+        let shared: &AsyncPgConnection = connection;
+        let trimmed = trims::ofx_log_trims
+            .select(trims::trimmed_through)
+            .first::<i64>(&mut &*shared);
+        let rows = dsl::ofx_operations
+            .filter(dsl::idx.gt(after))
+            .order(dsl::idx.asc())
+            .limit(limit)
+            .select(OperationRow::as_select())
+            .load::<OperationRow>(&mut &*shared);
+        let (trimmed, rows) = tokio::join!(trimmed, rows);
+        Ok((trimmed?, rows?))
+    }
+
     async fn transaction_status(
         connection: &mut Self::Connection,
         xid: i64,

@@ -866,11 +866,34 @@ impl<B: Backend> Reader<B> {
     ) -> Result<(Vec<OperationRow>, bool, Option<i64>)> {
         let settings = self.db.settings().clone();
         let cursor = state.cursor.unwrap_or(0);
+        // Nothing else to look at (no gaps, no start horizon): the coverage check and the read
+        // in one round trip. Rows read past a cursor the trimmer overtook are dropped, and the
+        // read starts again from what it left.
+        if state.gaps.is_empty() && state.start.is_none() {
+            let (trimmed, rows) =
+                B::read_after_covered(connection, cursor, settings.read_batch).await?;
+            if cursor >= trimmed {
+                return self.finish_fetch(connection, state, cursor, rows).await;
+            }
+        }
         let cursor = self.check_coverage(hub, connection, state, cursor).await?;
         let gaps_full = self.read_gaps(connection, state, &settings, late).await?;
         late.extend(Self::read_start_horizon(connection, state).await?);
         let rows = B::read_after(connection, cursor, settings.read_batch).await?;
-        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= settings.read_batch;
+        let (rows, full, head) = self.finish_fetch(connection, state, cursor, rows).await?;
+        Ok((rows, full || gaps_full, head))
+    }
+
+    /// The rest of [`fetch`](Self::fetch) once the rows after `cursor` are read: notes the
+    /// gaps they show, and where the log ends after a full batch.
+    async fn finish_fetch(
+        &self,
+        connection: &mut B::Pooled,
+        state: &mut ReaderState,
+        cursor: i64,
+        rows: Vec<OperationRow>,
+    ) -> Result<(Vec<OperationRow>, bool, Option<i64>)> {
+        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= self.db.settings().read_batch;
         if B::HAS_GAPS {
             self.note_gaps(connection, state, cursor, &rows).await?;
         }
@@ -881,7 +904,7 @@ impl<B: Backend> Reader<B> {
         } else {
             None
         };
-        Ok((rows, full || gaps_full, head))
+        Ok((rows, full, head))
     }
 
     /// Replays one row, or logs and counts why it cannot be.

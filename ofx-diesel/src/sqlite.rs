@@ -146,6 +146,32 @@ impl Backend for Sqlite {
         Ok((inserted, completed))
     }
 
+    async fn read_after_covered(
+        connection: &mut Self::Connection,
+        after: i64,
+        limit: i64,
+    ) -> Result<(i64, Vec<OperationRow>)> {
+        use crate::schema::ofx_log_trims::dsl as trims;
+        // One hop to the blocking pool for both statements.
+        Ok(connection
+            .spawn_blocking(move |connection| {
+                let trimmed: i64 = diesel::RunQueryDsl::first(
+                    trims::ofx_log_trims.select(trims::trimmed_through),
+                    connection,
+                )?;
+                let rows: Vec<OperationRow> = diesel::RunQueryDsl::load(
+                    dsl::ofx_operations
+                        .filter(dsl::idx.gt(after))
+                        .order(dsl::idx.asc())
+                        .limit(limit)
+                        .select(OperationRow::as_select()),
+                    connection,
+                )?;
+                Ok((trimmed, rows))
+            })
+            .await?)
+    }
+
     async fn transaction_status(
         _connection: &mut Self::Connection,
         _xid: i64,
