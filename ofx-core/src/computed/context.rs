@@ -109,19 +109,21 @@ impl Context {
 /// Records that `dependent` is computed from `dependency`. Returns `false`, recording nothing,
 /// if `dependency` is invalidated.
 fn depend(dependent: &Arc<dyn ErasedNode>, dependency: &Arc<dyn ErasedNode>) -> bool {
-    // Recorded before: it had `dependent` as its dependent before that (the order below), so an
-    // invalidation of it reaches `dependent` (which is then not cached, whatever it reads).
-    if dependent.core().has_dependency(dependency) {
+    // The dependent's side first, where a dependency recorded before is found (then it had
+    // `dependent` as its dependent already, or it refused it: see below). One lock per side.
+    if !dependent.core().add_dependency(dependency) {
         return true;
     }
-    // The dependency's side first: once there, an invalidation of `dependency` reaches
-    // `dependent`. Two tasks of one computation recording the same dependency at once both
-    // get here; the dependent's side keeps one of them.
-    if !dependency.core().add_dependent(Arc::downgrade(dependent)) {
-        return false;
+    // Once on the dependency's side, an invalidation of `dependency` reaches `dependent`.
+    if dependency.core().add_dependent(Arc::downgrade(dependent)) {
+        return true;
     }
-    dependent.core().add_dependency(dependency);
-    true
+    // Invalidated already. Another task of the same computation may have found it recorded
+    // above and used its value meanwhile: `dependent` may be computed from an invalidated
+    // value, so it is invalidated too (its value goes to its callers, never to the cache).
+    dependent.core().remove_dependency(dependency);
+    super::invalidation::invalidate_all(vec![Arc::clone(dependent)]);
+    false
 }
 
 /// Runs `future` and returns its output with the [`Computed`] of the first compute method it

@@ -78,13 +78,13 @@ impl Edges {
         }
     }
 
-    /// Records `dependency` unless it is recorded already.
-    fn insert_dependency(&mut self, dependency: &Arc<dyn ErasedNode>) {
+    /// Records `dependency` unless it is recorded already; returns whether it was new.
+    fn insert_dependency(&mut self, dependency: &Arc<dyn ErasedNode>) -> bool {
         let key = address(dependency);
         match &mut self.known {
             Some(known) => {
                 if !known.insert(key) {
-                    return;
+                    return false;
                 }
             }
             None => {
@@ -93,7 +93,7 @@ impl Edges {
                     .iter()
                     .any(|recorded| address(recorded) == key)
                 {
-                    return;
+                    return false;
                 }
                 if self.dependencies.len() >= SCAN_LIMIT {
                     let mut known = AddressSet::with_capacity_and_hasher(
@@ -107,6 +107,7 @@ impl Edges {
             }
         }
         self.dependencies.push(Arc::clone(dependency));
+        true
     }
 }
 
@@ -216,15 +217,10 @@ impl NodeCore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether `dependency` is recorded as one `self` is computed from.
-    pub(crate) fn has_dependency(&self, dependency: &Arc<dyn ErasedNode>) -> bool {
-        self.edges().has_dependency(address(dependency))
-    }
-
     /// Records that `self` (a computing node) is computed from `dependency`, unless it is
-    /// recorded already.
-    pub(crate) fn add_dependency(&self, dependency: &Arc<dyn ErasedNode>) {
-        self.edges().insert_dependency(dependency);
+    /// recorded already; returns whether it was new.
+    pub(crate) fn add_dependency(&self, dependency: &Arc<dyn ErasedNode>) -> bool {
+        self.edges().insert_dependency(dependency)
     }
 
     /// Replaces the dependency at address `old` (a consolidated value that did not change)
