@@ -17,6 +17,7 @@
 //!   median time inside each statement and outside statements before it. A statement is not
 //!   always one round trip: on PostgreSQL, a statement that misses diesel's prepared-statement
 //!   cache is parsed again, one more round trip counted in its time "inside";
+//! - SQLite: the **WAL frames** (pages written) per command of each variant;
 //! - an **interleaved** comparison: rounds of one block of commands per variant in a rotating
 //!   order, with the median time per command of each variant and the medians of the rounds'
 //!   ratios framework / (a) and framework / (b). On a shared machine these ratios are steadier
@@ -524,6 +525,46 @@ fn print_interleaved<B: Target>(runtime: &Runtime, db: &DbHub<B>, rounds: usize,
     );
 }
 
+#[derive(diesel::QueryableByName)]
+struct WalCheckpoint {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    log: i32,
+}
+
+/// SQLite: the WAL frames (pages written) per command of each variant. The WAL is emptied
+/// (`wal_checkpoint(TRUNCATE)`), `commands` commands run, and `wal_checkpoint(PASSIVE)` says
+/// how many frames the WAL then holds (fewer than the auto-checkpoint's 1,000 pages: nothing
+/// was checkpointed meanwhile).
+fn print_wal_frames(runtime: &Runtime, db: &DbHub<Sqlite>, commands: u32) {
+    let (hub, _entries) = runtime.block_on(host(db));
+    let commander = hub.commander();
+    let host_id = hub.host_id().to_string();
+    eprintln!("sqlite: WAL frames (pages written) per command, {commands} commands per variant:");
+    runtime.block_on(async {
+        for (variant, name) in VARIANTS.iter().enumerate() {
+            let mut pooled = db.connection().await.expect("a pooled connection");
+            diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut *pooled)
+                .await
+                .expect("the WAL is emptied");
+            drop(pooled);
+            for _ in 0..commands {
+                run_variant(variant, db, &commander, &host_id).await;
+            }
+            let mut pooled = db.connection().await.expect("a pooled connection");
+            let frames = diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)")
+                .get_result::<WalCheckpoint>(&mut *pooled)
+                .await
+                .expect("the WAL is checkpointed")
+                .log;
+            eprintln!(
+                "    {name:<17} {:>6.2}",
+                f64::from(frames) / f64::from(commands)
+            );
+        }
+    });
+}
+
 /// The outbox group of one backend: the three variants one after the other, then interleaved.
 fn bench_outbox<B: Target>(criterion: &mut Criterion, runtime: &Runtime, db: &DbHub<B>) {
     print_profile(runtime, db, 300);
@@ -776,6 +817,7 @@ fn main() {
         let sqlite = runtime.block_on(open::<Sqlite>(&sqlite_files[0].path));
         bench_outbox(&mut criterion, &runtime, &sqlite);
         print_interleaved(&runtime, &sqlite, 30, 200);
+        print_wal_frames(&runtime, &sqlite, 100);
         let postgres = runtime.block_on(open::<Postgres>(&pg_databases[0].url()));
         bench_outbox(&mut criterion, &runtime, &postgres);
         print_interleaved(&runtime, &postgres, 30, 40);

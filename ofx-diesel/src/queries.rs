@@ -88,27 +88,33 @@ macro_rules! log_queries {
         }
 
         async fn trim(connection: &mut Self::Connection, cutoff: i64, limit: i64) -> Result<usize> {
-            let batch: Vec<i64> = dsl::ofx_operations
-                .filter(dsl::logged_at.lt(cutoff))
+            // The oldest rows by index, and of them the run that started before the cutoff:
+            // what is trimmed is a prefix of the log, found by its primary key alone (no index
+            // on `logged_at` to keep up at every commit). A newer row stops the run; the older
+            // ones after it wait for the next trim.
+            let oldest: Vec<(i64, i64)> = dsl::ofx_operations
                 .order(dsl::idx.asc())
                 .limit(limit)
-                .select(dsl::idx)
+                .select((dsl::idx, dsl::logged_at))
                 .load(connection)
                 .await?;
-            let Some(&last) = batch.last() else {
+            let Some(last) = oldest
+                .iter()
+                .take_while(|(_, logged_at)| *logged_at < cutoff)
+                .last()
+                .map(|(idx, _)| *idx)
+            else {
                 return Ok(0);
             };
             diesel::update(trims::ofx_log_trims.filter(trims::trimmed_through.lt(last)))
                 .set(trims::trimmed_through.eq(last))
                 .execute(connection)
                 .await?;
-            Ok(diesel::delete(
-                dsl::ofx_operations
-                    .filter(dsl::idx.le(last))
-                    .filter(dsl::logged_at.lt(cutoff)),
+            Ok(
+                diesel::delete(dsl::ofx_operations.filter(dsl::idx.le(last)))
+                    .execute(connection)
+                    .await?,
             )
-            .execute(connection)
-            .await?)
         }
     };
 }

@@ -112,6 +112,31 @@ where
     assert_eq!(trimmer.trim().await.unwrap(), 3);
     assert_eq!(db.count("ofx_operations").await, 2);
     assert_eq!(trimmer.trim().await.unwrap(), 0);
+
+    // What is trimmed is a prefix of the log: an old row after a newer one waits until that
+    // one is old too.
+    for id in 5..8 {
+        a.deposit(id, 1, false).await.unwrap();
+    }
+    db.exec("UPDATE ofx_operations SET logged_at = logged_at - 7200000000 WHERE idx = (SELECT MAX(idx) FROM ofx_operations)")
+        .await;
+    assert_eq!(
+        trimmer.trim().await.unwrap(),
+        0,
+        "the oldest rows are recent"
+    );
+    assert_eq!(db.count("ofx_operations").await, 5);
+    db.exec("UPDATE ofx_operations SET logged_at = logged_at - 7200000000 WHERE idx < (SELECT MAX(idx) FROM ofx_operations)")
+        .await;
+    assert_eq!(trimmer.trim().await.unwrap(), 5, "then all of them");
+    assert_eq!(db.count("ofx_operations").await, 0);
+    // Nothing else to trim by: the log has no index on `logged_at` to keep up at each commit.
+    let catalog = if B::NAME == "postgres" {
+        "pg_indexes WHERE indexname = 'ofx_operations_logged_at'"
+    } else {
+        "sqlite_master WHERE type = 'index' AND name = 'ofx_operations_logged_at'"
+    };
+    assert_eq!(db.count(catalog).await, 0);
 }
 
 pub(crate) async fn a_reader_behind_the_trimmed_log_invalidates_everything<B: AccountQueries>(
