@@ -89,6 +89,10 @@ use ofx_diesel::{Backend, DbHub, DbSettings, Postgres, Sqlite};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{admin, postgres_server};
+
 /// Users in the table.
 const USERS: i64 = 1000;
 /// Items per user.
@@ -890,30 +894,6 @@ fn count(value: f64) -> String {
 }
 
 // ===== databases =====
-
-fn postgres_server() -> String {
-    std::env::var("OFX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-/// Runs `statement` on the server's `postgres` database (`CREATE` and `DROP DATABASE`).
-async fn admin(statement: &str) {
-    let server = postgres_server();
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot reach PostgreSQL at {server} ({error}); start it with \
-                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-                )
-            });
-    tokio::spawn(connection);
-    client
-        .batch_execute(statement)
-        .await
-        .unwrap_or_else(|error| panic!("{statement}: {error}"));
-}
 
 /// A temporary SQLite file, removed at the end.
 struct SqliteFile(PathBuf);

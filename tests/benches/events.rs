@@ -48,6 +48,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{admin_client, postgres_server};
+
 /// Events per burn-down round (`OFX_BENCH_EVENTS`).
 const EVENTS: usize = 20_000;
 /// Burn-down rounds of each kind (`OFX_BENCH_ROUNDS`).
@@ -961,25 +965,10 @@ async fn production_cost<B: Target>(url: &str, block: usize) -> CostReport {
 
 // ===== databases =====
 
-fn postgres_server() -> String {
-    std::env::var("OFX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-async fn admin() -> tokio_postgres::Client {
-    let server = postgres_server();
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|error| panic!("cannot reach PostgreSQL at {server}: {error}"));
-    tokio::spawn(connection);
-    client
-}
-
 /// A fresh database `ofx_bench_<uuid>` with the business table: its URL and name.
 async fn create_database() -> (String, String) {
     let name = format!("ofx_bench_{}", uuid::Uuid::new_v4().simple());
-    admin()
+    admin_client()
         .await
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
@@ -990,7 +979,7 @@ async fn create_database() -> (String, String) {
 }
 
 async fn drop_database(name: &str) {
-    let result = admin()
+    let result = admin_client()
         .await
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await;

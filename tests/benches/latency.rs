@@ -74,6 +74,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{admin_client, postgres_server};
+
 /// Samples dropped at the start of each measurement (connections, caches, branch predictors).
 const WARMUP: usize = 50;
 /// Rounds of interleaved raw and ofx samples.
@@ -1188,30 +1192,14 @@ async fn polling_run() -> Report {
 
 // ===== PostgreSQL databases =====
 
-fn postgres_server() -> String {
-    std::env::var("OFX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
 fn redis_server() -> String {
     std::env::var("OFX_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// A connection to the server's `postgres` database, for `CREATE` and `DROP DATABASE`.
-async fn admin() -> tokio_postgres::Client {
-    let server = postgres_server();
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|error| panic!("cannot reach PostgreSQL at {server}: {error}"));
-    tokio::spawn(connection);
-    client
 }
 
 /// A fresh database `ofx_bench_<uuid>`: its URL and name.
 async fn create_database() -> (String, String) {
     let name = format!("ofx_bench_{}", uuid::Uuid::new_v4().simple());
-    admin()
+    admin_client()
         .await
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
@@ -1220,7 +1208,7 @@ async fn create_database() -> (String, String) {
 }
 
 async fn drop_database(name: &str) {
-    let result = admin()
+    let result = admin_client()
         .await
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await;

@@ -108,6 +108,10 @@ mod schema {
 }
 use schema::ofx_stream_events;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{admin, postgres_server};
+
 // ===== statements =====
 
 /// Statements started on any Diesel connection.
@@ -1069,30 +1073,6 @@ fn median(values: &[f64]) -> f64 {
 }
 
 // ===== databases =====
-
-fn postgres_server() -> String {
-    std::env::var("OFX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-/// Runs `statement` on the server's `postgres` database (`CREATE` and `DROP DATABASE`).
-async fn admin(statement: &str) {
-    let server = postgres_server();
-    let (client, connection) =
-        tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot reach PostgreSQL at {server} ({error}); start it with \
-                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-                )
-            });
-    tokio::spawn(connection);
-    client
-        .batch_execute(statement)
-        .await
-        .unwrap_or_else(|error| panic!("{statement}: {error}"));
-}
 
 /// A temporary SQLite file (and a directory for the watcher's files), removed at the end.
 struct SqliteFile {

@@ -63,6 +63,10 @@ mod schema {
 }
 use schema::ofx_stream_events;
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{admin, postgres_server};
+
 // ===== the projection =====
 
 /// An amount added to a key.
@@ -382,28 +386,6 @@ async fn measure<B: Target>(url: &str, events: u64, rounds: usize) -> Report {
 }
 
 // ===== databases =====
-
-fn postgres_server() -> String {
-    std::env::var("OFX_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-async fn admin(statement: &str) {
-    use diesel_async::AsyncConnection;
-    let server = postgres_server();
-    let mut connection = diesel_async::AsyncPgConnection::establish(&format!("{server}/postgres"))
-        .await
-        .unwrap_or_else(|error| {
-            panic!(
-                "cannot reach PostgreSQL at {server} ({error}); start it with \
-                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-            )
-        });
-    connection
-        .batch_execute(statement)
-        .await
-        .unwrap_or_else(|error| panic!("{statement}: {error}"));
-}
 
 /// A temporary SQLite file, removed at the end.
 struct SqliteFile(PathBuf);
