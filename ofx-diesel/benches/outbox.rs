@@ -18,7 +18,7 @@
 //!   always one round trip: on PostgreSQL, a statement that misses diesel's prepared-statement
 //!   cache is parsed again, one more round trip counted in its time "inside";
 //! - SQLite: the **WAL frames** (pages written) per command of each variant;
-//! - an **interleaved** comparison: rounds of one block of commands per variant in a rotating
+//! - an **interleaved** comparison (with 1 client, then with 10 concurrent ones): rounds of one block of commands per variant in a rotating
 //!   order, with the median time per command of each variant and the medians of the rounds'
 //!   ratios framework / (a) and framework / (b). On a shared machine these ratios are steadier
 //!   than ones from criterion's consecutive measurements.
@@ -488,7 +488,13 @@ fn micros_between(from: Instant, to: Instant) -> f64 {
 /// The three variants interleaved: rounds of one block of `block` commands per variant, in a
 /// rotating order, so that a slower period of a shared machine weighs on all three. Prints the
 /// median time per command of each variant and the median of the rounds' ratios.
-fn print_interleaved<B: Target>(runtime: &Runtime, db: &DbHub<B>, rounds: usize, block: u32) {
+fn print_interleaved<B: Target>(
+    runtime: &Runtime,
+    db: &DbHub<B>,
+    rounds: usize,
+    block: u32,
+    clients: u32,
+) {
     let (hub, _entries) = runtime.block_on(host(db));
     let commander = hub.commander();
     let host_id = hub.host_id().to_string();
@@ -498,9 +504,26 @@ fn print_interleaved<B: Target>(runtime: &Runtime, db: &DbHub<B>, rounds: usize,
             for offset in 0..VARIANTS.len() {
                 let variant = (round + offset) % VARIANTS.len();
                 let start = Instant::now();
-                for _ in 0..block {
-                    run_variant(variant, db, &commander, &host_id).await;
-                }
+                // `clients` tasks at once, each running its share of the block in a row (local
+                // tasks of this thread: the variants' futures are not all `Send`).
+                let local = tokio::task::LocalSet::new();
+                local
+                    .run_until(async {
+                        let mut tasks = tokio::task::JoinSet::new();
+                        for _ in 0..clients {
+                            let (db, commander, host_id) =
+                                (db.clone(), commander.clone(), host_id.clone());
+                            tasks.spawn_local(async move {
+                                for _ in 0..block / clients {
+                                    run_variant(variant, &db, &commander, &host_id).await;
+                                }
+                            });
+                        }
+                        while let Some(done) = tasks.join_next().await {
+                            done.expect("a client task");
+                        }
+                    })
+                    .await;
                 per_command[variant].push(start.elapsed().as_secs_f64() * 1e9 / f64::from(block));
             }
         }
@@ -512,7 +535,8 @@ fn print_interleaved<B: Target>(runtime: &Runtime, db: &DbHub<B>, rounds: usize,
         .map(|round| per_command[2][round] / per_command[1][round])
         .collect();
     eprintln!(
-        "{}: interleaved, {rounds} rounds of {block} commands per variant (median ns/command):",
+        "{}: interleaved, {clients} client(s), {rounds} rounds of {block} commands per variant \
+         (median ns/command, wall time ÷ commands):",
         B::LABEL
     );
     for (variant, times) in VARIANTS.iter().zip(per_command.iter_mut()) {
@@ -816,11 +840,13 @@ fn main() {
     {
         let sqlite = runtime.block_on(open::<Sqlite>(&sqlite_files[0].path));
         bench_outbox(&mut criterion, &runtime, &sqlite);
-        print_interleaved(&runtime, &sqlite, 30, 200);
+        print_interleaved(&runtime, &sqlite, 30, 200, 1);
+        print_interleaved(&runtime, &sqlite, 10, 200, 10);
         print_wal_frames(&runtime, &sqlite, 100);
         let postgres = runtime.block_on(open::<Postgres>(&pg_databases[0].url()));
         bench_outbox(&mut criterion, &runtime, &postgres);
-        print_interleaved(&runtime, &postgres, 30, 40);
+        print_interleaved(&runtime, &postgres, 30, 40, 1);
+        print_interleaved(&runtime, &postgres, 10, 200, 10);
     }
     {
         let sqlite = runtime.block_on(open::<Sqlite>(&sqlite_files[1].path));
