@@ -40,6 +40,10 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     /// process-local writer). Otherwise (PostgreSQL) the server's session may still be
     /// committing, and only the transaction's status settles it.
     const FAILED_COMMIT_IS_FINAL: bool;
+    /// Whether the database takes one writer at a time (SQLite): then the operations of a
+    /// process queue for it in the process ([`DbHub`](crate::DbHub)'s writer turn) rather than
+    /// in the database's busy handler, which sleeps.
+    const ONE_WRITER: bool;
 
     /// Opens a connection with the backend's session settings.
     fn connect(

@@ -138,6 +138,9 @@ pub(crate) struct DbInner<B: Backend> {
     pub(crate) id: u64,
     /// `backend:url`, for errors.
     pub(crate) label: &'static str,
+    /// The writer turn of a one-writer database (SQLite): one operation's transaction at a
+    /// time in this process (see `DbOperationScope::begin`).
+    pub(crate) writer: Arc<tokio::sync::Semaphore>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -190,6 +193,7 @@ impl<B: Backend> DbHub<B> {
                 // One small string per database opened, for error messages that must be
                 // `'static` (`ofx_core::Error::ScopeConflict`).
                 label: Box::leak(format!("{}:{url}", B::NAME).into_boxed_str()),
+                writer: Arc::new(tokio::sync::Semaphore::new(1)),
             }),
         })
     }

@@ -42,6 +42,7 @@ impl Backend for Postgres {
     // The server session that received COMMIT may still be committing after our connection
     // broke: only `pg_xact_status` settles it.
     const FAILED_COMMIT_IS_FINAL: bool = false;
+    const ONE_WRITER: bool = false;
 
     async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
         AsyncPgConnection::establish(url).await

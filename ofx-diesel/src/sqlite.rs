@@ -48,6 +48,7 @@ impl Backend for Sqlite {
     // One writer, in this process: a transaction whose COMMIT failed on a connection we then
     // close can no longer commit.
     const FAILED_COMMIT_IS_FINAL: bool = true;
+    const ONE_WRITER: bool = true;
 
     async fn connect(url: &str) -> diesel::ConnectionResult<Self::Connection> {
         let mut connection = SqliteAsyncConnection::establish(url).await?;

@@ -25,3 +25,5 @@ mod proxy;
 mod sqlite;
 #[cfg(feature = "postgres")]
 mod stale_connections;
+#[cfg(feature = "sqlite")]
+mod writer_turn;
