@@ -142,18 +142,21 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         xid: i64,
     ) -> impl Future<Output = Result<Option<TransactionStatus>>> + Send;
 
-    /// [`trimmed_through`](Self::trimmed_through), then [`read_after`](Self::read_after):
+    /// [`read_after`](Self::read_after), then [`trimmed_through`](Self::trimmed_through):
     /// what a log reader with nothing else to look at reads after a wake-up, in one round trip
     /// where the backend can (PostgreSQL: both statements sent before either reply is awaited;
-    /// SQLite: one hop to the blocking pool). The server runs them in that order.
+    /// SQLite: one hop to the blocking pool). The server runs them in that order, each in a
+    /// snapshot of its own: the trimmer moves `trimmed_through` before it deletes, so rows
+    /// deleted before the first read show as a `trimmed_through` past the cursor in the second
+    /// (the other order could miss a whole trim between the two).
     fn read_after_covered(
         connection: &mut Self::Connection,
         after: i64,
         limit: i64,
     ) -> impl Future<Output = Result<(i64, Vec<OperationRow>)>> + Send {
         async move {
-            let trimmed = Self::trimmed_through(connection).await?;
             let rows = Self::read_after(connection, after, limit).await?;
+            let trimmed = Self::trimmed_through(connection).await?;
             Ok((trimmed, rows))
         }
     }

@@ -122,18 +122,18 @@ impl Backend for Postgres {
         limit: i64,
     ) -> Result<(i64, Vec<OperationRow>)> {
         // Pipelined: both statements are sent before either reply is awaited, and the server
-        // runs them in order (each in a snapshot of its own, as when sent one by one).
+        // runs them in order, the rows first (see the trait's documentation).
         let shared: &AsyncPgConnection = connection;
-        let trimmed = trims::ofx_log_trims
-            .select(trims::trimmed_through)
-            .first::<i64>(&mut &*shared);
         let rows = dsl::ofx_operations
             .filter(dsl::idx.gt(after))
             .order(dsl::idx.asc())
             .limit(limit)
             .select(OperationRow::as_select())
             .load::<OperationRow>(&mut &*shared);
-        let (trimmed, rows) = tokio::join!(trimmed, rows);
+        let trimmed = trims::ofx_log_trims
+            .select(trims::trimmed_through)
+            .first::<i64>(&mut &*shared);
+        let (rows, trimmed) = tokio::join!(rows, trimmed);
         Ok((trimmed?, rows?))
     }
 

@@ -153,19 +153,20 @@ impl Backend for Sqlite {
         limit: i64,
     ) -> Result<(i64, Vec<OperationRow>)> {
         use crate::schema::ofx_log_trims::dsl as trims;
-        // One hop to the blocking pool for both statements.
+        // One hop to the blocking pool for both statements, the rows first (see the trait's
+        // documentation).
         Ok(connection
             .spawn_blocking(move |connection| {
-                let trimmed: i64 = diesel::RunQueryDsl::first(
-                    trims::ofx_log_trims.select(trims::trimmed_through),
-                    connection,
-                )?;
                 let rows: Vec<OperationRow> = diesel::RunQueryDsl::load(
                     dsl::ofx_operations
                         .filter(dsl::idx.gt(after))
                         .order(dsl::idx.asc())
                         .limit(limit)
                         .select(OperationRow::as_select()),
+                    connection,
+                )?;
+                let trimmed: i64 = diesel::RunQueryDsl::first(
+                    trims::ofx_log_trims.select(trims::trimmed_through),
                     connection,
                 )?;
                 Ok((trimmed, rows))
