@@ -746,63 +746,78 @@ async fn state_status<B: Backend>(
     if json {
         return out.json(&overview_json(&overview), false);
     }
-    out.line("STREAMS")?;
-    if overview.streams.is_empty() {
-        out.line("(none)")?;
-    } else {
-        let rows: Vec<Vec<String>> = overview
-            .streams
-            .iter()
-            .map(|s| {
-                vec![
-                    s.stream.clone(),
-                    s.head.to_string(),
-                    s.events.to_string(),
-                    s.last_appended_at.map(table_time).unwrap_or_default(),
-                ]
-            })
-            .collect();
-        out.table(&["STREAM", "HEAD", "EVENTS", "LAST APPENDED"], &rows)?;
-    }
+    let streams: Vec<Vec<String>> = overview
+        .streams
+        .iter()
+        .map(|s| {
+            vec![
+                s.stream.clone(),
+                s.head.to_string(),
+                s.events.to_string(),
+                s.last_appended_at.map(table_time).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    section(
+        out,
+        "STREAMS",
+        &["STREAM", "HEAD", "EVENTS", "LAST APPENDED"],
+        &streams,
+    )?;
     out.line("")?;
-    out.line("SNAPSHOTS (stored in the database)")?;
-    if overview.snapshots.is_empty() {
-        out.line("(none)")?;
-    } else {
-        let rows: Vec<Vec<String>> = overview
-            .snapshots
-            .iter()
-            .map(|s| {
-                vec![
-                    s.projection.clone(),
-                    s.version.to_string(),
-                    s.position.to_string(),
-                    table_time(s.saved_at),
-                ]
-            })
-            .collect();
-        out.table(&["PROJECTION", "VERSION", "POSITION", "SAVED"], &rows)?;
-    }
+    let snapshots: Vec<Vec<String>> = overview
+        .snapshots
+        .iter()
+        .map(|s| {
+            vec![
+                s.projection.clone(),
+                s.version.to_string(),
+                s.position.to_string(),
+                table_time(s.saved_at),
+            ]
+        })
+        .collect();
+    section(
+        out,
+        "SNAPSHOTS (stored in the database)",
+        &["PROJECTION", "VERSION", "POSITION", "SAVED"],
+        &snapshots,
+    )?;
     out.line("")?;
-    out.line("QUARANTINE")?;
-    if overview.quarantine.is_empty() {
-        out.line("(none)")?;
-    } else {
-        let rows: Vec<Vec<String>> = overview
-            .quarantine
-            .iter()
-            .map(|q| {
-                vec![
-                    q.projection.clone(),
-                    q.version.to_string(),
-                    q.stream.clone(),
-                    q.count.to_string(),
-                ]
-            })
-            .collect();
-        out.table(&["PROJECTION", "VERSION", "STREAM", "EVENTS"], &rows)?;
-    }
+    let quarantine: Vec<Vec<String>> = overview
+        .quarantine
+        .iter()
+        .map(|q| {
+            vec![
+                q.projection.clone(),
+                q.version.to_string(),
+                q.stream.clone(),
+                q.count.to_string(),
+            ]
+        })
+        .collect();
+    section(
+        out,
+        "QUARANTINE",
+        &["PROJECTION", "VERSION", "STREAM", "EVENTS"],
+        &quarantine,
+    )?;
     Ok(())
+}
+
+/// A titled table, or `(none)` under its title when it has no rows.
+fn section(
+    out: &mut Out,
+    title: &str,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> Result<(), CliError> {
+    out.line(title)?;
+    if rows.is_empty() {
+        out.line("(none)")
+    } else {
+        out.table(header, rows)
+    }
 }
 
 async fn quarantine<B: Backend>(
