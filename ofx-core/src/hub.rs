@@ -49,6 +49,8 @@ struct HubInner {
     versions: AtomicU64,
     /// The operation log position replayed through (-1: none yet); see `Hub::log_position`.
     log_position: AtomicI64,
+    /// Notified when `log_position` moves forward; see `Hub::log_position_reached`.
+    log_position_moved: tokio::sync::Notify,
     shutdown: CancellationToken,
     /// The command handlers of the services added with `add_service`, by command type.
     handlers: papaya::HashMap<TypeId, HandlerEntry, foldhash::fast::RandomState>,
@@ -130,9 +132,37 @@ impl Hub {
     /// Records that this hub has replayed the operation log through `position` (what a log
     /// reader calls). The position never goes back: a lower one is ignored.
     pub fn advance_log_position(&self, position: i64) {
-        self.inner
+        let before = self
+            .inner
             .log_position
             .fetch_max(position, Ordering::AcqRel);
+        if position > before {
+            self.inner.log_position_moved.notify_waiters();
+        }
+    }
+
+    /// Waits until this hub has replayed the operation log through `position` or beyond
+    /// ([`log_position`](Self::log_position)), and returns where it is. Wrap it in a timeout
+    /// if the position may never come (a hub without a log reader).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let hub = ofx_core::Hub::new().unwrap();
+    /// hub.advance_log_position(7);
+    /// assert_eq!(hub.log_position_reached(5).await, 7);
+    /// # }
+    /// ```
+    pub async fn log_position_reached(&self, position: i64) -> i64 {
+        loop {
+            let moved = self.inner.log_position_moved.notified();
+            tokio::pin!(moved);
+            // Registered before the check: a move after it wakes this waiter.
+            moved.as_mut().enable();
+            if let Some(reached) = self.log_position().filter(|reached| *reached >= position) {
+                return reached;
+            }
+            moved.await;
+        }
     }
 
     /// A token cancelled when the hub is dropped: background tasks of this hub stop on it.
@@ -570,6 +600,7 @@ impl HubBuilder {
                 registry: Registry::new(self.capacity, self.event_listener),
                 versions: AtomicU64::new(0),
                 log_position: AtomicI64::new(-1),
+                log_position_moved: tokio::sync::Notify::new(),
                 shutdown: CancellationToken::new(),
                 handlers: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
                 adding: Mutex::new(()),

@@ -262,18 +262,12 @@ async fn a_reconnecting_client_gets_the_current_value_at_once() {
     .await;
     // Host B has the write once its log position reaches the command's.
     let sequence = body["sequence"].as_i64().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b
-        .hub
-        .log_position()
-        .is_none_or(|position| position < sequence)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "host B did not replay"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        b.hub.log_position_reached(sequence),
+    )
+    .await
+    .expect("host B replays the command");
     let mut again = SseClient::open(&url, init.id.as_deref()).await;
     let resumed = again.next_within(Duration::from_secs(2)).await.unwrap();
     assert_eq!(resumed.event.as_deref(), Some("init"));

@@ -569,14 +569,9 @@ impl Host {
         });
         // Frames carry a log position once the reader reported one (see findings.rs, finding
         // 10): the tests start from there.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while hub.log_position().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the log reader reported no position"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), hub.log_position_reached(0))
+            .await
+            .expect("the log reader reports a position");
         Self {
             hub,
             notes,
@@ -602,19 +597,16 @@ impl Host {
 
     /// Waits until this host has replayed the log through `sequence`.
     pub async fn wait_position(&self, sequence: i64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self
-            .hub
-            .log_position()
-            .is_none_or(|position| position < sequence)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the host did not replay through {sequence}: {:?}",
-                self.hub.log_position()
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let reached = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.hub.log_position_reached(sequence),
+        )
+        .await;
+        assert!(
+            reached.is_ok(),
+            "the host did not replay through {sequence}: {:?}",
+            self.hub.log_position()
+        );
     }
 }
 
