@@ -28,10 +28,16 @@ pub(crate) fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
     }
 }
 
-/// Whether a database's error message says serialization failure, deadlock, or locked.
+/// Whether a database's error message says serialization failure, deadlock, locked, or that
+/// the server ended the session (PostgreSQL's `57P01` when the session is terminated by
+/// `pg_terminate_backend` or a fast shutdown, `57P02` on a crash, `57P03` while it starts or
+/// recovers: the transaction did not commit).
 fn transient_message(message: &str) -> bool {
     message.contains("could not serialize access due to")
         || message.contains("deadlock detected")
+        || message.contains("terminating connection due to")
+        || message.contains("the database system is")
+        || message.contains("server closed the connection unexpectedly")
         || message.contains("database is locked")
         || message.contains("database table is locked")
         || message.contains("database schema is locked")
@@ -63,6 +69,26 @@ mod tests {
             ),
             (DatabaseErrorKind::Unknown, "deadlock detected", true),
             (DatabaseErrorKind::Unknown, "database is locked", true),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+                true,
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to crash of another server process",
+                true,
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "the database system is starting up",
+                true,
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "the database system is shutting down",
+                true,
+            ),
             (
                 DatabaseErrorKind::UniqueViolation,
                 "duplicate key value violates unique constraint",

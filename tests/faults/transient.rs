@@ -1,0 +1,75 @@
+//! Transient failures of the write path on PostgreSQL: serialization failures raised by the
+//! server on 20 % of the commands, and writer sessions terminated mid-transaction (one per 200
+//! commands). Every call succeeds within the commander's retry budget, and every effect is
+//! committed once.
+
+use ofx_tests::ledger::{Fault, Wakeup};
+use ofx_tests::servers::{drop_database, fresh_database, shared_postgres};
+use ofx_tests::tiered;
+
+use crate::harness::{Run, Workload};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialization_failures_on_a_fifth_of_the_commits() {
+    let url = fresh_database(&shared_postgres()).await;
+    let run = Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await;
+    let workload = Workload {
+        commands: tiered(1_000, 10_000),
+        writers: 8,
+        fault: |i| {
+            if i % 5 == 4 {
+                Fault::TransientOnce
+            } else {
+                Fault::None
+            }
+        },
+        pause_after_error: std::time::Duration::ZERO,
+    };
+    let failed = run.drive(&workload).await;
+    let (report, _) = run.settle_and_check("serialization failures").await;
+    report.assert_clean("serialization failures");
+    assert_eq!(
+        failed,
+        0,
+        "every call succeeds after its retry: {:?}",
+        run.failures()
+    );
+    assert_eq!(report.tally.committed as usize, workload.commands);
+    // Each faulted command ran its main branch twice, and committed once.
+    assert_eq!(
+        report.tally.main_runs as usize,
+        workload.commands + workload.commands / 5
+    );
+    drop(run);
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_sessions_terminated_mid_transaction() {
+    let url = fresh_database(&shared_postgres()).await;
+    let run = Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await;
+    let workload = Workload {
+        commands: tiered(1_000, 10_000),
+        writers: 8,
+        fault: |i| {
+            if i % 200 == 199 {
+                Fault::TerminateOnce
+            } else {
+                Fault::None
+            }
+        },
+        pause_after_error: std::time::Duration::ZERO,
+    };
+    let failed = run.drive(&workload).await;
+    let (report, _) = run.settle_and_check("terminated writers").await;
+    report.assert_clean("terminated writers");
+    assert_eq!(
+        failed,
+        0,
+        "every call succeeds on a new connection: {:?}",
+        run.failures()
+    );
+    assert_eq!(report.tally.committed as usize, workload.commands);
+    drop(run);
+    drop_database(&url).await;
+}
