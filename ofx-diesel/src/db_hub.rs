@@ -32,11 +32,10 @@ pub struct DbSettings {
     /// Rows the reader reads per query (default 256).
     pub read_batch: i64,
     /// The safety net for gaps (PostgreSQL, default 5 min). A reader closes a gap as soon as
-    /// every transaction that was running when it found the gap has finished (see
-    /// [`LogReader`](crate::LogReader#gaps)); since that list holds every write transaction of
-    /// the server, an unrelated long-running one keeps the gap open, and waiting readers with it.
-    /// A gap older than this is given up anyway: an operation whose own transaction stays open
-    /// longer than this after taking its index may then be missed by other hosts.
+    /// every log writer that was running when it found the gap has finished (see
+    /// [`LogReader`](crate::LogReader#gaps)); transactions that never wrote to the log do not
+    /// count. A gap older than this is given up anyway: an operation whose own transaction stays
+    /// open longer than this after taking its index may then be missed by other hosts.
     pub gap_retention: Duration,
     /// How long a reader keeps retrying an operation whose replay failed for a reason that may
     /// pass (its service not attached yet), with capped backoff, before it counts it as failed
@@ -72,6 +71,9 @@ pub struct DbSettings {
     /// heartbeats (hourly) and by [`DbHub::trim_hosts`] (default 7 days). Until then a silent
     /// host shows as stale.
     pub host_retention: Duration,
+    /// The wall clock this host stamps rows with (operations' times, events' due times and
+    /// leases, the trimmer's cutoff); the system's by default. See [`WallClock`](crate::WallClock).
+    pub clock: crate::WallClock,
 }
 
 impl Default for DbSettings {
@@ -94,6 +96,7 @@ impl Default for DbSettings {
             events: crate::EventSettings::default(),
             host_heartbeat: Some(Duration::from_secs(5)),
             host_retention: Duration::from_secs(7 * 24 * 3600),
+            clock: crate::WallClock::system(),
         }
     }
 }

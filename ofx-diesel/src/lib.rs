@@ -89,6 +89,7 @@
 //! | `http` | no | `state::status_router`: the state services' `/status` route for load balancers (axum) |
 
 mod backend;
+mod clock;
 mod commit;
 mod db_hub;
 mod error;
@@ -113,6 +114,7 @@ mod transient;
 mod trimmer;
 
 pub use backend::{Backend, StartPosition, TransactionStatus};
+pub use clock::WallClock;
 pub use db_hub::{CommitFaultHook, DbHub, DbSettings};
 pub use error::{Doubt, Error, Result};
 pub use events::{

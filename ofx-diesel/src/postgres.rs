@@ -29,6 +29,24 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 #[derive(Debug, Clone, Copy)]
 pub struct Postgres;
 
+/// The log writers in flight: the transactions of this statement's snapshot's in-progress list
+/// that hold the log-writer mark (the shared advisory lock `(7300728, id mod 2^31)` that the
+/// operation row's insert takes before it draws its index), as `x`. Only they may still commit
+/// a row at an index a reader found missing: a transaction that never wrote to the log (a
+/// long-running report, a session idle in its transaction) no longer holds a gap open. Two
+/// transactions whose ids agree mod 2^31 both count, which only keeps a gap open longer. A
+/// writer that ends between the two reads of this statement has committed or rolled back
+/// before the reader's next re-read of the gap, which sees its row.
+macro_rules! log_writers_in_flight {
+    () => {
+        "SELECT s.x FROM \
+     (SELECT CAST(CAST(t AS TEXT) AS BIGINT) AS x FROM pg_snapshot_xip(pg_current_snapshot()) AS t) AS s \
+     WHERE CAST(s.x % 2147483648 AS OID) IN (SELECT objid FROM pg_locks \
+     WHERE locktype = 'advisory' AND classid = 7300728 AND objsubid = 2 \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+    };
+}
+
 impl sealed::Sealed for Postgres {}
 
 impl Backend for Postgres {
@@ -229,11 +247,12 @@ impl Backend for Postgres {
         // One statement, one snapshot: every row with an index up to `cursor` that is not
         // visible in it belongs to a transaction in its in-progress list (the operation's
         // transaction id is assigned before its index is drawn).
-        let start: StartRow = diesel::sql_query(
-            "SELECT COALESCE((SELECT MAX(idx) FROM ofx_operations), 0) AS cursor, \
-             ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x) \
-             AS in_flight",
-        )
+        let start: StartRow = diesel::sql_query(concat!(
+            "WITH log_writers AS (",
+            log_writers_in_flight!(),
+            ") SELECT COALESCE((SELECT MAX(idx) FROM ofx_operations), 0) AS cursor, \
+             ARRAY(SELECT x FROM log_writers) AS in_flight"
+        ))
         .get_result(connection)
         .await?;
         Ok(StartPosition {
@@ -256,10 +275,11 @@ impl Backend for Postgres {
     }
 
     async fn in_flight(connection: &mut Self::Connection) -> Result<Vec<i64>> {
-        let in_flight: InFlightRow = diesel::sql_query(
-            "SELECT ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x) \
-             AS in_flight",
-        )
+        let in_flight: InFlightRow = diesel::sql_query(concat!(
+            "WITH log_writers AS (",
+            log_writers_in_flight!(),
+            ") SELECT ARRAY(SELECT x FROM log_writers) AS in_flight"
+        ))
         .get_result(connection)
         .await?;
         Ok(in_flight.in_flight)
@@ -314,15 +334,20 @@ struct RunningRow {
 /// it with the row's index:
 ///
 /// ```sql
-/// WITH x AS MATERIALIZED (SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT) AS xid)
-/// INSERT INTO ofx_operations (uuid, ..., nested_json, xid) SELECT $1, ..., $8, x.xid FROM x
+/// WITH x AS MATERIALIZED (SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT) AS xid),
+///      m AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(7300728,
+///                         CAST(x.xid % 2147483648 AS INTEGER)) AS marked FROM x)
+/// INSERT INTO ofx_operations (uuid, ..., nested_json, xid) SELECT $1, ..., $8, x.xid FROM x, m
 /// RETURNING idx, xid
 /// ```
 ///
-/// The id is taken before the index is drawn: the materialized CTE is evaluated when the insert
-/// reads its one row, before the insert evaluates the `idx` default (`nextval`). Without it the
-/// planner computes both in one projection, in column order, `idx` first. A reader that reads
-/// below the oldest running transaction (`pg_snapshot_xmin`) relies on this order.
+/// The id is taken, and the transaction marked as a log writer (a shared advisory lock keyed by
+/// its id, held until it ends), before the index is drawn: the materialized CTEs are evaluated
+/// when the insert reads its one row, before the insert evaluates the `idx` default
+/// (`nextval`). Without them the planner computes everything in one projection, in column
+/// order, `idx` first. A reader that finds a gap relies on this order: whoever drew a missing
+/// index is a marked transaction still in flight, or has finished (see
+/// `log_writers_in_flight!`).
 ///
 /// A query of its own (not `diesel::sql_query`) so that it has a static query id: diesel caches
 /// it as a prepared statement, one round trip per command.
@@ -348,7 +373,9 @@ impl QueryFragment<Pg> for InsertOperation<'_> {
         let row = &self.0;
         out.push_sql(
             "WITH x AS MATERIALIZED \
-             (SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT) AS xid) \
+             (SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT) AS xid), \
+             m AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(7300728, \
+             CAST(x.xid % 2147483648 AS INTEGER)) AS marked FROM x) \
              INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, \
              command_json, items_json, nested_json, xid) SELECT ",
         );
@@ -367,7 +394,7 @@ impl QueryFragment<Pg> for InsertOperation<'_> {
         out.push_bind_param::<Text, _>(row.items_json)?;
         out.push_sql(", ");
         out.push_bind_param::<Text, _>(row.nested_json)?;
-        out.push_sql(", x.xid FROM x RETURNING idx, xid");
+        out.push_sql(", x.xid FROM x, m RETURNING idx, xid");
         Ok(())
     }
 }

@@ -214,9 +214,10 @@ impl Progress {
 ///
 /// On PostgreSQL a reader may read index `n + 1` before the row at `n` commits. It records the
 /// indexes it skipped over as **gaps** (ranges, so a jump of any length is one gap) with the
-/// transactions that may still fill them: those running just after the read (each operation's
-/// transaction id is assigned before its index is drawn, so whoever drew a missing index is in
-/// that list, or has finished). Each poll it re-reads the gaps, replaying the rows found there,
+/// transactions that may still fill them: the log writers running just after the read (each
+/// operation's transaction records its id and marks itself a log writer, with a shared
+/// advisory lock held until it ends, before its index is drawn, so whoever drew a missing index
+/// is in that list, or has finished). Each poll it re-reads the gaps, replaying the rows found there,
 /// and asks which of those transactions still run; once all of a gap's have finished, a last
 /// re-read settles it, and what is still missing is given up ([`ReaderStats::gaps_closed`]):
 /// rolled back, nothing missed. Indexes above the sequence's position (below a row written there
@@ -225,13 +226,14 @@ impl Progress {
 /// the reader read past it and no gap, retry or transaction in flight at the start can still
 /// bring a row at or below it.
 ///
-/// A transaction in that list need not have written to the log (the list is every write
-/// transaction of the server), so a gap stays open as long as any write transaction running
-/// at the read does. [`DbSettings::gap_retention`](crate::DbSettings::gap_retention) is the
-/// safety net: a gap older than it is given up ([`ReaderStats::gaps_expired`], logged), as are
-/// the oldest past [`MAX_GAPS`]. This relies on rows being written through the framework's
-/// insert (or otherwise taking their transaction id before their index) and on the sequence's
-/// default `CACHE 1`.
+/// A transaction that never wrote to the log (a long report, a session idle in its
+/// transaction) is not in that list and holds no gap open; a log writer whose transaction stays
+/// open (a handler that waits inside its transaction) holds open the gaps found while it runs.
+/// [`DbSettings::gap_retention`](crate::DbSettings::gap_retention) is the safety net: a gap
+/// older than it is given up ([`ReaderStats::gaps_expired`], logged), as are the oldest past
+/// [`MAX_GAPS`]. This relies on rows being written through the framework's insert (or
+/// otherwise recording their transaction id and taking the log-writer lock before their index
+/// is drawn) and on the sequence's default `CACHE 1`.
 #[derive(Debug, Clone)]
 pub struct LogReader {
     shared: Arc<Shared>,

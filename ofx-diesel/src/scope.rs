@@ -383,7 +383,7 @@ impl<B: Backend> DbOperationScope<B> {
                 return CommitOutcome::NotCommitted(error.into());
             }
         };
-        let committed_at = SystemTime::now();
+        let committed_at = self.db.settings.clock.now();
         let fault = self
             .db
             .fault
@@ -424,7 +424,7 @@ impl<B: Backend> DbOperationScope<B> {
                 row.new_row(committed_at),
                 &claim.uuid.to_string(),
                 claim.lease_token,
-                micros(SystemTime::now()),
+                micros(self.db.settings.clock.now()),
             )
             .await
             .map(|(inserted, completed)| {
@@ -441,7 +441,9 @@ impl<B: Backend> DbOperationScope<B> {
         };
         // The events after the completion: a run that reschedules its own event (same key,
         // `KeyConflict::Replace`) makes it pending again, rather than fencing off its own claim.
-        if let Err(error) = store_events::<B>(&mut connection, operation).await {
+        if let Err(error) =
+            store_events::<B>(&mut connection, operation, &self.db.settings.clock).await
+        {
             rollback::<B>(&mut connection).await;
             return CommitOutcome::NotCommitted(error.into());
         }

@@ -49,7 +49,9 @@ impl<B: Backend> DbHub<B> {
     pub async fn trim(&self) -> Result<u64> {
         let settings = self.settings();
         let cutoff = micros(
-            SystemTime::now()
+            settings
+                .clock
+                .now()
                 .checked_sub(settings.max_age)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
         );

@@ -27,16 +27,20 @@ pub(crate) struct Workload {
 }
 
 impl Workload {
-    /// `commands` calls by 8 writers, 2 % of them failing after their writes.
-    pub(crate) fn soak(commands: usize) -> Self {
+    /// `commands` calls by 8 writers, 2 % of them failing after their writes: at their
+    /// `COMMIT` on PostgreSQL (their log indexes burnt), before it on SQLite (whose rolled-back
+    /// inserts give their sequence values back).
+    pub(crate) fn soak<B: LedgerQueries>(commands: usize) -> Self {
         Self {
             commands,
             writers: 8,
             fault: |i| {
-                if i % 50 == 49 {
-                    Fault::FailAfterInsert
-                } else {
+                if i % 50 != 49 {
                     Fault::None
+                } else if B::FAILS_AT_COMMIT {
+                    Fault::FailAtCommit
+                } else {
+                    Fault::FailAfterInsert
                 }
             },
             pause_after_error: Duration::ZERO,

@@ -10,8 +10,11 @@
 // Tests state their expectations with `unwrap`/`expect`: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod delivery;
 mod harness;
+mod kills;
 mod servers_faults;
+mod skew;
 mod soak;
 mod transient;
 mod watchers;

@@ -22,7 +22,7 @@ async fn postgres_crashed_and_restarted_mid_run() {
     let url = fresh_database(&server.server_url()).await;
     let run =
         Arc::new(Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await);
-    let mut workload = Workload::soak(tiered(1_000, 4_000));
+    let mut workload = Workload::soak::<ofx_diesel::Postgres>(tiered(1_000, 4_000));
     workload.pause_after_error = Duration::from_millis(50);
     let crash = {
         let run = Arc::clone(&run);
@@ -100,7 +100,7 @@ async fn horizon_pinned_by_idle_and_repeatable_read_transactions() {
         .await
         .unwrap();
     let started = Instant::now();
-    let workload = Workload::soak(tiered(1_000, 10_000));
+    let workload = Workload::soak::<ofx_diesel::Postgres>(tiered(1_000, 10_000));
     run.drive(&workload).await;
     let (during, _) = run.settle_and_check("pinned horizon (held)").await;
     during.assert_clean("pinned horizon (held)");
@@ -140,7 +140,7 @@ async fn exhausted_pool() {
             drop(held);
         })
     };
-    let mut workload = Workload::soak(tiered(1_000, 10_000));
+    let mut workload = Workload::soak::<ofx_diesel::Postgres>(tiered(1_000, 10_000));
     workload.pause_after_error = Duration::from_millis(20);
     run.drive(&workload).await;
     exhaust.await.unwrap();

@@ -22,7 +22,7 @@ async fn soak_sqlite() {
     let path = sqlite_file();
     let dir = tempdir();
     let run = Run::<ofx_diesel::Sqlite>::start(&path, 2, &Wakeup::Fs(dir.clone())).await;
-    let workload = Workload::soak(tiered(1_000, 10_000));
+    let workload = Workload::soak::<ofx_diesel::Sqlite>(tiered(1_000, 10_000));
     let failed = run.drive(&workload).await;
     let (report, _) = run.settle_and_check("soak sqlite").await;
     report.assert_clean("soak sqlite");
@@ -39,7 +39,7 @@ async fn soak_sqlite() {
 async fn soak_postgres() {
     let url = fresh_database(&shared_postgres()).await;
     let run = Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await;
-    let workload = Workload::soak(tiered(1_000, 10_000));
+    let workload = Workload::soak::<ofx_diesel::Postgres>(tiered(1_000, 10_000));
     let failed = run.drive(&workload).await;
     let (report, _) = run.settle_and_check("soak postgres").await;
     report.assert_clean("soak postgres");
@@ -59,7 +59,7 @@ async fn reader_restarted_every_500_operations() {
     let url = fresh_database(&shared_postgres()).await;
     let run =
         Arc::new(Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await);
-    let workload = Workload::soak(tiered(2_000, 10_000));
+    let workload = Workload::soak::<ofx_diesel::Postgres>(tiered(2_000, 10_000));
     let restarts = {
         let run = Arc::clone(&run);
         let commands = workload.commands;

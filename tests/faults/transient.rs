@@ -1,5 +1,5 @@
-//! Transient failures of the write path on PostgreSQL: serialization failures raised by the
-//! server on 20 % of the commands, and writer sessions terminated mid-transaction (one per 200
+//! Transient failures of the write path on PostgreSQL: serialization failures and deadlocks
+//! raised by the server on 20 % of the commands, and writer sessions terminated mid-transaction (one per 200
 //! commands). Every call succeeds within the commander's retry budget, and every effect is
 //! committed once.
 
@@ -10,7 +10,7 @@ use ofx_tests::tiered;
 use crate::harness::{Run, Workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serialization_failures_on_a_fifth_of_the_commits() {
+async fn serialization_failures_and_deadlocks_on_a_fifth_of_the_commits() {
     let url = fresh_database(&shared_postgres()).await;
     let run = Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await;
     let workload = Workload {

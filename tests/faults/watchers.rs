@@ -52,7 +52,7 @@ async fn listen_connection_terminated_every_two_seconds() {
         })
     };
     // Long enough for several terminations: the writers are paced.
-    let workload = Workload::soak(tiered(3_000, 10_000));
+    let workload = Workload::soak::<ofx_diesel::Postgres>(tiered(3_000, 10_000));
     run.drive(&workload).await;
     stop.cancel();
     let terminated = terminator.await.unwrap();
@@ -74,7 +74,7 @@ async fn private_redis_killed_and_restarted_every_1000_operations() {
     let run =
         Arc::new(Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Redis(redis_url)).await);
     let every = tiered(250, 1_000);
-    let workload = Workload::soak(tiered(1_000, 10_000));
+    let workload = Workload::soak::<ofx_diesel::Postgres>(tiered(1_000, 10_000));
     let killer = {
         let run = Arc::clone(&run);
         let redis = Arc::clone(&redis);
@@ -110,7 +110,7 @@ async fn inotify_overflow_then_directory_recreated() {
         .into_owned();
     let dir = tempdir();
     let run = Arc::new(Run::<ofx_diesel::Sqlite>::start(&path, 2, &Wakeup::Fs(dir.clone())).await);
-    let workload = Workload::soak(tiered(1_000, 10_000));
+    let workload = Workload::soak::<ofx_diesel::Sqlite>(tiered(1_000, 10_000));
     let storm = {
         let run = Arc::clone(&run);
         let dir = dir.clone();

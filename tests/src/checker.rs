@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
-use std::time::Instant;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -59,9 +59,9 @@ pub enum Record {
         host: String,
         /// The operation, when the outcome tells it.
         operation: Option<Uuid>,
-        /// When it started, in µs since the history began.
+        /// When it started, in µs since the Unix epoch.
         start_us: u64,
-        /// When it ended, in µs since the history began.
+        /// When it ended, in µs since the Unix epoch.
         end_us: u64,
         /// What the caller was told.
         #[serde(flatten)]
@@ -91,7 +91,7 @@ pub enum Record {
         host: String,
         /// Whether the host executed the operation.
         local: bool,
-        /// When, in µs since the history began.
+        /// When, in µs since the Unix epoch.
         #[serde(default)]
         at_us: u64,
     },
@@ -139,10 +139,11 @@ impl Record {
     }
 }
 
-/// The records of a run, in the order they were made; safe to share between tasks.
+/// The records of a run, in the order they were made; safe to share between tasks. Times are
+/// µs of the wall clock since the Unix epoch, so that the records of several processes on one
+/// machine compare.
 #[derive(Debug)]
 pub struct History {
-    started: Instant,
     records: Mutex<Vec<Record>>,
     sink: Option<Mutex<std::fs::File>>,
 }
@@ -157,7 +158,6 @@ impl History {
     /// An empty history, kept in memory.
     pub fn new() -> Self {
         Self {
-            started: Instant::now(),
             records: Mutex::new(Vec::new()),
             sink: None,
         }
@@ -202,9 +202,13 @@ impl History {
         Ok(records)
     }
 
-    /// µs since the history began.
+    /// µs since the Unix epoch.
     pub fn now_us(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+            })
     }
 
     /// Adds a record.
@@ -305,6 +309,9 @@ pub struct Truth {
     pub effects: Vec<Effect>,
     /// The command name whose operations must each have a business row.
     pub command_name: String,
+    /// The events produced (each must have run once).
+    #[serde(default)]
+    pub events: Vec<Uuid>,
     /// One uuid per event effect row (no key on it either).
     pub event_effects: Vec<Uuid>,
 }
@@ -312,7 +319,8 @@ pub struct Truth {
 /// Each invariant's count of violations.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
-    /// Committed operations some host never completed (host × operation pairs).
+    /// Committed operations some host never completed (host × operation pairs), and events
+    /// that never ran.
     pub lost: u64,
     /// Calls or events whose effect was committed more than once.
     pub duplicate_effects: u64,
@@ -481,6 +489,12 @@ pub fn check(records: &[Record], truth: &Truth) -> Report {
     let mut per_event: HashMap<Uuid, u64> = HashMap::new();
     for event in &truth.event_effects {
         *per_event.entry(*event).or_default() += 1;
+    }
+    for event in &truth.events {
+        if !per_event.contains_key(event) {
+            report.counts.lost += 1;
+            report.violation("lost", serde_json::json!({ "event_never_ran": event }));
+        }
     }
     for (event, count) in per_event {
         if count > 1 {
@@ -723,6 +737,7 @@ mod tests {
                 operation,
             }],
             command_name: COMMAND.to_owned(),
+            events: Vec::new(),
             event_effects: Vec::new(),
         };
         (records, truth, id, operation)
@@ -768,10 +783,26 @@ mod tests {
             command_name: COMMAND.to_owned(),
         });
         let event = Uuid::new_v4();
-        truth.event_effects = vec![event, event, Uuid::new_v4()];
+        truth.events = vec![event];
+        truth.event_effects = vec![event, event];
         let report = check(&records, &truth);
         assert_eq!(report.counts.duplicate_effects, 2);
         assert!(report.examples.contains_key("duplicate_effects"));
+    }
+
+    #[test]
+    fn an_event_that_never_ran_is_lost() {
+        let (records, mut truth, _, _) = clean();
+        let (ran, never) = (Uuid::new_v4(), Uuid::new_v4());
+        truth.events = vec![ran, never];
+        truth.event_effects = vec![ran];
+        let report = check(&records, &truth);
+        assert_eq!(report.counts.lost, 1);
+        assert!(
+            report.examples["lost"][0]
+                .to_string()
+                .contains(&never.to_string())
+        );
     }
 
     #[test]

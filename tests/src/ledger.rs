@@ -39,7 +39,8 @@ use tables::fx_counters;
 pub const TABLES: &str = "\
 CREATE TABLE IF NOT EXISTS fx_counters (key BIGINT PRIMARY KEY NOT NULL, value BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS fx_effects (call_id TEXT NOT NULL, operation_uuid TEXT NOT NULL, \
-key BIGINT NOT NULL, host TEXT NOT NULL);";
+key BIGINT NOT NULL, host TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fx_event_effects (event_uuid TEXT NOT NULL, host TEXT NOT NULL);";
 
 /// The name the checked command is logged under.
 pub const COMMAND_NAME: &str = "faults.put";
@@ -50,10 +51,14 @@ pub enum Fault {
     /// Nothing.
     #[default]
     None,
-    /// Fails after its writes: the transaction rolls back (its log sequence value is burnt).
+    /// Fails after its writes, before its operation row is written: the transaction rolls back.
     FailAfterInsert,
-    /// Fails with a serialization failure (PostgreSQL `40001`, raised by the server) the first
-    /// time it runs on a host: the commander runs it again.
+    /// Fails at its `COMMIT` (PostgreSQL: a deferred unique constraint it violates), after its
+    /// operation row took its log index: the transaction rolls back and the index is burnt,
+    /// leaving a gap in the log that the readers must close.
+    FailAtCommit,
+    /// Fails with a serialization failure (PostgreSQL `40001`) or a deadlock (`40P01`), raised
+    /// by the server, the first time it runs on a host: the commander runs it again.
     TransientOnce,
     /// Has its own server session terminated (`pg_terminate_backend`, from another connection)
     /// after its writes, before its commit: the commander runs it again on a new connection.
@@ -72,6 +77,16 @@ pub struct Put {
     pub by: i64,
     /// The fault to inject.
     pub fault: Fault,
+    /// Whether it also produces a [`Settle`] event.
+    pub event: bool,
+}
+
+/// An event a [`Put`] may produce: its handler writes one event-effect row (no key either).
+#[derive(Debug, Clone, Serialize, Deserialize, Command)]
+#[command(output = (), name = "faults.settle", backend)]
+pub struct Settle {
+    /// The call that produced it.
+    pub call: Uuid,
 }
 
 /// Why a command failed.
@@ -89,10 +104,18 @@ pub enum LedgerError {
     /// This backend cannot inject that fault.
     #[error("fault {0:?} is not supported on this backend")]
     Unsupported(Fault),
+    /// The commander's error (adding an event).
+    #[error(transparent)]
+    Core(#[from] ofx_core::Error),
+    /// An event handler run outside an event.
+    #[error("not run as an event")]
+    NotAnEvent,
 }
 
 /// The queries of one backend (Diesel's query types are per backend).
 pub trait LedgerQueries: Backend {
+    /// Whether [`Fault::FailAtCommit`] is supported (PostgreSQL).
+    const FAILS_AT_COMMIT: bool;
     /// The counter's value (0 if never written).
     fn read(
         connection: &mut Self::Connection,
@@ -111,9 +134,22 @@ pub trait LedgerQueries: Backend {
         key: i64,
         host: &str,
     ) -> impl std::future::Future<Output = QueryResult<()>> + Send;
-    /// Makes the server raise a serialization failure in the current transaction.
+    /// Writes an event-effect row.
+    fn insert_event_effect(
+        connection: &mut Self::Connection,
+        event: Uuid,
+        host: &str,
+    ) -> impl std::future::Future<Output = QueryResult<()>> + Send;
+    /// Writes what makes the transaction fail at its `COMMIT`.
+    fn fail_at_commit(
+        connection: &mut Self::Connection,
+        call: Uuid,
+    ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send;
+    /// Makes the server raise a serialization failure (or, with `deadlock`, a deadlock) in the
+    /// current transaction.
     fn raise_serialization_failure(
         connection: &mut Self::Connection,
+        deadlock: bool,
     ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send;
     /// The server's id of this session, to terminate it from elsewhere (PostgreSQL only).
     fn session_id(
@@ -124,6 +160,10 @@ pub trait LedgerQueries: Backend {
         connection: &mut Self::Connection,
         pid: i32,
     ) -> impl std::future::Future<Output = Result<(), LedgerError>> + Send;
+    /// Events not yet done (nor dead).
+    fn pending_events(
+        connection: &mut Self::Connection,
+    ) -> impl std::future::Future<Output = QueryResult<i64>> + Send;
     /// What the database holds: the log, and the business rows.
     fn truth(
         connection: &mut Self::Connection,
@@ -152,6 +192,28 @@ struct EffectRow {
 struct Pid {
     #[diesel(sql_type = diesel::sql_types::Integer)]
     pid: i32,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// The uuids a query selects (as `id`).
+macro_rules! ids {
+    ($connection:expr, $query:expr) => {{
+        let rows: Vec<Id> = diesel::sql_query($query).load($connection).await?;
+        rows.iter()
+            .map(|row| parse(&row.id))
+            .collect::<QueryResult<Vec<Uuid>>>()
+    }};
 }
 
 fn parse(text: &str) -> QueryResult<Uuid> {
@@ -199,6 +261,26 @@ macro_rules! common_queries {
             .map(drop)
         }
 
+        async fn insert_event_effect(
+            connection: &mut Self::Connection,
+            event: Uuid,
+            host: &str,
+        ) -> QueryResult<()> {
+            diesel::sql_query("INSERT INTO fx_event_effects (event_uuid, host) VALUES ($1, $2)")
+                .bind::<Text, _>(event.to_string())
+                .bind::<Text, _>(host)
+                .execute(connection)
+                .await
+                .map(drop)
+        }
+
+        async fn pending_events(connection: &mut Self::Connection) -> QueryResult<i64> {
+            let row: Count = diesel::sql_query("SELECT count(*) AS n FROM ofx_events WHERE state = 0")
+                .get_result(connection)
+                .await?;
+            Ok(row.n)
+        }
+
         async fn truth(connection: &mut Self::Connection) -> QueryResult<Truth> {
             let operations: Vec<LogRow> = diesel::sql_query(
                 "SELECT idx, uuid, command_name FROM ofx_operations ORDER BY idx",
@@ -230,24 +312,44 @@ macro_rules! common_queries {
                     })
                     .collect::<QueryResult<_>>()?,
                 command_name: COMMAND_NAME.to_owned(),
-                event_effects: Vec::new(),
+                events: ids!(connection, "SELECT uuid AS id FROM ofx_events")?,
+                event_effects: ids!(connection, "SELECT event_uuid AS id FROM fx_event_effects")?,
             })
         }
     };
 }
 
 impl LedgerQueries for ofx_diesel::Postgres {
+    const FAILS_AT_COMMIT: bool = true;
+
     common_queries!();
+
+    async fn fail_at_commit(
+        connection: &mut Self::Connection,
+        call: Uuid,
+    ) -> Result<(), LedgerError> {
+        connection
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS fx_deferred (call_id TEXT NOT NULL, \
+                 CONSTRAINT fx_deferred_once UNIQUE (call_id) DEFERRABLE INITIALLY DEFERRED); \
+                 INSERT INTO fx_deferred VALUES ('{call}'), ('{call}')"
+            ))
+            .await?;
+        Ok(())
+    }
 
     async fn raise_serialization_failure(
         connection: &mut Self::Connection,
+        deadlock: bool,
     ) -> Result<(), LedgerError> {
         // The server raises it: the error reaches the handler as PostgreSQL's own.
         connection
-            .batch_execute(
+            .batch_execute(if deadlock {
+                "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"
+            } else {
                 "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access due to concurrent update' \
-                 USING ERRCODE = '40001'; END $$",
-            )
+                 USING ERRCODE = '40001'; END $$"
+            })
             .await?;
         Ok(())
     }
@@ -269,10 +371,22 @@ impl LedgerQueries for ofx_diesel::Postgres {
 }
 
 impl LedgerQueries for ofx_diesel::Sqlite {
+    const FAILS_AT_COMMIT: bool = false;
+
     common_queries!();
+
+    async fn fail_at_commit(
+        _connection: &mut Self::Connection,
+        _call: Uuid,
+    ) -> Result<(), LedgerError> {
+        // SQLite's deferred checks are foreign keys only, and a rolled-back insert gives its
+        // sequence value back anyway.
+        Err(LedgerError::Unsupported(Fault::FailAtCommit))
+    }
 
     async fn raise_serialization_failure(
         _connection: &mut Self::Connection,
+        _deadlock: bool,
     ) -> Result<(), LedgerError> {
         Err(LedgerError::Unsupported(Fault::TransientOnce))
     }
@@ -295,6 +409,33 @@ pub struct Ledger<B: Backend> {
     host: String,
     /// Calls whose once-only fault already happened on this host.
     tripped: Mutex<HashSet<Uuid>>,
+    hooks: Hooks,
+}
+
+/// A hook: something a test runs at a point of the service's work (a fail point).
+pub type Hook = Arc<dyn Fn() + Send + Sync>;
+
+/// Hooks at the fail points of the service's work.
+#[derive(Clone, Default)]
+#[allow(missing_debug_implementations)]
+pub struct Hooks {
+    /// After each commit on this host, before its invalidation pass.
+    pub after_commit: Option<Hook>,
+    /// In each run of the invalidation branch, before it invalidates.
+    pub mid_invalidation: Option<Hook>,
+    /// In each run of the event handler, after its write, before its commit.
+    pub mid_event: Option<Hook>,
+    /// How long each run of the event handler takes, after its write (none by default).
+    pub event_duration: Option<Duration>,
+}
+
+/// Calls the after-commit hook.
+struct AfterCommit(Hook);
+
+impl ofx_core::AfterCommitHook for AfterCommit {
+    fn after_commit(&self, _hub: &Hub, _operation: &Operation) {
+        (self.0)();
+    }
 }
 
 impl<B: Backend> ComputeService for Ledger<B> {
@@ -351,12 +492,17 @@ impl<B: LedgerQueries> Ledger<B> {
         };
         B::insert_effect(&mut connection, &effect, command.key, &self.host).await?;
         let value = B::add(&mut connection, command.key, command.by).await?;
+        if command.event {
+            ctx.add_event(Settle { call: command.call })?;
+        }
         match command.fault {
             Fault::None => {}
             Fault::FailAfterInsert => return Err(LedgerError::Refused),
+            Fault::FailAtCommit => B::fail_at_commit(&mut connection, command.call).await?,
             Fault::TransientOnce => {
                 if self.trip(command.call) {
-                    B::raise_serialization_failure(&mut connection).await?;
+                    let deadlock = command.call.as_bytes()[0] % 2 == 1;
+                    B::raise_serialization_failure(&mut connection, deadlock).await?;
                 }
             }
             Fault::TerminateOnce => {
@@ -369,10 +515,28 @@ impl<B: LedgerQueries> Ledger<B> {
         }
         Ok(value)
     }
+
+    /// Runs the [`Settle`] event: writes its effect.
+    #[command_handler]
+    pub async fn settle(&self, _command: Settle, ctx: &CommandContext) -> Result<(), LedgerError> {
+        let delivery = ctx.event_delivery().ok_or(LedgerError::NotAnEvent)?;
+        let mut connection = self.db.operation_connection(ctx).await?;
+        B::insert_event_effect(&mut connection, delivery.event, &self.host).await?;
+        if let Some(hook) = &self.hooks.mid_event {
+            hook();
+        }
+        if let Some(duration) = self.hooks.event_duration {
+            tokio::time::sleep(duration).await;
+        }
+        Ok(())
+    }
 }
 
 impl<B: LedgerQueries> Ledger<B> {
     fn invalidated(&self, ctx: &CommandContext) {
+        if let Some(hook) = &self.hooks.mid_invalidation {
+            hook();
+        }
         self.history.record(Record::Invalidation {
             operation: ctx.operation_id(),
             host: self.host.clone(),
@@ -399,6 +563,17 @@ impl<B: LedgerQueries> Ledger<B> {
 
     /// Calls [`Put`] and records the call in the history.
     pub async fn call(&self, key: i64, by: i64, fault: Fault) -> Result<i64, ofx_core::Error> {
+        self.call_with_event(key, by, fault, false).await
+    }
+
+    /// Calls [`Put`], with a [`Settle`] event if `event`, and records the call in the history.
+    pub async fn call_with_event(
+        &self,
+        key: i64,
+        by: i64,
+        fault: Fault,
+        event: bool,
+    ) -> Result<i64, ofx_core::Error> {
         let call = Uuid::new_v4();
         let start_us = self.history.now_us();
         let result = self
@@ -409,6 +584,7 @@ impl<B: LedgerQueries> Ledger<B> {
                 key,
                 by,
                 fault,
+                event,
             })
             .await
             .map(|executed| (executed.operation, executed.output));
@@ -500,7 +676,7 @@ pub struct LedgerHost<B: LedgerQueries> {
 
 impl<B: LedgerQueries> LedgerHost<B> {
     /// Starts a host on the database at `url`, its log `log` woken as `wakeup` says, with
-    /// `settings` (`None`: the defaults with a 2 s safety-net poll). Records `HostStarted`.
+    /// `settings` (`None`: [`default_settings`]). Records `HostStarted`.
     ///
     /// # Errors
     /// When the database cannot be opened or the hub cannot start.
@@ -511,12 +687,22 @@ impl<B: LedgerQueries> LedgerHost<B> {
         settings: Option<DbSettings>,
         history: &Arc<History>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let settings = settings.unwrap_or_else(|| {
-            let mut settings = DbSettings::default();
-            settings.poll_period_with_watcher = Duration::from_secs(2);
-            settings.trim = false;
-            settings
-        });
+        Self::start_with(url, log, wakeup, settings, Hooks::default(), history).await
+    }
+
+    /// [`start`](Self::start), with hooks at the service's fail points.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with(
+        url: &str,
+        log: &str,
+        wakeup: &Wakeup,
+        settings: Option<DbSettings>,
+        hooks: Hooks,
+        history: &Arc<History>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let settings = settings.unwrap_or_else(default_settings);
         let db = DbHub::<B>::open(url, settings.clone()).await?;
         db.connection().await?.batch_execute(TABLES).await?;
         match wakeup {
@@ -527,25 +713,32 @@ impl<B: LedgerQueries> LedgerHost<B> {
         }
         let host_id = HostId::new();
         let host = host_id.to_string();
-        let hub = Hub::builder()
+        let mut builder = Hub::builder()
             .host_id(host_id)
             .completion_listener(Listener {
                 history: Arc::clone(history),
                 host: host.clone(),
             })
-            .with(db.clone())
-            .start()
-            .await?;
+            .with(db.clone());
+        if let Some(hook) = &hooks.after_commit {
+            builder = builder.after_commit(AfterCommit(Arc::clone(hook)));
+        }
+        let hub = builder.start().await?;
         let ledger = Arc::new(Ledger {
             hub: hub.clone(),
             db,
             history: Arc::clone(history),
             host: host.clone(),
             tripped: Mutex::new(HashSet::new()),
+            hooks,
         });
         hub.add_service(&ledger)?;
         if settings.read_log {
-            let after = hub.log_position().unwrap_or(0);
+            // A reader that started while transactions were in flight knows its position once
+            // they ended: what committed up to there is not expected of this host.
+            let after = tokio::time::timeout(Duration::from_secs(30), hub.log_position_reached(0))
+                .await
+                .map_err(|_| "the reader's start position is not known after 30 s")?;
             history.record(Record::HostStarted { host, after });
         }
         Ok(Self { ledger, hub })
@@ -562,6 +755,39 @@ impl<B: LedgerQueries> LedgerHost<B> {
             host: self.ledger.host.clone(),
         });
         self.hub.shutdown_token().cancel();
+    }
+}
+
+/// The settings of a fault-matrix host: no trimming (the checker reads the whole log), a 2 s
+/// safety-net poll beside the watcher, and a 2 s event lease (a killed host's events are run
+/// elsewhere soon).
+pub fn default_settings() -> DbSettings {
+    let mut settings = DbSettings::default();
+    settings.poll_period_with_watcher = Duration::from_secs(2);
+    settings.trim = false;
+    settings.events.lease = Duration::from_secs(2);
+    settings
+}
+
+/// Waits until no event is pending, failing after `timeout`.
+///
+/// # Errors
+/// When the database cannot be read, or events are still pending after `timeout`.
+pub async fn events_settled<B: LedgerQueries>(
+    db: &DbHub<B>,
+    timeout: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let pending = B::pending_events(&mut *db.connection().await?).await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{pending} events still pending after {timeout:?}").into());
+        }
+        // Nothing signals another host's event runs here: the table is polled.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -17,14 +17,22 @@ pub(crate) struct EventClaim {
     pub(crate) lease_token: i64,
 }
 
-/// Inserts `operation`'s events in its transaction.
+/// Inserts `operation`'s events in its transaction. Their times, which the core stamped with
+/// the system clock, are shifted by `clock`'s offset from it (none with the system clock).
 pub(crate) async fn store_events<B: Backend>(
     connection: &mut B::Connection,
     operation: &Operation,
+    clock: &crate::WallClock,
 ) -> Result<()> {
     if operation.events.is_empty() {
         return Ok(());
     }
+    let offset = if clock.is_system() {
+        0
+    } else {
+        micros(clock.now()) - micros(std::time::SystemTime::now())
+    };
+    let micros = |time| micros(time) + offset;
     let operation_uuid = operation.uuid.to_string();
     let host_id = operation.host_id.to_string();
     let logged_at = micros(operation.logged_at);

@@ -344,6 +344,22 @@ async fn drop_leftovers(admin: &mut diesel_async::AsyncPgConnection) {
     }
 }
 
+/// An operation row's `INSERT` written by hand the way the framework writes it on PostgreSQL:
+/// its transaction's id recorded, and the log-writer mark taken (the shared advisory lock
+/// `(7300728, id mod 2^31)`), before its index is drawn, so that readers count its transaction
+/// as one that may still fill a gap. For a deposit of 1 into account `id`.
+#[cfg(feature = "postgres")]
+pub(crate) fn marked_insert(id: i64) -> String {
+    format!(
+        "WITH t AS MATERIALIZED (SELECT pg_current_xact_id()::text::bigint AS x), \
+         m AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(7300728, (x % 2147483648)::int) FROM t) \
+         INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json, xid) \
+         SELECT '{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": {id}, \"amount\": 1, \"fail\": false}}', '{{}}', '[]', x \
+         FROM t, m",
+        uuid::Uuid::now_v7()
+    )
+}
+
 /// Settings for tests: a short poll period (the reader is woken by nothing else here).
 pub(crate) fn fast() -> DbSettings {
     let mut settings = DbSettings::default();

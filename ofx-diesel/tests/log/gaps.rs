@@ -9,10 +9,11 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use ofx_core::capture;
 use ofx_diesel::{DbSettings, Postgres};
 
-use crate::common::{Host, RawSql, fast, invalidated, postgres_database};
+use crate::common::{Host, RawSql, fast, invalidated, marked_insert, postgres_database};
 
 /// Begins a transaction on `connection` that takes a log index for a deposit of 1 into account
-/// `id`, recording its transaction id first (as the framework's insert does), and leaves it open.
+/// `id`, recording its transaction id and marking itself a log writer first (as the framework's
+/// insert does), and leaves it open.
 async fn take_index(connection: &mut AsyncPgConnection, id: i64) {
     connection
         .batch_execute(&format!("BEGIN; {}", insert_with_xid(id)))
@@ -21,12 +22,7 @@ async fn take_index(connection: &mut AsyncPgConnection, id: i64) {
 }
 
 fn insert_with_xid(id: i64) -> String {
-    format!(
-        "INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json, xid) \
-         SELECT '{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": {id}, \"amount\": 1, \"fail\": false}}', '{{}}', '[]', x \
-         FROM (SELECT pg_current_xact_id()::text::bigint AS x) AS t",
-        uuid::Uuid::now_v7()
-    )
+    marked_insert(id)
 }
 
 fn gaps_closed(host: &Host<Postgres>) -> u64 {
@@ -80,6 +76,42 @@ async fn a_gap_whose_transaction_rolls_back_closes_when_it_does() {
     assert_eq!(gaps_closed(&b), 1, "index 1, closed: nothing was missed");
     assert_eq!(gaps_expired(&b), 0);
     assert_eq!(late_rows(&b), 0);
+}
+
+/// A transaction that never wrote to the log (here, one idle in its transaction after a
+/// business write, which holds a transaction id) does not hold a gap open: only transactions
+/// marked as log writers may still fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_not_held_open_by_a_transaction_that_never_wrote_to_the_log() {
+    let url = postgres_database().await;
+    let a = Host::<Postgres>::open(&url, fast(), false).await;
+    let b = Host::<Postgres>::open(&url, fast(), true).await;
+    let reader = b.reader.as_ref().unwrap();
+    reader.wait_for(0).await;
+
+    let mut unrelated = AsyncPgConnection::establish(&url).await.unwrap();
+    unrelated
+        .batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (70, 0)")
+        .await
+        .unwrap();
+    let mut held = AsyncPgConnection::establish(&url).await.unwrap();
+    take_index(&mut held, 71).await;
+    let later = a.deposit_sequence(72, 1).await;
+    reader.wake();
+    reader
+        .wait_replayed(later, Duration::from_millis(200))
+        .await
+        .expect_err("the log writer's index may still commit");
+
+    held.batch_execute("ROLLBACK").await.unwrap();
+    reader.wake();
+    reader
+        .wait_replayed(later, Duration::from_secs(10))
+        .await
+        .expect("the gap closes once its log writer rolled back, the unrelated one still open");
+    assert_eq!(gaps_closed(&b), 1);
+    assert_eq!(gaps_expired(&b), 0);
+    unrelated.batch_execute("ROLLBACK").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use ofx_core::capture;
 use ofx_diesel::{DbHub, Error, Postgres};
 
-use crate::common::{Host, RawSql, fast, invalidated, postgres_database};
+use crate::common::{Host, RawSql, fast, invalidated, marked_insert, postgres_database};
 use crate::scenarios;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,13 +109,7 @@ async fn a_row_that_commits_late_with_a_lower_index_is_not_skipped() {
     // after. The reader must still replay n.
     let mut early = AsyncPgConnection::establish(&url).await.unwrap();
     let mut late = AsyncPgConnection::establish(&url).await.unwrap();
-    let insert = |id: i64| {
-        format!(
-            "INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json) \
-             VALUES ('{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": {id}, \"amount\": 1, \"fail\": false}}', '{{}}', '[]')",
-            uuid::Uuid::now_v7()
-        )
-    };
+    let insert = marked_insert;
     late.batch_execute(&format!("BEGIN; {}", insert(10)))
         .await
         .unwrap();
@@ -201,18 +195,12 @@ async fn the_reader_survives_a_server_restart_and_reads_what_was_committed_meanw
 async fn a_reader_started_during_a_transaction_replays_it_when_it_commits_late() {
     let url = postgres_database().await;
     let a = Host::<Postgres>::open(&url, fast(), false).await;
-    // T1 takes an index (its transaction id recorded first, as the scope does) and is held
+    // T1 takes an index (its transaction id recorded and marked first, as the scope does) and is held
     // before its COMMIT.
     let mut held = AsyncPgConnection::establish(&url).await.unwrap();
-    held.batch_execute(&format!(
-        "BEGIN; \
-         INSERT INTO ofx_operations (uuid, host_id, logged_at, committed_at, command_name, command_json, items_json, nested_json, xid) \
-         SELECT '{}', 'elsewhere', 0, 0, 'accounts.deposit', '{{\"id\": 40, \"amount\": 1, \"fail\": false}}', '{{}}', '[]', x \
-         FROM (SELECT pg_current_xact_id()::text::bigint AS x) AS t",
-        uuid::Uuid::now_v7()
-    ))
-    .await
-    .unwrap();
+    held.batch_execute(&format!("BEGIN; {}", marked_insert(40)))
+        .await
+        .unwrap();
     // T2 takes the next index and commits, "long ago": a start placed by time (the rows logged
     // a few seconds before it) would begin after T2 and never see T1.
     let second = a.deposit_sequence(41, 1).await;
