@@ -3,7 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -11,6 +11,8 @@ use uuid::Uuid;
 use super::Operation;
 use super::invalidation::{self, PassError};
 use crate::event::HubEvent;
+// std's, or loom's in the loom models' build.
+use crate::sync::Mutex;
 use crate::{Error, Hub};
 
 /// How many completed operations the notifier remembers, to ignore a second notification.
@@ -42,10 +44,19 @@ pub enum ReplayError {
 /// ignores an operation it has seen already, runs the operation's invalidation pass, then tells
 /// the listeners.
 pub struct OperationCompletionNotifier {
-    recent: Mutex<Recent>,
+    recent: RecentOperations,
     listeners: Vec<Arc<dyn CompletionListener>>,
     failures: AtomicU64,
     panics: AtomicU64,
+}
+
+/// The operations completed recently, by uuid: what makes an operation's invalidation pass run
+/// once (and its listeners be told once), whichever paths complete it (the local completion,
+/// a replay from the log, a retry of a replay), whatever their interleaving (checked by
+/// `loom_models`).
+#[derive(Default)]
+pub(crate) struct RecentOperations {
+    recent: Mutex<Recent>,
 }
 
 #[derive(Default)]
@@ -54,14 +65,43 @@ struct Recent {
     order: VecDeque<(Uuid, Instant)>,
 }
 
-impl OperationCompletionNotifier {
-    pub(crate) fn new(listeners: Vec<Arc<dyn CompletionListener>>) -> Self {
-        Self {
-            recent: Mutex::new(Recent::default()),
-            listeners,
-            failures: AtomicU64::new(0),
-            panics: AtomicU64::new(0),
+/// How [`RecentOperations::complete_once`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Completion<E> {
+    /// The operation was completed already: nothing ran.
+    Known,
+    /// The pass ran and failed: the uuid is forgotten, so that a later completion runs it.
+    Failed(E),
+    /// The pass ran and succeeded: the caller tells the listeners.
+    Done,
+}
+
+impl RecentOperations {
+    /// Runs `pass` unless `uuid` was completed already. A pass that fails is forgotten.
+    pub(crate) async fn complete_once<E>(
+        &self,
+        uuid: Uuid,
+        pass: impl FnOnce() -> Result<(), E>,
+    ) -> Completion<E> {
+        if !self.remember(uuid) {
+            return Completion::Known;
         }
+        match pass() {
+            Ok(()) => Completion::Done,
+            Err(error) => {
+                self.forget(uuid);
+                Completion::Failed(error)
+            }
+        }
+    }
+
+    /// Whether `uuid` was completed recently.
+    pub(crate) fn is_known(&self, uuid: Uuid) -> bool {
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .known
+            .contains(&uuid)
     }
 
     /// Remembers `uuid`; `false` if it was known already.
@@ -89,14 +129,21 @@ impl OperationCompletionNotifier {
         recent.known.remove(&uuid);
         recent.order.retain(|(known, _)| *known != uuid);
     }
+}
+
+impl OperationCompletionNotifier {
+    pub(crate) fn new(listeners: Vec<Arc<dyn CompletionListener>>) -> Self {
+        Self {
+            recent: RecentOperations::default(),
+            listeners,
+            failures: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        }
+    }
 
     /// Whether `uuid` completed on this hub recently (executed here or replayed).
     pub fn is_known(&self, uuid: Uuid) -> bool {
-        self.recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .known
-            .contains(&uuid)
+        self.recent.is_known(uuid)
     }
 
     /// How many invalidation passes of operations this host executed failed (each is logged;
@@ -116,19 +163,19 @@ impl OperationCompletionNotifier {
     /// that could not invalidate every command is logged and counted, and the uuid forgotten so
     /// that the log reader replays it.
     pub async fn complete_local(&self, hub: &Hub, operation: Operation) {
-        if !self.remember(operation.uuid) {
-            return;
+        let completion = self
+            .recent
+            .complete_once(operation.uuid, || self.pass(hub, &operation, true))
+            .await;
+        match completion {
+            Completion::Known => {}
+            Completion::Failed(error) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let error = error.into_error();
+                tracing::error!(operation = %operation.uuid, command = %operation.command_name, %error, "invalidation after a local command failed; the log reader will replay it");
+            }
+            Completion::Done => self.tell(hub, &operation, true),
         }
-        let report = pass(hub, &operation, true);
-        self.count_panics(hub, &operation, report.panics);
-        if let Some(error) = report.error {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            self.forget(operation.uuid);
-            let error = error.into_error();
-            tracing::error!(operation = %operation.uuid, command = %operation.command_name, %error, "invalidation after a local command failed; the log reader will replay it");
-            return;
-        }
-        self.tell(hub, &operation, true);
     }
 
     /// Completes an operation another host committed (read from the log): runs its
@@ -142,27 +189,37 @@ impl OperationCompletionNotifier {
         hub: &Hub,
         operation: Operation,
     ) -> Result<bool, ReplayError> {
-        if !self.remember(operation.uuid) {
-            return Ok(false);
+        let completion = self
+            .recent
+            .complete_once(operation.uuid, || self.pass(hub, &operation, false))
+            .await;
+        match completion {
+            Completion::Known => Ok(false),
+            Completion::Failed(error) => {
+                let error = match error {
+                    PassError::Undecodable(error) => ReplayError::Undecodable(error),
+                    PassError::Unavailable(error) => ReplayError::Unavailable(error),
+                };
+                hub.emit(|| HubEvent::ReplayFailed {
+                    operation: operation.uuid,
+                    command: operation.command_name.clone(),
+                    error: error.to_string(),
+                });
+                Err(error)
+            }
+            Completion::Done => {
+                crate::telemetry::operation_replayed(&operation.command_name);
+                self.tell(hub, &operation, false);
+                Ok(true)
+            }
         }
-        let report = pass(hub, &operation, false);
-        self.count_panics(hub, &operation, report.panics);
-        if let Some(error) = report.error {
-            self.forget(operation.uuid);
-            let error = match error {
-                PassError::Undecodable(error) => ReplayError::Undecodable(error),
-                PassError::Unavailable(error) => ReplayError::Unavailable(error),
-            };
-            hub.emit(|| HubEvent::ReplayFailed {
-                operation: operation.uuid,
-                command: operation.command_name.clone(),
-                error: error.to_string(),
-            });
-            return Err(error);
-        }
-        crate::telemetry::operation_replayed(&operation.command_name);
-        self.tell(hub, &operation, false);
-        Ok(true)
+    }
+
+    /// Runs the invalidation pass of `operation` and counts its panics.
+    fn pass(&self, hub: &Hub, operation: &Operation, local: bool) -> Result<(), PassError> {
+        let report = pass(hub, operation, local);
+        self.count_panics(hub, operation, report.panics);
+        report.error.map_or(Ok(()), Err)
     }
 
     fn count_panics(&self, hub: &Hub, operation: &Operation, panics: u64) {
