@@ -414,7 +414,9 @@ where
                 return Some(value.clone());
             }
             if self.core.state() == INVALIDATED {
-                return None;
+                // Stored, then invalidated since the check above (the leader stores the value
+                // before it ends the computation): the callers that waited still get it.
+                return self.output.get().cloned();
             }
             let listener = self.core.listen();
             if self.output.get().is_some() || self.core.state() == INVALIDATED {
