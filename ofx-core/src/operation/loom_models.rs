@@ -60,3 +60,40 @@ fn two_completions_run_the_pass_once() {
         assert!(recent.is_known(OPERATION));
     });
 }
+
+/// The local pass fails (its uuid is forgotten, "the log reader will replay it") while this
+/// host's log reader meets the same row: it skips it if `is_known`, else replays it. Whatever
+/// the interleaving, an operation the reader counts as done (skipped, or `Known`) was
+/// invalidated by a pass that succeeded; otherwise the reader's own pass ran.
+#[test]
+fn a_failed_local_pass_is_replayed() {
+    loom::model(|| {
+        let recent = Arc::new(RecentOperations::default());
+        let passes = Arc::new(AtomicUsize::new(0));
+        let successes = Arc::new(AtomicUsize::new(0));
+        let reader = {
+            let (recent, successes) = (Arc::clone(&recent), Arc::clone(&successes));
+            thread::spawn(move || {
+                // `ofx_diesel`'s reader: `is_known`, then `complete_remote`.
+                if recent.is_known(OPERATION) {
+                    return Completion::Known;
+                }
+                block_on(recent.complete_once(OPERATION, || {
+                    successes.fetch_add(1, Ordering::Relaxed);
+                    Ok::<(), &str>(())
+                }))
+            })
+        };
+        let local = complete(&recent, &passes, false);
+        let reader = reader.join().unwrap();
+
+        assert_eq!(
+            successes.load(Ordering::Relaxed),
+            1,
+            "the reader took the operation for done ({reader:?}) but no pass succeeded: \
+             its invalidation is lost"
+        );
+        assert_eq!(reader, Completion::Done);
+        assert!(matches!(local, Completion::Failed(_) | Completion::Known));
+    });
+}
