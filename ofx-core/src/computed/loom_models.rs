@@ -1,7 +1,7 @@
 //! loom models of a cached result's state word: a computation that ends (stores its value, then
 //! moves the node to consistent) racing an invalidation of the node, direct or through a
 //! dependency. loom runs each model under every interleaving of its threads (and every
-//! outcome its memory orderings allow), on the real `NodeCore` (its state word, edges and
+//! outcome its memory orderings allow), on the real `Node` (its state word, edges, value and
 //! event are loom's in this build: see `crate::sync`) and the real `complete`,
 //! `invalidate_all`, `Node::wait_output` and `Computed::when_invalidated`.
 //!

@@ -1,6 +1,6 @@
 //! One cached result and its edges in the dependency graph.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use event_listener::Event;
 use thin_vec::ThinVec;
@@ -9,7 +9,7 @@ use super::method::ComputeMethodDescriptor;
 use super::table::MethodTable;
 use crate::event::HubEvent;
 // std's, or loom's in the loom models' build.
-use crate::sync::{AtomicBool, AtomicU8, AtomicU32, Mutex, MutexGuard, Ordering, fence};
+use crate::sync::{AtomicBool, AtomicU8, AtomicU32, Mutex, MutexGuard, OnceLock, Ordering, fence};
 
 /// The body is running; no value yet.
 pub(crate) const COMPUTING: u8 = 0;
