@@ -146,6 +146,7 @@ mod host_id;
 mod hub;
 pub mod operation;
 mod service;
+mod sync;
 pub mod telemetry;
 pub mod watcher;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-use ofx_tests::ledger::{Fault, Wakeup, truth};
+use ofx_tests::ledger::Wakeup;
 use ofx_tests::servers::{PrivatePostgres, drop_database, fresh_database, shared_postgres};
 use ofx_tests::tiered;
 
@@ -24,6 +24,8 @@ async fn postgres_crashed_and_restarted_mid_run() {
         Arc::new(Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await);
     let mut workload = Workload::soak::<ofx_diesel::Postgres>(tiered(1_000, 4_000));
     workload.pause_after_error = Duration::from_millis(50);
+    // The crash, and then, while the writers go on, the time until every host is back: a
+    // command succeeds on each, and every host replays both.
     let crash = {
         let run = Arc::clone(&run);
         let server = Arc::clone(&server);
@@ -37,40 +39,37 @@ async fn postgres_crashed_and_restarted_mid_run() {
             })
             .await
             .unwrap();
-            Instant::now()
+            let restarted = Instant::now();
+            let mut sequences = Vec::new();
+            for host in &run.hosts {
+                loop {
+                    if let Ok(sequence) = host.ledger.call_sequence(0, 1).await {
+                        sequences.push(sequence);
+                        break;
+                    }
+                    assert!(
+                        restarted.elapsed() < RESUME,
+                        "a command succeeds within {RESUME:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let last = sequences.into_iter().max().unwrap();
+            for host in &run.hosts {
+                let left = RESUME.saturating_sub(restarted.elapsed());
+                host.ledger
+                    .db()
+                    .wait_replayed(&host.hub, last, left)
+                    .await
+                    .unwrap_or_else(|error| {
+                        panic!("every host replays within {RESUME:?}: {error}")
+                    });
+            }
+            restarted.elapsed()
         })
     };
     run.drive(&workload).await;
-    let restarted = crash.await.unwrap();
-    // Every host resumes: a command succeeds on each and every host replays both.
-    for host in &run.hosts {
-        loop {
-            if host.ledger.call(0, 1, Fault::None).await.is_ok() {
-                break;
-            }
-            assert!(
-                restarted.elapsed() < RESUME,
-                "a command succeeds within {RESUME:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let last = truth(run.hosts[0].ledger.db())
-        .await
-        .unwrap()
-        .operations
-        .last()
-        .unwrap()
-        .idx;
-    for host in &run.hosts {
-        let left = RESUME.saturating_sub(restarted.elapsed());
-        host.ledger
-            .db()
-            .wait_replayed(&host.hub, last, left)
-            .await
-            .unwrap_or_else(|error| panic!("every host replays within {RESUME:?}: {error}"));
-    }
-    let resumed = restarted.elapsed();
+    let resumed = crash.await.unwrap();
     let (report, _) = run.settle_and_check("PostgreSQL crash").await;
     println!("PostgreSQL crash: every host resumed {resumed:?} after the restart");
     report.assert_clean("PostgreSQL crash");

@@ -49,7 +49,7 @@ async fn clocks_skewed_by_five_seconds() {
     let mut hosts = vec![start(WallClock::system()).await];
     // Host 0 writes all along, with events; the skewed hosts start while it does.
     let stop = CancellationToken::new();
-    let commands = tiered(300, 3_000);
+    let commands = tiered(300, 2_000);
     let writer = {
         let host = Arc::clone(&hosts[0]);
         let stop = stop.clone();
@@ -72,7 +72,7 @@ async fn clocks_skewed_by_five_seconds() {
     hosts.push(start(WallClock::offset(five, true)).await);
     hosts.push(start(WallClock::offset(five, false)).await);
     // The skewed hosts write too.
-    for i in 0..tiered(100, 1_000) {
+    for i in 0..tiered(100, 500) {
         let host = &hosts[1 + i % 2];
         let _ = host
             .ledger
@@ -86,7 +86,8 @@ async fn clocks_skewed_by_five_seconds() {
     }
     stop.cancel();
     writer.await.unwrap();
-    events_settled(hosts[0].ledger.db(), QUIESCENCE)
+    // Skew costs event throughput: a run the fast clock took over runs twice, once in vain.
+    events_settled(hosts[0].ledger.db(), QUIESCENCE * 3)
         .await
         .unwrap();
     let fenced: Vec<u64> = hosts

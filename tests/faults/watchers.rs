@@ -130,7 +130,15 @@ async fn inotify_overflow_then_directory_recreated() {
             .await
             .unwrap();
             run.reached(half).await;
-            std::fs::remove_dir_all(&dir).unwrap();
+            // The hosts keep writing their signal files into it: removing may race with them.
+            let mut attempts = 0;
+            while let Err(error) = std::fs::remove_dir_all(&dir) {
+                attempts += 1;
+                assert!(
+                    attempts < 1_000,
+                    "cannot remove the watched directory: {error}"
+                );
+            }
             std::fs::create_dir_all(&dir).unwrap();
             touched
         })

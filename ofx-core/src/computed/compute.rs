@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::ComputeKey;
 use super::context::Context;
-use super::invalidation::{abandon, finish_computing, invalidate_all, invalidate_now};
+use super::invalidation::{abandon, complete, invalidate_all, invalidate_now};
 use super::method::ComputeMethodDescriptor;
 use super::node::{COMPUTING, CONSISTENT, ErasedNode, Node, NodeCore, Removal};
 use crate::__private::Outcome;
@@ -233,16 +233,16 @@ where
     );
     let context = Context::Computing(Arc::clone(&node) as Arc<dyn ErasedNode>);
     let value = context.scope(body(key)).await;
-    guard.0 = None;
-    drop(guard);
-    node.core().end_recording();
-    node.set_output(value.clone());
+    // Before the guard is disarmed: if classifying the value panics, the computation is
+    // abandoned (its waiters look again) rather than left computing.
     let outcome = classify.map_or(Outcome::Value, |classify| classify(&value));
     let options = method.options();
     if let Some(duration) = options.min_cache_duration {
         node.core().keep_for(duration);
     }
-    if finish_computing(node.as_ref()) {
+    guard.0 = None;
+    drop(guard);
+    if complete(node.as_ref(), value.clone()) {
         let lifetime = match outcome {
             Outcome::Value => options.auto_invalidate,
             Outcome::TransientError => Some(options.error_lifetime),

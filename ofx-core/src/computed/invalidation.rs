@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::node::{
-    COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED, Nodes, Removal,
+    COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED, Node, Nodes, Removal,
 };
 
 /// How an invalidation treats a method's invalidation delay and consolidation.
@@ -214,10 +214,28 @@ fn left_cache(node: &dyn ErasedNode, removal: Removal) -> (Nodes, Nodes) {
     edges
 }
 
+/// Ends a computation that returned `value`: stores it (for the callers waiting for it), then
+/// makes the node consistent, or, if it was invalidated while computing, invalidated (it is
+/// never served from the cache). Returns whether it became consistent.
+///
+/// Racing an invalidation of the node (`invalidate_one`), whatever the interleaving: the node
+/// ends invalidated, its waiters get `value`, and whoever awaits its invalidation is woken
+/// (checked by `loom_models::computed`).
+pub(crate) fn complete<S, K, T>(node: &Node<S, K, T>, value: T) -> bool
+where
+    S: 'static,
+    K: super::ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    node.core().end_recording();
+    node.set_output(value);
+    finish_computing(node)
+}
+
 /// Ends a computation whose value was stored: the node becomes consistent, or, if it was
 /// invalidated while computing, invalidated (it is never served from the cache).
 /// Returns whether it became consistent.
-pub(crate) fn finish_computing(node: &dyn ErasedNode) -> bool {
+fn finish_computing(node: &dyn ErasedNode) -> bool {
     let core = node.core();
     if core.transition(COMPUTING, CONSISTENT).is_ok() {
         core.notify_all();

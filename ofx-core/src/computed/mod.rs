@@ -40,6 +40,8 @@
 mod compute;
 pub(crate) mod context;
 mod invalidation;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod method;
 mod node;
 mod registry;

@@ -1,7 +1,6 @@
 //! One cached result and its edges in the dependency graph.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use event_listener::Event;
 use thin_vec::ThinVec;
@@ -9,6 +8,8 @@ use thin_vec::ThinVec;
 use super::method::ComputeMethodDescriptor;
 use super::table::MethodTable;
 use crate::event::HubEvent;
+// std's, or loom's in the loom models' build.
+use crate::sync::{AtomicBool, AtomicU8, AtomicU32, Mutex, MutexGuard, OnceLock, Ordering, fence};
 
 /// The body is running; no value yet.
 pub(crate) const COMPUTING: u8 = 0;
@@ -413,7 +414,9 @@ where
                 return Some(value.clone());
             }
             if self.core.state() == INVALIDATED {
-                return None;
+                // Stored, then invalidated since the check above (the leader stores the value
+                // before it ends the computation): the callers that waited still get it.
+                return self.output.get().cloned();
             }
             let listener = self.core.listen();
             if self.output.get().is_some() || self.core.state() == INVALIDATED {

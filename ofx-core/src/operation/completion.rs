@@ -1,16 +1,19 @@
 //! [`OperationCompletionNotifier`]: the one place that learns an operation completed, and runs
 //! its invalidation pass.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use event_listener::Event;
 use uuid::Uuid;
 
 use super::Operation;
 use super::invalidation::{self, PassError};
 use crate::event::HubEvent;
+// std's, or loom's in the loom models' build.
+use crate::sync::{Mutex, MutexGuard};
 use crate::{Error, Hub};
 
 /// How many completed operations the notifier remembers, to ignore a second notification.
@@ -42,31 +45,106 @@ pub enum ReplayError {
 /// ignores an operation it has seen already, runs the operation's invalidation pass, then tells
 /// the listeners.
 pub struct OperationCompletionNotifier {
-    recent: Mutex<Recent>,
+    recent: RecentOperations,
     listeners: Vec<Arc<dyn CompletionListener>>,
     failures: AtomicU64,
     panics: AtomicU64,
 }
 
+/// The operations completed recently, by uuid: what makes an operation's invalidation pass run
+/// once (and its listeners be told once), whichever paths complete it (the local completion,
+/// a replay from the log, a retry of a replay), whatever their interleaving (checked by
+/// `loom_models`).
+#[derive(Default)]
+pub(crate) struct RecentOperations {
+    recent: Mutex<Recent>,
+    /// Notified when a pass ends (done, or failed and forgotten).
+    settled: Event,
+}
+
 #[derive(Default)]
 struct Recent {
-    known: HashSet<Uuid>,
+    /// The uuids completed recently (`true`), or whose pass is running (`false`).
+    known: HashMap<Uuid, bool>,
     order: VecDeque<(Uuid, Instant)>,
 }
 
-impl OperationCompletionNotifier {
-    pub(crate) fn new(listeners: Vec<Arc<dyn CompletionListener>>) -> Self {
-        Self {
-            recent: Mutex::new(Recent::default()),
-            listeners,
-            failures: AtomicU64::new(0),
-            panics: AtomicU64::new(0),
+/// How [`RecentOperations::complete_once`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Completion<E> {
+    /// The operation was completed already (by another path: its pass succeeded): nothing ran.
+    Known,
+    /// The pass ran and failed: the uuid is forgotten, so that a later completion runs it.
+    Failed(E),
+    /// The pass ran and succeeded: the caller tells the listeners.
+    Done,
+}
+
+/// What [`RecentOperations::claim`] found.
+enum Claim {
+    /// Nothing: the caller runs the pass.
+    New,
+    /// Another path is running the pass.
+    Running,
+    /// Completed already.
+    Done,
+}
+
+impl RecentOperations {
+    /// Runs `pass` unless `uuid` was completed already; a pass that fails is forgotten. While
+    /// another path runs the pass of `uuid`, waits for it to end: done, there is nothing left
+    /// to do; failed, this path runs the pass. So a caller told "done" or "known" can count on
+    /// the pass having succeeded (the log reader moves on; the local caller returns), and a
+    /// failed pass is run again by the path that met it running.
+    pub(crate) async fn complete_once<E>(
+        &self,
+        uuid: Uuid,
+        pass: impl FnOnce() -> Result<(), E>,
+    ) -> Completion<E> {
+        loop {
+            match self.claim(uuid) {
+                Claim::New => break,
+                Claim::Done => return Completion::Known,
+                Claim::Running => {
+                    let settled = self.settled.listen();
+                    if self.phase(uuid) == Some(false) {
+                        settled.await;
+                    }
+                }
+            }
+        }
+        // Settles the claim even if the pass panics: its waiters run it then.
+        let mut running = Running {
+            recent: self,
+            uuid,
+            done: false,
+        };
+        let result = pass();
+        running.done = result.is_ok();
+        drop(running);
+        match result {
+            Ok(()) => Completion::Done,
+            Err(error) => Completion::Failed(error),
         }
     }
 
-    /// Remembers `uuid`; `false` if it was known already.
-    fn remember(&self, uuid: Uuid) -> bool {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Whether `uuid` was completed recently (its pass succeeded).
+    pub(crate) fn is_known(&self, uuid: Uuid) -> bool {
+        self.phase(uuid) == Some(true)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `Some(true)`: completed; `Some(false)`: its pass is running; `None`: unknown.
+    fn phase(&self, uuid: Uuid) -> Option<bool> {
+        self.lock().known.get(&uuid).copied()
+    }
+
+    /// Claims the pass of `uuid`, unless it is running or done.
+    fn claim(&self, uuid: Uuid) -> Claim {
+        let mut recent = self.lock();
         let now = Instant::now();
         while let Some(&(oldest, at)) = recent.order.front() {
             if recent.order.len() < MAX_KNOWN_OPERATIONS
@@ -77,26 +155,60 @@ impl OperationCompletionNotifier {
             recent.order.pop_front();
             recent.known.remove(&oldest);
         }
-        if !recent.known.insert(uuid) {
-            return false;
+        match recent.known.get(&uuid) {
+            Some(true) => return Claim::Done,
+            Some(false) => return Claim::Running,
+            None => {}
         }
+        recent.known.insert(uuid, false);
         recent.order.push_back((uuid, now));
-        true
+        Claim::New
     }
 
-    fn forget(&self, uuid: Uuid) {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        recent.known.remove(&uuid);
-        recent.order.retain(|(known, _)| *known != uuid);
+    /// Ends the pass of `uuid`: remembers it completed, or forgets it; wakes the paths that
+    /// wait for it.
+    fn settle(&self, uuid: Uuid, done: bool) {
+        let mut recent = self.lock();
+        if done {
+            if let Some(phase) = recent.known.get_mut(&uuid) {
+                *phase = true;
+            }
+        } else {
+            recent.known.remove(&uuid);
+            recent.order.retain(|(known, _)| *known != uuid);
+        }
+        drop(recent);
+        self.settled.notify(usize::MAX);
+    }
+}
+
+/// A pass in progress: settled when dropped.
+struct Running<'a> {
+    recent: &'a RecentOperations,
+    uuid: Uuid,
+    done: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.recent.settle(self.uuid, self.done);
+    }
+}
+
+impl OperationCompletionNotifier {
+    pub(crate) fn new(listeners: Vec<Arc<dyn CompletionListener>>) -> Self {
+        Self {
+            recent: RecentOperations::default(),
+            listeners,
+            failures: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+        }
     }
 
-    /// Whether `uuid` completed on this hub recently (executed here or replayed).
+    /// Whether `uuid` completed on this hub recently (executed here or replayed): its
+    /// invalidation pass succeeded. `false` while the pass runs.
     pub fn is_known(&self, uuid: Uuid) -> bool {
-        self.recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .known
-            .contains(&uuid)
+        self.recent.is_known(uuid)
     }
 
     /// How many invalidation passes of operations this host executed failed (each is logged;
@@ -114,26 +226,29 @@ impl OperationCompletionNotifier {
     /// Completes an operation this hub executed and committed: runs its invalidation pass
     /// (read-your-writes), then tells the listeners. Never fails: the commit happened. A pass
     /// that could not invalidate every command is logged and counted, and the uuid forgotten so
-    /// that the log reader replays it.
+    /// that the log reader replays it. If the log reader is replaying the same operation (it
+    /// read the row first), waits for its pass; if that pass fails, runs this one.
     pub async fn complete_local(&self, hub: &Hub, operation: Operation) {
-        if !self.remember(operation.uuid) {
-            return;
+        let completion = self
+            .recent
+            .complete_once(operation.uuid, || self.pass(hub, &operation, true))
+            .await;
+        match completion {
+            Completion::Known => {}
+            Completion::Failed(error) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let error = error.into_error();
+                tracing::error!(operation = %operation.uuid, command = %operation.command_name, %error, "invalidation after a local command failed; the log reader will replay it");
+            }
+            Completion::Done => self.tell(hub, &operation, true),
         }
-        let report = pass(hub, &operation, true);
-        self.count_panics(hub, &operation, report.panics);
-        if let Some(error) = report.error {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            self.forget(operation.uuid);
-            let error = error.into_error();
-            tracing::error!(operation = %operation.uuid, command = %operation.command_name, %error, "invalidation after a local command failed; the log reader will replay it");
-            return;
-        }
-        self.tell(hub, &operation, true);
     }
 
     /// Completes an operation another host committed (read from the log): runs its
     /// invalidation pass, then tells the listeners. Returns `false` for an operation completed
-    /// here already.
+    /// here already. If another path runs the pass of the same operation (the local completion
+    /// of an operation this host executed), waits for it: `false` once it succeeded; if it
+    /// failed, runs the pass.
     ///
     /// # Errors
     /// [`ReplayError`]: whether retrying may help. The uuid is forgotten, so a retry runs.
@@ -142,27 +257,37 @@ impl OperationCompletionNotifier {
         hub: &Hub,
         operation: Operation,
     ) -> Result<bool, ReplayError> {
-        if !self.remember(operation.uuid) {
-            return Ok(false);
+        let completion = self
+            .recent
+            .complete_once(operation.uuid, || self.pass(hub, &operation, false))
+            .await;
+        match completion {
+            Completion::Known => Ok(false),
+            Completion::Failed(error) => {
+                let error = match error {
+                    PassError::Undecodable(error) => ReplayError::Undecodable(error),
+                    PassError::Unavailable(error) => ReplayError::Unavailable(error),
+                };
+                hub.emit(|| HubEvent::ReplayFailed {
+                    operation: operation.uuid,
+                    command: operation.command_name.clone(),
+                    error: error.to_string(),
+                });
+                Err(error)
+            }
+            Completion::Done => {
+                crate::telemetry::operation_replayed(&operation.command_name);
+                self.tell(hub, &operation, false);
+                Ok(true)
+            }
         }
-        let report = pass(hub, &operation, false);
-        self.count_panics(hub, &operation, report.panics);
-        if let Some(error) = report.error {
-            self.forget(operation.uuid);
-            let error = match error {
-                PassError::Undecodable(error) => ReplayError::Undecodable(error),
-                PassError::Unavailable(error) => ReplayError::Unavailable(error),
-            };
-            hub.emit(|| HubEvent::ReplayFailed {
-                operation: operation.uuid,
-                command: operation.command_name.clone(),
-                error: error.to_string(),
-            });
-            return Err(error);
-        }
-        crate::telemetry::operation_replayed(&operation.command_name);
-        self.tell(hub, &operation, false);
-        Ok(true)
+    }
+
+    /// Runs the invalidation pass of `operation` and counts its panics.
+    fn pass(&self, hub: &Hub, operation: &Operation, local: bool) -> Result<(), PassError> {
+        let report = pass(hub, operation, local);
+        self.count_panics(hub, operation, report.panics);
+        report.error.map_or(Ok(()), Err)
     }
 
     fn count_panics(&self, hub: &Hub, operation: &Operation, panics: u64) {

@@ -23,6 +23,8 @@
 mod completion;
 mod events;
 pub(crate) mod invalidation;
+#[cfg(all(test, loom))]
+mod loom_models;
 pub(crate) mod recorder;
 mod scope;
 
