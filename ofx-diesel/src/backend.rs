@@ -214,14 +214,15 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
     fn drawn_through(connection: &mut Self::Connection)
     -> impl Future<Output = Result<i64>> + Send;
 
-    /// The transactions in flight now (PostgreSQL: `pg_snapshot_xip(pg_current_snapshot())`, every
-    /// database of the server); empty on a backend without transaction ids.
+    /// The log writers in flight now (PostgreSQL: the transactions that hold the log-writer mark
+    /// of this database, by transaction id); empty on a backend without transaction ids.
     fn in_flight(
         connection: &mut Self::Connection,
     ) -> impl Future<Output = Result<Vec<i64>>> + Send;
 
     /// Which of these transactions are still in flight: in the in-progress list of a snapshot
-    /// taken now, so that the rows of one not listed are visible to every later statement.
+    /// taken now, or above its horizon with their log-writer mark held, so that the rows of one
+    /// not listed are visible to every later statement.
     fn running_transactions(
         connection: &mut Self::Connection,
         transactions: &[i64],
@@ -232,6 +233,14 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
         through: i64,
         transactions: &[i64],
+    ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
+
+    /// The rows, up to index `through`, written by transactions with ids at or above
+    /// `horizon`.
+    fn rows_at_or_above(
+        connection: &mut Self::Connection,
+        through: i64,
+        horizon: i64,
     ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
 
     /// Deletes at most `limit` rows logged before `cutoff` (µs since the epoch); returns how
@@ -489,6 +498,11 @@ pub struct StartPosition {
     /// Transactions in flight (PostgreSQL transaction ids): rows they commit later may have
     /// lower indexes than `cursor`.
     pub in_flight: Vec<i64>,
+    /// PostgreSQL: the horizon (`xmax`) of the snapshot the cursor was read in. A transaction
+    /// with an id at or above it was invisible to that snapshot; one that ended while the
+    /// start was being read is in neither list: its rows up to `cursor` are read once after
+    /// the start ([`Backend::rows_at_or_above`]).
+    pub horizon: Option<i64>,
 }
 
 /// What the server says about a transaction (PostgreSQL's `pg_xact_status`).

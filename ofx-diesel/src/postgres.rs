@@ -29,21 +29,37 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 #[derive(Debug, Clone, Copy)]
 pub struct Postgres;
 
-/// The log writers in flight: the transactions of this statement's snapshot's in-progress list
-/// that hold the log-writer mark (the shared advisory lock `(7300728, id mod 2^31)` that the
-/// operation row's insert takes before it draws its index), as `x`. Only they may still commit
-/// a row at an index a reader found missing: a transaction that never wrote to the log (a
-/// long-running report, a session idle in its transaction) no longer holds a gap open. Two
-/// transactions whose ids agree mod 2^31 both count, which only keeps a gap open longer. A
-/// writer that ends between the two reads of this statement has committed or rolled back
-/// before the reader's next re-read of the gap, which sees its row.
-macro_rules! log_writers_in_flight {
+/// The common table expressions that tell which log writers are in flight, as of this
+/// statement's snapshot `s` (taken at its start) and the locks held when it reads them:
+///
+/// - `marks`: the keys of the log-writer marks held in this database (the shared advisory lock
+///   `(7300728, id mod 2^31)` that the operation row's insert takes before it draws its index,
+///   held until its transaction ends; a lock is released after the transaction's commit is
+///   visible to new snapshots);
+/// - `xip`: the snapshot's in-progress list, and `horizon`: its `xmax`. A transaction whose id
+///   is at or above `xmax` is not in the list although it may be running: an operation whose
+///   transaction took its id early (a business write) and drew its index late is below the
+///   horizon only once a newer transaction completed;
+/// - `log_writers` (as `x`): the listed transactions that hold a mark, and, for each mark held by
+///   no listed transaction, the first id at or above the horizon with its key (a transaction
+///   that took its id after the snapshot's horizon). Transactions that never wrote to the log
+///   (a long report, a session idle in its transaction) hold no gap open. Two transactions whose
+///   ids agree mod 2^31 both count, which only keeps a gap open longer. A writer whose mark is
+///   not seen here has ended before the locks were read: its row is visible to every later
+///   statement.
+macro_rules! log_writer_ctes {
     () => {
-        "SELECT s.x FROM \
-     (SELECT CAST(CAST(t AS TEXT) AS BIGINT) AS x FROM pg_snapshot_xip(pg_current_snapshot()) AS t) AS s \
-     WHERE CAST(s.x % 2147483648 AS OID) IN (SELECT objid FROM pg_locks \
-     WHERE locktype = 'advisory' AND classid = 7300728 AND objsubid = 2 \
-     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+        "s AS MATERIALIZED (SELECT pg_current_snapshot() AS snap), \
+         marks AS MATERIALIZED (SELECT DISTINCT CAST(objid AS BIGINT) AS k FROM pg_locks \
+         WHERE locktype = 'advisory' AND classid = 7300728 AND objsubid = 2 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())), \
+         xip AS MATERIALIZED (SELECT CAST(CAST(t AS TEXT) AS BIGINT) AS x \
+         FROM s, pg_snapshot_xip(s.snap) AS t), \
+         horizon AS MATERIALIZED (SELECT CAST(CAST(pg_snapshot_xmax(s.snap) AS TEXT) AS BIGINT) AS m \
+         FROM s), \
+         log_writers AS (SELECT x FROM xip WHERE x % 2147483648 IN (SELECT k FROM marks) \
+         UNION SELECT m + ((k - m % 2147483648 + 2147483648) % 2147483648) FROM marks, horizon \
+         WHERE k NOT IN (SELECT x % 2147483648 FROM xip))"
     };
 }
 
@@ -248,16 +264,17 @@ impl Backend for Postgres {
         // visible in it belongs to a transaction in its in-progress list (the operation's
         // transaction id is assigned before its index is drawn).
         let start: StartRow = diesel::sql_query(concat!(
-            "WITH log_writers AS (",
-            log_writers_in_flight!(),
-            ") SELECT COALESCE((SELECT MAX(idx) FROM ofx_operations), 0) AS cursor, \
-             ARRAY(SELECT x FROM log_writers) AS in_flight"
+            "WITH ",
+            log_writer_ctes!(),
+            " SELECT COALESCE((SELECT MAX(idx) FROM ofx_operations), 0) AS cursor, \
+             ARRAY(SELECT x FROM log_writers) AS in_flight, (SELECT m FROM horizon) AS horizon"
         ))
         .get_result(connection)
         .await?;
         Ok(StartPosition {
             cursor: start.cursor,
             in_flight: start.in_flight,
+            horizon: Some(start.horizon),
         })
     }
 
@@ -276,9 +293,9 @@ impl Backend for Postgres {
 
     async fn in_flight(connection: &mut Self::Connection) -> Result<Vec<i64>> {
         let in_flight: InFlightRow = diesel::sql_query(concat!(
-            "WITH log_writers AS (",
-            log_writers_in_flight!(),
-            ") SELECT ARRAY(SELECT x FROM log_writers) AS in_flight"
+            "WITH ",
+            log_writer_ctes!(),
+            " SELECT ARRAY(SELECT x FROM log_writers) AS in_flight"
         ))
         .get_result(connection)
         .await?;
@@ -293,10 +310,15 @@ impl Backend for Postgres {
         // leaves the snapshots' in-progress lists only once its commit is visible to them,
         // whereas a server whose `pg_xact_status` reads the commit log first may already say
         // "committed" while a new snapshot does not see the rows yet.
-        let running: Vec<RunningRow> = diesel::sql_query(
-            "SELECT x AS transaction FROM unnest($1::bigint[]) AS x \
-             WHERE x IN (SELECT y::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS y)",
-        )
+        // A transaction at or above the snapshot's horizon is not in its list: it runs if its
+        // log-writer mark is held.
+        let running: Vec<RunningRow> = diesel::sql_query(concat!(
+            "WITH ",
+            log_writer_ctes!(),
+            " SELECT u.t AS transaction FROM unnest($1::bigint[]) AS u(t) \
+             WHERE u.t IN (SELECT x FROM xip) \
+             OR (u.t >= (SELECT m FROM horizon) AND u.t % 2147483648 IN (SELECT k FROM marks))"
+        ))
         .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(transactions)
         .load(connection)
         .await?;
@@ -310,6 +332,8 @@ struct StartRow {
     cursor: i64,
     #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::BigInt>)]
     in_flight: Vec<i64>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    horizon: i64,
 }
 
 #[derive(QueryableByName)]
@@ -347,7 +371,7 @@ struct RunningRow {
 /// (`nextval`). Without them the planner computes everything in one projection, in column
 /// order, `idx` first. A reader that finds a gap relies on this order: whoever drew a missing
 /// index is a marked transaction still in flight, or has finished (see
-/// `log_writers_in_flight!`).
+/// `log_writer_ctes!`).
 ///
 /// A query of its own (not `diesel::sql_query`) so that it has a static query id: diesel caches
 /// it as a prepared statement, one round trip per command.

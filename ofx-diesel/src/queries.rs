@@ -56,6 +56,20 @@ macro_rules! log_queries {
                 .await?)
         }
 
+        async fn rows_at_or_above(
+            connection: &mut Self::Connection,
+            through: i64,
+            horizon: i64,
+        ) -> Result<Vec<OperationRow>> {
+            Ok(dsl::ofx_operations
+                .filter(dsl::idx.le(through))
+                .filter(dsl::xid.ge(horizon))
+                .order(dsl::idx.asc())
+                .select(OperationRow::as_select())
+                .load(connection)
+                .await?)
+        }
+
         async fn contains(connection: &mut Self::Connection, uuid: &str) -> Result<bool> {
             let found: Option<i64> = dsl::ofx_operations
                 .filter(dsl::uuid.eq(uuid))

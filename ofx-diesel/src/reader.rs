@@ -364,6 +364,9 @@ struct Retry {
 struct StartHorizon {
     through: i64,
     transactions: Vec<i64>,
+    /// The start snapshot's horizon, until the rows of the transactions at or above it that
+    /// ended while the start was read are read (once, on the first pass).
+    horizon: Option<i64>,
 }
 
 impl ReaderState {
@@ -703,10 +706,11 @@ async fn start<B: Backend>(
         );
         hub.invalidate_everything();
     }
-    if !start.in_flight.is_empty() {
+    if !start.in_flight.is_empty() || start.horizon.is_some() {
         state.start = Some(StartHorizon {
             through: cursor,
             transactions: start.in_flight,
+            horizon: start.horizon,
         });
     }
     state.cursor = Some(cursor);
@@ -1127,6 +1131,12 @@ impl<B: Backend> Reader<B> {
         let Some(start) = &mut state.start else {
             return Ok(Vec::new());
         };
+        // Once, first: the rows of the transactions above the start snapshot's horizon that
+        // ended while the start was read (listed nowhere, visible now).
+        let mut rows = match start.horizon {
+            Some(horizon) => B::rows_at_or_above(connection, start.through, horizon).await?,
+            None => Vec::new(),
+        };
         let running = B::running_transactions(connection, &start.transactions).await?;
         let finished: Vec<i64> = start
             .transactions
@@ -1134,11 +1144,11 @@ impl<B: Backend> Reader<B> {
             .copied()
             .filter(|transaction| !running.contains(transaction))
             .collect();
-        let rows = if finished.is_empty() {
-            Vec::new()
-        } else {
-            B::rows_of_transactions(connection, start.through, &finished).await?
-        };
+        if !finished.is_empty() {
+            rows.extend(B::rows_of_transactions(connection, start.through, &finished).await?);
+        }
+        // Read: not again (a failed query above leaves it for the next pass).
+        start.horizon = None;
         start.transactions = running;
         if start.transactions.is_empty() {
             state.start = None;

@@ -255,6 +255,7 @@ impl Backend for Sqlite {
         Ok(StartPosition {
             cursor: cursor.unwrap_or(0),
             in_flight: Vec::new(),
+            horizon: None,
         })
     }
 

@@ -78,6 +78,122 @@ async fn a_gap_whose_transaction_rolls_back_closes_when_it_does() {
     assert_eq!(late_rows(&b), 0);
 }
 
+/// An operation whose transaction took its id early (a business write) and draws its index
+/// late is older than a log writer that drew an index before it and is still open: once the
+/// older one commits, the open one's id is at or above every new snapshot's horizon (`xmax`),
+/// and so in no snapshot's in-progress list. Its gap stays open all the same, and its row is
+/// replayed when it commits. On a server of the test's own, so that no other transaction
+/// completes and moves the horizon past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_whose_writer_is_above_the_snapshot_horizon_stays_open() {
+    let server = crate::private_server::PrivateServer::start();
+    let mut admin = AsyncPgConnection::establish(&server.url("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE DATABASE horizon")
+        .await
+        .unwrap();
+    drop(admin);
+    let url = server.url("horizon");
+    // Nothing of the hosts' own writes: no heartbeat, no trimmer, no event processor.
+    let mut settings = fast();
+    settings.host_heartbeat = None;
+    settings.trim = false;
+    settings.events.process = false;
+    let a = Host::<Postgres>::open(&url, settings.clone(), false).await;
+    a.accounts.db.exec(crate::common::ACCOUNTS).await;
+    let b = Host::<Postgres>::open(&url, settings, true).await;
+    let reader = b.reader.as_ref().unwrap();
+    reader.wait_for(0).await;
+    let (_, late_on_b) = capture(b.balance(81)).await.unwrap();
+
+    // The older transaction takes its id (a business write); the newer one takes its id and the
+    // next index, and stays open; the older one takes the index after and commits.
+    let mut older = AsyncPgConnection::establish(&url).await.unwrap();
+    older
+        .batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (80, 0)")
+        .await
+        .unwrap();
+    let mut newer = AsyncPgConnection::establish(&url).await.unwrap();
+    take_index(&mut newer, 81).await;
+    older
+        .batch_execute(&format!("{}; COMMIT", marked_insert(80)))
+        .await
+        .unwrap();
+    // A fresh log: the newer transaction drew index 1, the older one 2.
+    let later = 2;
+    assert_eq!(b.accounts.db.count("ofx_operations").await, 1);
+    reader.wake();
+    reader
+        .wait_replayed(later, Duration::from_millis(300))
+        .await
+        .expect_err("the newer transaction's index may still commit");
+
+    newer.batch_execute("COMMIT").await.unwrap();
+    reader.wake();
+    invalidated(&late_on_b).await;
+    reader
+        .wait_replayed(later, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(late_rows(&b), 1);
+    assert_eq!(gaps_closed(&b), 0);
+    assert_eq!(gaps_expired(&b), 0);
+}
+
+/// The same order of transactions, with the reader started while the newer one is open: its
+/// index is below the reader's start, its id above the start snapshot's horizon. Its row is
+/// replayed when it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_started_while_a_writer_above_the_snapshot_horizon_is_open_replays_it() {
+    let server = crate::private_server::PrivateServer::start();
+    let mut admin = AsyncPgConnection::establish(&server.url("postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE DATABASE horizon")
+        .await
+        .unwrap();
+    drop(admin);
+    let url = server.url("horizon");
+    let mut settings = fast();
+    settings.host_heartbeat = None;
+    settings.trim = false;
+    settings.events.process = false;
+    let a = Host::<Postgres>::open(&url, settings.clone(), false).await;
+    a.accounts.db.exec(crate::common::ACCOUNTS).await;
+
+    let mut older = AsyncPgConnection::establish(&url).await.unwrap();
+    older
+        .batch_execute("BEGIN; INSERT INTO accounts (id, balance) VALUES (90, 0)")
+        .await
+        .unwrap();
+    let mut newer = AsyncPgConnection::establish(&url).await.unwrap();
+    take_index(&mut newer, 91).await;
+    older
+        .batch_execute(&format!("{}; COMMIT", marked_insert(90)))
+        .await
+        .unwrap();
+    // Host B starts now: after index 2, the newer transaction's index 1 below it.
+    let b = Host::<Postgres>::open(&url, settings, true).await;
+    let reader = b.reader.as_ref().unwrap();
+    let (_, late_on_b) = capture(b.balance(91)).await.unwrap();
+    reader
+        .wait_replayed(2, Duration::from_millis(300))
+        .await
+        .expect_err("the newer transaction's index may still commit below the start");
+
+    newer.batch_execute("COMMIT").await.unwrap();
+    reader.wake();
+    invalidated(&late_on_b).await;
+    reader
+        .wait_replayed(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(late_rows(&b), 1);
+}
+
 /// A transaction that never wrote to the log (here, one idle in its transaction after a
 /// business write, which holds a transaction id) does not hold a gap open: only transactions
 /// marked as log writers may still fill it.
