@@ -151,6 +151,8 @@ type Completion = (u32, bool, Option<i64>);
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     pub(crate) by_uuid: Mutex<HashMap<Uuid, Completion>>,
+    /// Notified after each listener call.
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 impl Seen {
@@ -160,6 +162,27 @@ impl Seen {
             Some((count, false, _)) => *count,
             _ => 0,
         }
+    }
+
+    /// Waits (10 s at most) until the operation was replayed from the log at least once; the
+    /// listeners are told after the invalidation pass, so a value seen invalidated may come
+    /// first. Returns the count.
+    pub(crate) async fn replayed_eventually(&self, uuid: &Uuid) -> u32 {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let count = self.replayed(uuid);
+                if count > 0 {
+                    return count;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .expect("the operation is replayed within 10 s")
     }
 
     /// Every operation replayed from the log, with its count.
@@ -183,6 +206,8 @@ impl CompletionListener for Listener {
             .entry(operation.uuid)
             .or_insert((0, local, operation.sequence));
         entry.0 += 1;
+        drop(seen);
+        self.0.changed.notify_waiters();
     }
 }
 

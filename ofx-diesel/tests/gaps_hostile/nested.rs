@@ -46,7 +46,7 @@ async fn a_held_operation_begun_by_a_nested_command_keeps_its_gap_open(
     tokio::time::timeout(Duration::from_secs(10), later_on_b.when_invalidated())
         .await
         .expect("host B replays index n + 1");
-    assert_eq!(b.seen.replayed(&later_uuid), 1);
+    assert_eq!(b.seen.replayed_eventually(&later_uuid).await, 1);
     let early = reader
         .wait_replayed(later, Duration::from_millis(500))
         .await;
