@@ -2,8 +2,9 @@
 //!
 //! The pause doubles from [`FIRST`] to at most [`MAX`], each one spread by ±[`SPREAD`] so that
 //! the hosts that lost one server together do not all come back at the same moment. It starts
-//! over once a connection has lasted [`MAX`]: a connection that breaks as soon as it is made
-//! keeps backing off.
+//! over once a connection has lasted [`STABLE`]: a connection that breaks as soon as it is made
+//! keeps backing off, while one that served a while and was then cut (a session terminated by
+//! an administrator, a server restarted) is made again at once.
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use std::time::Duration;
 pub(crate) const FIRST: Duration = Duration::from_millis(100);
 /// The longest pause (before jitter).
 pub(crate) const MAX: Duration = Duration::from_secs(10);
+/// How long a connection must have lasted for the pauses to start over at [`FIRST`].
+pub(crate) const STABLE: Duration = Duration::from_secs(1);
 /// How far a pause may be from its nominal value, as a fraction of it.
 pub(crate) const SPREAD: f64 = 0.25;
 
@@ -33,9 +36,9 @@ impl Backoff {
         pause
     }
 
-    /// A connection that was up for `lasted` ended: start over if it lasted long enough.
+    /// A connection that was up for `lasted` ended: start over if it lasted [`STABLE`] or more.
     pub(crate) fn connection_ended(&mut self, lasted: Duration) {
-        if lasted >= MAX {
+        if lasted >= STABLE {
             self.next = FIRST;
         }
     }
@@ -68,14 +71,14 @@ mod tests {
     }
 
     #[test]
-    fn starts_over_only_after_a_long_connection() {
+    fn starts_over_only_after_a_connection_that_lasted() {
         let mut backoff = Backoff::new();
         for _ in 0..5 {
             backoff.next_pause();
         }
-        backoff.connection_ended(Duration::from_secs(1));
+        backoff.connection_ended(STABLE / 2);
         assert!(within(backoff.next_pause(), FIRST * 32));
-        backoff.connection_ended(MAX);
+        backoff.connection_ended(STABLE);
         assert!(within(backoff.next_pause(), FIRST));
     }
 

@@ -15,7 +15,7 @@
 //! | message | what [`notify`](LogWatcher::notify) sends: its payload is the sending host's [`HostId`](ofx_core::HostId), so a watcher ignores its own. |
 //! | coalescing | `notify` returns at once; a background task sends. At most one message is in flight and one more pending: a burst of commits becomes one or two messages. |
 //! | wake | [`wakes`](LogWatcher::wakes)`()` is a [`tokio::sync::Notify`] notified with `notify_one` (a wake-up that arrives while the reader is busy is kept for its next wait). Give it to one reader. |
-//! | reconnect | when the connection (or the directory watch) is lost, the watcher re-establishes it with capped, jittered backoff (100 ms doubling to 10 s, ±25%), then wakes its host once, since messages sent meanwhile were lost. |
+//! | reconnect | when the connection (or the directory watch) is lost, the watcher re-establishes it with capped, jittered backoff (100 ms doubling to 10 s, ±25%; back to 100 ms once a connection lasted 1 s), then wakes its host once, since messages sent meanwhile were lost. |
 //! | stop | each watcher's background tasks end when the [`CancellationToken`](tokio_util::sync::CancellationToken) given to its constructor is cancelled, or when the watcher is dropped. |
 //! | stats | [`WatcherStats`]: messages sent, received, own ones ignored, reconnections and failures, for tests and monitoring. |
 //!
