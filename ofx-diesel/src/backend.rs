@@ -192,6 +192,13 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         connection: &mut Self::Connection,
     ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
+    /// The database server's clock now, in µs since the Unix epoch, if it has one of its own
+    /// (PostgreSQL: `clock_timestamp()`); `None` for an embedded database, whose clock is the
+    /// host's.
+    fn server_time(
+        connection: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+
     /// The highest index in the log that this connection sees committed, if any row is there
     /// (the log's head: what a reader that read a full batch measures its lag by).
     fn head_index(

@@ -1,8 +1,11 @@
-//! The wall clock a host stamps the rows it writes with: operations' times, events' due times
-//! and leases, the trimmer's cutoff. The log reader never reads it (it follows the log by
-//! index, and measures waits on the monotonic clock), so a host whose clock is off loses
-//! nothing; its leases end early or late by the offset (a run whose lease another host took
-//! over is refused at its commit by its lease token, so its effect still happens once).
+//! The wall clock of a host. Operations' commit times, events' leases and retry times, and the
+//! trimmer's cutoff are stamped with it corrected to the database server's clock (PostgreSQL:
+//! the offset is measured when the database opens and at each heartbeat), so hosts whose clocks
+//! disagree still agree on when a lease ends. An event's first due time is the producing
+//! host's own (uncorrected: it may be a debounce window's end, or a time the application gave). The log reader never reads it (it
+//! follows the log by index, and measures waits on the monotonic clock). Were the correction
+//! off, a host's leases would end early or late by the error; a run whose lease another host
+//! took over is refused at its commit by its lease token, so its effect still happens once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

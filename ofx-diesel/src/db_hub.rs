@@ -71,8 +71,10 @@ pub struct DbSettings {
     /// heartbeats (hourly) and by [`DbHub::trim_hosts`] (default 7 days). Until then a silent
     /// host shows as stale.
     pub host_retention: Duration,
-    /// The wall clock this host stamps rows with (operations' times, events' due times and
-    /// leases, the trimmer's cutoff); the system's by default. See [`WallClock`](crate::WallClock).
+    /// This host's wall clock (the system's by default; see [`WallClock`](crate::WallClock)).
+    /// Rows are stamped with it corrected to the database server's clock (PostgreSQL; measured
+    /// when the database opens and at each heartbeat): operations' commit times, events' leases
+    /// and retry times, the trimmer's cutoff. An event's first due time is the host's own.
     pub clock: crate::WallClock,
 }
 
@@ -144,6 +146,35 @@ pub(crate) struct DbInner<B: Backend> {
     /// The writer turn of a one-writer database (SQLite): one operation's transaction at a
     /// time in this process (see `DbOperationScope::begin`).
     pub(crate) writer: Arc<tokio::sync::Semaphore>,
+    /// How far the database server's clock is ahead of this host's `settings.clock`, in µs
+    /// (0 for an embedded database): measured at open and at each heartbeat.
+    pub(crate) clock_offset: std::sync::atomic::AtomicI64,
+}
+
+impl<B: Backend> DbInner<B> {
+    /// How far this host's clock ([`DbSettings::clock`]) is from the system clock, in µs: 0
+    /// unless a test injects a skewed clock.
+    pub(crate) fn clock_skew(&self) -> i64 {
+        if self.settings.clock.is_system() {
+            0
+        } else {
+            crate::row::micros(self.settings.clock.now())
+                - crate::row::micros(std::time::SystemTime::now())
+        }
+    }
+
+    /// The time to stamp rows with: this host's clock, corrected to the database server's.
+    pub(crate) fn now(&self) -> std::time::SystemTime {
+        let now = self.settings.clock.now();
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        let shift = Duration::from_micros(offset.unsigned_abs());
+        if offset >= 0 {
+            now + shift
+        } else {
+            now.checked_sub(shift)
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+        }
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -184,7 +215,7 @@ impl<B: Backend> DbHub<B> {
             B::migrate(url).await?;
         }
         let pool = B::pool(url, settings.pool_size.max(2))?;
-        Ok(Self {
+        let db = Self {
             inner: Arc::new(DbInner {
                 pool,
                 url: url.to_owned(),
@@ -197,8 +228,34 @@ impl<B: Backend> DbHub<B> {
                 // `'static` (`ofx_core::Error::ScopeConflict`).
                 label: Box::leak(format!("{}:{url}", B::NAME).into_boxed_str()),
                 writer: Arc::new(tokio::sync::Semaphore::new(1)),
+                clock_offset: std::sync::atomic::AtomicI64::new(0),
             }),
-        })
+        };
+        // Best effort: a database that cannot be reached now is measured at the first
+        // heartbeat that reaches it.
+        let _ = db.measure_clock().await;
+        Ok(db)
+    }
+
+    /// The time this host stamps rows with: its clock ([`DbSettings::clock`]), corrected to
+    /// the database server's (PostgreSQL), so that hosts whose clocks disagree agree on leases
+    /// and due times.
+    pub(crate) fn now(&self) -> std::time::SystemTime {
+        self.inner.now()
+    }
+
+    /// Measures how far the database server's clock is from this host's (half the round trip
+    /// counted on each side), and corrects [`now`](Self::now) by it.
+    pub(crate) async fn measure_clock(&self) -> Result<()> {
+        let mut connection = self.connection().await?;
+        let before = crate::row::micros(self.inner.settings.clock.now());
+        let Some(server) = B::server_time(&mut connection).await? else {
+            return Ok(());
+        };
+        let after = crate::row::micros(self.inner.settings.clock.now());
+        let offset = server - before / 2 - after / 2;
+        self.inner.clock_offset.store(offset, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The settings.

@@ -150,7 +150,7 @@ impl<B: Backend> DbHub<B> {
                 host_id,
                 host_name: gethostname::gethostname().to_string_lossy().into_owned(),
                 pid: i64::from(std::process::id()),
-                started_at: micros(SystemTime::now()),
+                started_at: micros(db.now()),
                 heartbeat_at: 0,
                 heartbeat_period: i64::try_from(period.as_micros()).unwrap_or(i64::MAX),
                 stopped_at: None,
@@ -166,7 +166,7 @@ impl<B: Backend> DbHub<B> {
                     position(&reader, &mut row).await;
                 }
                 drop(hub);
-                row.heartbeat_at = micros(SystemTime::now());
+                row.heartbeat_at = micros(db.now());
                 // Cancellable: a beat waiting for a connection must not outlive the hub.
                 let outcome = tokio::select! {
                     () = stop.cancelled() => break,
@@ -206,6 +206,8 @@ impl<B: Backend> DbHub<B> {
     /// Writes the host's row, and deletes old rows of silent hosts when the last sweep is an
     /// hour old.
     async fn beat(&self, row: &HostRow, last_sweep: &mut Option<Instant>) -> Result<()> {
+        // The database server's clock, measured again: hosts stamp leases and due times with it.
+        self.measure_clock().await?;
         {
             let mut connection = self.connection().await?;
             B::Inspect::upsert_host(&mut connection, row).await?;

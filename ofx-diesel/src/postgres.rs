@@ -259,6 +259,15 @@ impl Backend for Postgres {
         .await?)
     }
 
+    async fn server_time(connection: &mut Self::Connection) -> Result<Option<i64>> {
+        let now: ServerTimeRow = diesel::sql_query(
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT) AS micros",
+        )
+        .get_result(connection)
+        .await?;
+        Ok(Some(now.micros))
+    }
+
     async fn start_position(connection: &mut Self::Connection) -> Result<StartPosition> {
         // One statement, one snapshot: every row with an index up to `cursor` that is not
         // visible in it belongs to a transaction in its in-progress list (the operation's
@@ -334,6 +343,12 @@ struct StartRow {
     in_flight: Vec<i64>,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     horizon: i64,
+}
+
+#[derive(QueryableByName)]
+struct ServerTimeRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    micros: i64,
 }
 
 #[derive(QueryableByName)]

@@ -383,7 +383,7 @@ impl<B: Backend> DbOperationScope<B> {
                 return CommitOutcome::NotCommitted(error.into());
             }
         };
-        let committed_at = self.db.settings.clock.now();
+        let committed_at = self.db.now();
         let fault = self
             .db
             .fault
@@ -424,7 +424,7 @@ impl<B: Backend> DbOperationScope<B> {
                 row.new_row(committed_at),
                 &claim.uuid.to_string(),
                 claim.lease_token,
-                micros(self.db.settings.clock.now()),
+                micros(self.db.now()),
             )
             .await
             .map(|(inserted, completed)| {
@@ -442,7 +442,7 @@ impl<B: Backend> DbOperationScope<B> {
         // The events after the completion: a run that reschedules its own event (same key,
         // `KeyConflict::Replace`) makes it pending again, rather than fencing off its own claim.
         if let Err(error) =
-            store_events::<B>(&mut connection, operation, &self.db.settings.clock).await
+            store_events::<B>(&mut connection, operation, self.db.clock_skew()).await
         {
             rollback::<B>(&mut connection).await;
             return CommitOutcome::NotCommitted(error.into());

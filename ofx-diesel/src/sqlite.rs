@@ -246,6 +246,11 @@ impl Backend for Sqlite {
         .await?)
     }
 
+    async fn server_time(_connection: &mut Self::Connection) -> Result<Option<i64>> {
+        // Embedded: the hosts sharing the file share this machine's clock.
+        Ok(None)
+    }
+
     async fn start_position(connection: &mut Self::Connection) -> Result<StartPosition> {
         // One writer at a time, and AUTOINCREMENT: a row not visible now gets a higher index.
         let cursor: Option<i64> = dsl::ofx_operations

@@ -49,9 +49,7 @@ impl<B: Backend> DbHub<B> {
     pub async fn trim(&self) -> Result<u64> {
         let settings = self.settings();
         let cutoff = micros(
-            settings
-                .clock
-                .now()
+            self.now()
                 .checked_sub(settings.max_age)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
         );

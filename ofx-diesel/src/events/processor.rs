@@ -383,7 +383,7 @@ impl<B: Backend> Processor<B> {
     }
 
     async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<ClaimedEvent>> {
-        let now = self.db.settings().clock.now();
+        let now = self.db.now();
         let mut connection = self.db.connection().await?;
         B::claim_events(
             &mut connection,
@@ -439,9 +439,8 @@ impl<B: Backend> Processor<B> {
         };
         match next.await {
             Ok(Some(due)) => {
-                let wait =
-                    u64::try_from(due.saturating_sub(micros(self.db.settings().clock.now())))
-                        .map_or(Duration::ZERO, Duration::from_micros);
+                let wait = u64::try_from(due.saturating_sub(micros(self.db.now())))
+                    .map_or(Duration::ZERO, Duration::from_micros);
                 // A little after the due time (the claim compares with its own clock), and not
                 // at once when an event is due already but was not claimable (its row locked by
                 // a transaction about to end): no hot loop.
@@ -522,7 +521,7 @@ async fn heartbeat<B: Backend>(db: DbHub<B>, host: String, processor: EventProce
         }
         let renewed = async {
             let mut connection = db.connection().await?;
-            let until = micros(db.settings().clock.now() + lease);
+            let until = micros(db.now() + lease);
             B::renew_leases(&mut connection, &host, &uuids, until).await
         };
         if let Err(error) = renewed.await {
@@ -589,7 +588,7 @@ impl<B: Backend> EventRun<B> {
                 // A host starts its processor before its services are added: an event claimed
                 // in between waits a little, its attempt not counted.
                 tracing::debug!(event = %event.uuid, %error, "an event cannot run on this host yet");
-                let now = self.db.settings().clock.now();
+                let now = self.db.now();
                 let release = EventRelease {
                     uuid: &event.uuid,
                     lease_token: event.lease_token,
@@ -608,7 +607,7 @@ impl<B: Backend> EventRun<B> {
         let retry = self.db.settings().events.retry;
         let attempts = u32::try_from(event.attempts).unwrap_or(u32::MAX);
         let dead = permanent || attempts >= retry.max_attempts;
-        let now = self.db.settings().clock.now();
+        let now = self.db.now();
         let retry_at = (!dead).then(|| micros(now + retry.delay(attempts)));
         let release = EventRelease {
             uuid: &event.uuid,

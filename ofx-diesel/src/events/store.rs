@@ -17,21 +17,18 @@ pub(crate) struct EventClaim {
     pub(crate) lease_token: i64,
 }
 
-/// Inserts `operation`'s events in its transaction. Their times, which the core stamped with
-/// the system clock, are shifted by `clock`'s offset from it (none with the system clock).
+/// Inserts `operation`'s events in its transaction. Their times are the core's, stamped with
+/// the system clock, shifted by `offset` µs: how far this host's clock is from it (0 unless a
+/// test injects a skewed clock). They are not corrected to the database server's clock: a due
+/// time may be a window's end, or a time the application gave.
 pub(crate) async fn store_events<B: Backend>(
     connection: &mut B::Connection,
     operation: &Operation,
-    clock: &crate::WallClock,
+    offset: i64,
 ) -> Result<()> {
     if operation.events.is_empty() {
         return Ok(());
     }
-    let offset = if clock.is_system() {
-        0
-    } else {
-        micros(clock.now()) - micros(std::time::SystemTime::now())
-    };
     let micros = |time| micros(time) + offset;
     let operation_uuid = operation.uuid.to_string();
     let host_id = operation.host_id.to_string();
