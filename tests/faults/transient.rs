@@ -9,10 +9,23 @@ use ofx_tests::tiered;
 
 use crate::harness::{Run, Workload};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serialization_failures_and_deadlocks_on_a_fifth_of_the_commits() {
+/// Runs `workload` on two hosts of a fresh database, checks it, and asserts that every call
+/// succeeded and committed once. Returns the report.
+async fn every_call_succeeds(workload: Workload, scenario: &str) -> ofx_tests::checker::Report {
     let url = fresh_database(&shared_postgres()).await;
     let run = Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await;
+    let failed = run.drive(&workload).await;
+    let (report, _) = run.settle_and_check(scenario).await;
+    report.assert_clean(scenario);
+    assert_eq!(failed, 0, "every call succeeds: {:?}", run.failures());
+    assert_eq!(report.tally.committed as usize, workload.commands);
+    drop(run);
+    drop_database(&url).await;
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialization_failures_and_deadlocks_on_a_fifth_of_the_commits() {
     let workload = Workload {
         commands: tiered(1_000, 10_000),
         writers: 8,
@@ -25,29 +38,14 @@ async fn serialization_failures_and_deadlocks_on_a_fifth_of_the_commits() {
         },
         pause_after_error: std::time::Duration::ZERO,
     };
-    let failed = run.drive(&workload).await;
-    let (report, _) = run.settle_and_check("serialization failures").await;
-    report.assert_clean("serialization failures");
-    assert_eq!(
-        failed,
-        0,
-        "every call succeeds after its retry: {:?}",
-        run.failures()
-    );
-    assert_eq!(report.tally.committed as usize, workload.commands);
+    let commands = workload.commands;
+    let report = every_call_succeeds(workload, "serialization failures").await;
     // Each faulted command ran its main branch twice, and committed once.
-    assert_eq!(
-        report.tally.main_runs as usize,
-        workload.commands + workload.commands / 5
-    );
-    drop(run);
-    drop_database(&url).await;
+    assert_eq!(report.tally.main_runs as usize, commands + commands / 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_sessions_terminated_mid_transaction() {
-    let url = fresh_database(&shared_postgres()).await;
-    let run = Run::<ofx_diesel::Postgres>::start(&url, 2, &Wakeup::Postgres(url.clone())).await;
     let workload = Workload {
         commands: tiered(1_000, 10_000),
         writers: 8,
@@ -60,16 +58,5 @@ async fn writer_sessions_terminated_mid_transaction() {
         },
         pause_after_error: std::time::Duration::ZERO,
     };
-    let failed = run.drive(&workload).await;
-    let (report, _) = run.settle_and_check("terminated writers").await;
-    report.assert_clean("terminated writers");
-    assert_eq!(
-        failed,
-        0,
-        "every call succeeds on a new connection: {:?}",
-        run.failures()
-    );
-    assert_eq!(report.tally.committed as usize, workload.commands);
-    drop(run);
-    drop_database(&url).await;
+    every_call_succeeds(workload, "terminated writers").await;
 }

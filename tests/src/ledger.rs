@@ -561,43 +561,29 @@ impl<B: LedgerQueries> Ledger<B> {
         &self.host
     }
 
-    /// Calls [`Put`] and records the call in the history.
-    pub async fn call(&self, key: i64, by: i64, fault: Fault) -> Result<i64, ofx_core::Error> {
-        self.call_with_event(key, by, fault, false).await
-    }
-
     /// Calls [`Put`] (adding `by` to `key`), records the call in the history, and returns the
     /// operation's log sequence.
     ///
     /// # Errors
     /// The call's.
     pub async fn call_sequence(&self, key: i64, by: i64) -> Result<i64, ofx_core::Error> {
-        let call = Uuid::new_v4();
-        let start_us = self.history.now_us();
-        let result = self
-            .hub
-            .commander()
-            .call_committed(Put {
-                call,
-                key,
-                by,
-                fault: Fault::None,
-                event: false,
-            })
+        self.call_put(key, by, Fault::None, false)
             .await
-            .map(|executed| {
-                let sequence = executed.committed.and_then(|committed| committed.sequence);
-                (executed.operation, sequence)
-            });
-        self.history
-            .call_ended(call, &self.host, start_us, &result, |error| match error {
-                ofx_core::Error::CommitInDoubt { operation, .. } => Some(*operation),
-                _ => None,
-            });
-        result.map(|(_, sequence)| sequence.unwrap_or(0))
+            .map(|(_, sequence)| sequence.unwrap_or(0))
+    }
+
+    /// Calls [`Put`] and records the call in the history.
+    ///
+    /// # Errors
+    /// The call's.
+    pub async fn call(&self, key: i64, by: i64, fault: Fault) -> Result<i64, ofx_core::Error> {
+        self.call_with_event(key, by, fault, false).await
     }
 
     /// Calls [`Put`], with a [`Settle`] event if `event`, and records the call in the history.
+    ///
+    /// # Errors
+    /// The call's.
     pub async fn call_with_event(
         &self,
         key: i64,
@@ -605,6 +591,19 @@ impl<B: LedgerQueries> Ledger<B> {
         fault: Fault,
         event: bool,
     ) -> Result<i64, ofx_core::Error> {
+        self.call_put(key, by, fault, event)
+            .await
+            .map(|(output, _)| output)
+    }
+
+    /// Calls [`Put`] and records the call: its output and log sequence.
+    async fn call_put(
+        &self,
+        key: i64,
+        by: i64,
+        fault: Fault,
+        event: bool,
+    ) -> Result<(i64, Option<i64>), ofx_core::Error> {
         let call = Uuid::new_v4();
         let start_us = self.history.now_us();
         let result = self
@@ -618,7 +617,10 @@ impl<B: LedgerQueries> Ledger<B> {
                 event,
             })
             .await
-            .map(|executed| (executed.operation, executed.output));
+            .map(|executed| {
+                let sequence = executed.committed.and_then(|committed| committed.sequence);
+                (executed.operation, (executed.output, sequence))
+            });
         self.history
             .call_ended(call, &self.host, start_us, &result, |error| match error {
                 ofx_core::Error::CommitInDoubt { operation, .. } => Some(*operation),

@@ -78,14 +78,15 @@ async fn a_gap_whose_transaction_rolls_back_closes_when_it_does() {
     assert_eq!(late_rows(&b), 0);
 }
 
-/// An operation whose transaction took its id early (a business write) and draws its index
-/// late is older than a log writer that drew an index before it and is still open: once the
-/// older one commits, the open one's id is at or above every new snapshot's horizon (`xmax`),
-/// and so in no snapshot's in-progress list. Its gap stays open all the same, and its row is
-/// replayed when it commits. On a server of the test's own, so that no other transaction
-/// completes and moves the horizon past it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_whose_writer_is_above_the_snapshot_horizon_stays_open() {
+/// A server of the test's own where nothing else writes: its database, settings for hosts
+/// that write nothing of their own (no heartbeat, no trimmer, no event processor), and host A
+/// with the business table.
+async fn quiet_server() -> (
+    crate::private_server::PrivateServer,
+    String,
+    DbSettings,
+    Host<Postgres>,
+) {
     let server = crate::private_server::PrivateServer::start();
     let mut admin = AsyncPgConnection::establish(&server.url("postgres"))
         .await
@@ -96,13 +97,24 @@ async fn a_gap_whose_writer_is_above_the_snapshot_horizon_stays_open() {
         .unwrap();
     drop(admin);
     let url = server.url("horizon");
-    // Nothing of the hosts' own writes: no heartbeat, no trimmer, no event processor.
     let mut settings = fast();
     settings.host_heartbeat = None;
     settings.trim = false;
     settings.events.process = false;
     let a = Host::<Postgres>::open(&url, settings.clone(), false).await;
     a.accounts.db.exec(crate::common::ACCOUNTS).await;
+    (server, url, settings, a)
+}
+
+/// An operation whose transaction took its id early (a business write) and draws its index
+/// late is older than a log writer that drew an index before it and is still open: once the
+/// older one commits, the open one's id is at or above every new snapshot's horizon (`xmax`),
+/// and so in no snapshot's in-progress list. Its gap stays open all the same, and its row is
+/// replayed when it commits. On a server of the test's own, so that no other transaction
+/// completes and moves the horizon past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_whose_writer_is_above_the_snapshot_horizon_stays_open() {
+    let (_server, url, settings, _a) = quiet_server().await;
     let b = Host::<Postgres>::open(&url, settings, true).await;
     let reader = b.reader.as_ref().unwrap();
     reader.wait_for(0).await;
@@ -147,22 +159,7 @@ async fn a_gap_whose_writer_is_above_the_snapshot_horizon_stays_open() {
 /// replayed when it commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_started_while_a_writer_above_the_snapshot_horizon_is_open_replays_it() {
-    let server = crate::private_server::PrivateServer::start();
-    let mut admin = AsyncPgConnection::establish(&server.url("postgres"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute("CREATE DATABASE horizon")
-        .await
-        .unwrap();
-    drop(admin);
-    let url = server.url("horizon");
-    let mut settings = fast();
-    settings.host_heartbeat = None;
-    settings.trim = false;
-    settings.events.process = false;
-    let a = Host::<Postgres>::open(&url, settings.clone(), false).await;
-    a.accounts.db.exec(crate::common::ACCOUNTS).await;
+    let (_server, url, settings, _a) = quiet_server().await;
 
     let mut older = AsyncPgConnection::establish(&url).await.unwrap();
     older
