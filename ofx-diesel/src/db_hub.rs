@@ -231,9 +231,10 @@ impl<B: Backend> DbHub<B> {
                 clock_offset: std::sync::atomic::AtomicI64::new(0),
             }),
         };
-        // Best effort: a database that cannot be reached now is measured at the first
-        // heartbeat that reaches it.
-        let _ = db.measure_clock().await;
+        // Best effort, and bounded (opening never waited for the server when not migrating): a
+        // database that cannot be reached now is measured at the first heartbeat that reaches
+        // it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), db.measure_clock()).await;
         Ok(db)
     }
 
