@@ -15,8 +15,8 @@ use crate::{ComputeService, Hub};
 
 /// What a lookup found.
 enum Lookup<S, K, T> {
-    /// A consistent value; with its node when the caller must register a dependency on it.
-    Hit(T, Option<Arc<Node<S, K, T>>>),
+    /// A consistent value (registered as a dependency of the running computation, if any).
+    Hit(T),
     /// Another caller is computing it.
     Wait(Arc<Node<S, K, T>>),
     /// This caller inserted the node and must compute it.
@@ -48,22 +48,7 @@ where
     // still in the cache, or in flight, was computed from an invalidated value.
     loop {
         match lookup::<S, K, T>(hub, method, &key) {
-            Lookup::Hit(value, None) => return value,
-            Lookup::Hit(value, Some(node)) => {
-                let node: Arc<dyn ErasedNode> = node;
-                let registered = Context::with_current(|context| {
-                    let registered = context.register_pending(&node);
-                    if registered {
-                        context.record_captured(&node);
-                    }
-                    registered
-                });
-                if registered == Some(false) {
-                    // Invalidated since it was read: do not use it, look again.
-                    continue;
-                }
-                return value;
-            }
+            Lookup::Hit(value) => return value,
             Lookup::Wait(node) => {
                 method.count_wait();
                 let context = Context::current();
@@ -144,6 +129,9 @@ where
 
 /// Looks `key` up, inserting a computing node on a miss. Synchronous, so that no map guard
 /// lives across an `.await`.
+///
+/// A hit inside a computation registers the dependency here, on the node the map holds: a
+/// value the computation read before costs no reference count, a new one costs one.
 #[inline]
 fn lookup<S, K, T>(hub: &Hub, method: &'static ComputeMethodDescriptor, key: &K) -> Lookup<S, K, T>
 where
@@ -159,12 +147,21 @@ where
             match core.state() {
                 CONSISTENT => {
                     if let Some(value) = node.output() {
-                        core.touch();
-                        table.emit(|| HubEvent::CacheHit {
-                            method: method.name(),
+                        let usable = Context::with_current(|context| {
+                            context.register_hit(node.as_ref(), || {
+                                Arc::clone(node) as Arc<dyn ErasedNode>
+                            })
                         });
-                        let node = Context::is_active().then(|| Arc::clone(node));
-                        return Lookup::Hit(value.clone(), node);
+                        if usable != Some(false) {
+                            core.touch();
+                            table.emit(|| HubEvent::CacheHit {
+                                method: method.name(),
+                            });
+                            return Lookup::Hit(value.clone());
+                        }
+                        // Invalidated since it was read: do not use it, look again (it is
+                        // found invalidated, and removed, below).
+                        continue;
                     }
                 }
                 COMPUTING => return Lookup::Wait(Arc::clone(node)),

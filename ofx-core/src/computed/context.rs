@@ -41,12 +41,6 @@ impl Context {
         CONTEXT.try_with(f).ok()
     }
 
-    /// Whether the running task is inside a computation or capture.
-    #[inline]
-    pub(crate) fn is_active() -> bool {
-        CONTEXT.try_with(|_| ()).is_ok()
-    }
-
     /// Runs `future` with `self` as its context.
     pub(crate) fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
         CONTEXT.scope(self, future)
@@ -73,15 +67,45 @@ impl Context {
     /// Once the caller has the value, call [`record_captured`](Self::record_captured); if a
     /// wait gives none (the computation was abandoned), [`forget_pending`](Self::forget_pending).
     pub(crate) fn register_pending(&self, dependency: &Arc<dyn ErasedNode>) -> bool {
+        self.register_shared(dependency.as_ref(), || Arc::clone(dependency))
+    }
+
+    /// [`register_pending`](Self::register_pending) for a dependency seen through a reference:
+    /// `share` gives a reference to keep, asked for only if the running computation did not
+    /// record it before (a value read again costs no reference count).
+    #[inline]
+    pub(crate) fn register_shared(
+        &self,
+        dependency: &dyn ErasedNode,
+        share: impl FnOnce() -> Arc<dyn ErasedNode>,
+    ) -> bool {
         self.computation()
-            .is_none_or(|dependent| depend(dependent, dependency))
+            .is_none_or(|dependent| depend(dependent, dependency, share))
+    }
+
+    /// A cache hit on `dependency` in this context: [`register_shared`](Self::register_shared),
+    /// then, if it is not invalidated, [`record_captured`](Self::record_captured). Returns
+    /// whether the caller may use its value.
+    #[inline]
+    pub(crate) fn register_hit(
+        &self,
+        dependency: &dyn ErasedNode,
+        share: impl Fn() -> Arc<dyn ErasedNode>,
+    ) -> bool {
+        if !self.register_shared(dependency, &share) {
+            return false;
+        }
+        if matches!(self, Self::Capturing(_)) {
+            self.record_captured(&share());
+        }
+        true
     }
 
     /// Undoes [`register_pending`](Self::register_pending) for a computation that was
     /// abandoned: it produced no value, so the running computation did not use it.
     pub(crate) fn forget_pending(&self, dependency: &Arc<dyn ErasedNode>) {
         if let Some(dependent) = self.computation() {
-            dependent.core().remove_dependency(dependency);
+            dependent.core().remove_dependency(dependency.as_ref());
         }
     }
 
@@ -107,11 +131,19 @@ impl Context {
 }
 
 /// Records that `dependent` is computed from `dependency`. Returns `false`, recording nothing,
-/// if `dependency` is invalidated.
-fn depend(dependent: &Arc<dyn ErasedNode>, dependency: &Arc<dyn ErasedNode>) -> bool {
+/// if `dependency` is invalidated. `share` gives the reference to `dependency` that `dependent`
+/// keeps, asked for only when the edge is new.
+fn depend(
+    dependent: &Arc<dyn ErasedNode>,
+    dependency: &dyn ErasedNode,
+    share: impl FnOnce() -> Arc<dyn ErasedNode>,
+) -> bool {
     // The dependent's side first, where a dependency recorded before is found (then it had
     // `dependent` as its dependent already, or it refused it: see below). One lock per side.
-    if !dependent.core().add_dependency(dependency) {
+    if !dependent
+        .core()
+        .add_dependency(super::node::address_of(dependency), share)
+    {
         return true;
     }
     // Once on the dependency's side, an invalidation of `dependency` reaches `dependent`.
