@@ -19,6 +19,41 @@ use crate::{Error, Result};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
+diesel::define_sql_function! {
+    /// SQLite's scalar `max` of two values.
+    #[sql_name = "max"]
+    fn greatest(a: diesel::sql_types::BigInt, b: diesel::sql_types::BigInt) -> diesel::sql_types::BigInt;
+}
+
+diesel::define_sql_function! {
+    /// SQLite's `ifnull`: `a`, or `b` when `a` is NULL.
+    fn ifnull(a: diesel::sql_types::Nullable<diesel::sql_types::BigInt>, b: diesel::sql_types::BigInt) -> diesel::sql_types::BigInt;
+}
+
+/// The index of the operation row an insert writes: one past the newest row and past what the
+/// trimmer deleted, so an index is never reused, even after a trim that emptied the log. (The
+/// log has no AUTOINCREMENT, which cost every commit a write of `sqlite_sequence`; the
+/// writer's transaction holds SQLite's write lock, so no other insert runs between the read and
+/// the write.) Typed, not SQL text, so that the insert stays a cached prepared statement.
+macro_rules! next_idx {
+    () => {
+        greatest(
+            ifnull(
+                dsl::ofx_operations
+                    .select(diesel::dsl::max(dsl::idx))
+                    .single_value(),
+                0_i64,
+            ),
+            ifnull(
+                trims::ofx_log_trims
+                    .select(trims::trimmed_through)
+                    .single_value(),
+                0_i64,
+            ),
+        ) + 1_i64
+    };
+}
+
 /// SQLite, the embedded default: a file path (or `:memory:` for one connection) as the URL.
 ///
 /// Connections use WAL, `synchronous = NORMAL` (durable against a process crash; use
@@ -88,6 +123,7 @@ impl Backend for Sqlite {
         // as a prepared statement. `xid` stays NULL.
         let idx = diesel::insert_into(dsl::ofx_operations)
             .values((
+                dsl::idx.eq(next_idx!()),
                 dsl::uuid.eq(row.uuid),
                 dsl::host_id.eq(row.host_id),
                 dsl::logged_at.eq(row.logged_at),
@@ -111,6 +147,7 @@ impl Backend for Sqlite {
         // One hop to the blocking pool for both (each statement is one otherwise): the row's
         // columns are moved into it.
         let values = (
+            dsl::idx.eq(next_idx!()),
             dsl::uuid.eq(row.uuid.to_owned()),
             dsl::host_id.eq(row.host_id.to_owned()),
             dsl::logged_at.eq(row.logged_at),

@@ -130,6 +130,20 @@ where
         .await;
     assert_eq!(trimmer.trim().await.unwrap(), 5, "then all of them");
     assert_eq!(db.count("ofx_operations").await, 0);
+    // An emptied log still never gives an index twice: the next operation comes after every
+    // trimmed one (a reader whose cursor is there would miss it otherwise).
+    assert_eq!(
+        db.count("ofx_log_trims WHERE trimmed_through >= 8").await,
+        1,
+        "the eight operations are trimmed"
+    );
+    a.deposit(8, 1, false).await.unwrap();
+    assert_eq!(
+        db.count("ofx_operations, ofx_log_trims WHERE idx > trimmed_through")
+            .await,
+        1,
+        "the new operation's index is past the trimmed ones"
+    );
     // Nothing else to trim by: the log has no index on `logged_at` to keep up at each commit.
     let catalog = if B::NAME == "postgres" {
         "pg_indexes WHERE indexname = 'ofx_operations_logged_at'"
