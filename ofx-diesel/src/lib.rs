@@ -60,7 +60,7 @@
 //! closes when it rolls back. Indexes the sequence has not handed out yet (below a row written
 //! far ahead of it) wait until it does. [`DbSettings::gap_retention`] is only a safety net for a
 //! gap held open by an unrelated long write transaction on the server. See
-//! [`LogReader`](LogReader#gaps). SQLite has one writer and `AUTOINCREMENT`: rows commit in
+//! [`LogReader`](LogReader#gaps). SQLite has one writer, and each insert takes the index past the newest: rows commit in
 //! index order.
 //!
 //! ## A `COMMIT` that fails

@@ -78,7 +78,7 @@ impl Backend for Sqlite {
     type Inspect = Self;
 
     const NAME: &'static str = "sqlite";
-    // One writer at a time, and AUTOINCREMENT: rows commit in index order.
+    // One writer at a time, each insert one past the newest index: rows commit in index order.
     const HAS_GAPS: bool = false;
     // One writer, in this process: a transaction whose COMMIT failed on a connection we then
     // close can no longer commit.
@@ -289,7 +289,7 @@ impl Backend for Sqlite {
     }
 
     async fn start_position(connection: &mut Self::Connection) -> Result<StartPosition> {
-        // One writer at a time, and AUTOINCREMENT: a row not visible now gets a higher index.
+        // One writer at a time, each insert one past the newest index: a row not visible now gets a higher one.
         let cursor: Option<i64> = dsl::ofx_operations
             .select(diesel::dsl::max(dsl::idx))
             .first(connection)
