@@ -74,10 +74,13 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
 
     /// Begins an operation's transaction on `connection`, at the isolation level the settings
     /// say ([`isolation_statement`](Self::isolation_statement)); SQLite begins `IMMEDIATE`.
+    /// Returns the transaction's id where the backend takes it at `BEGIN` (PostgreSQL, in the
+    /// same round trip): commit verification asks the server about it if the operation row's
+    /// reply is lost.
     fn begin_operation(
         connection: &mut Self::Connection,
         settings: &crate::DbSettings,
-    ) -> impl Future<Output = Result<()>> + Send {
+    ) -> impl Future<Output = Result<Option<i64>>> + Send {
         async move {
             use diesel_async::{SimpleAsyncConnection, TransactionManager};
             <Self::Connection as AsyncConnection>::TransactionManager::begin_transaction(
@@ -87,7 +90,7 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
             if let Some(isolation) = Self::isolation_statement(settings) {
                 connection.batch_execute(isolation).await?;
             }
-            Ok(())
+            Ok(None)
         }
     }
 
@@ -96,13 +99,17 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
 
     /// Inserts the operation row and commits: [`insert_operation`](Self::insert_operation),
     /// then the transaction manager's commit, in one hop to the blocking pool where the
-    /// backend runs there (SQLite). `Err`: the insert failed (nothing was committed, and the
-    /// transaction is still open, to roll back). `Ok((inserted, Err))`: the commit failed, and
-    /// must be verified.
+    /// backend runs there (SQLite), in one round trip where it pipelines them (PostgreSQL).
+    /// `Err`: the insert failed (nothing was committed; roll back). `Ok((inserted, Err))`: the
+    /// commit failed, or its outcome is unknown, and must be verified; `inserted` may then be
+    /// [`Inserted::unknown`] with `xid`, the transaction's id taken at `BEGIN` (the row's reply
+    /// was lost: verification finds its index by the operation's uuid).
     fn insert_operation_and_commit(
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
+        xid: Option<i64>,
     ) -> impl Future<Output = Result<(Inserted, diesel::QueryResult<()>)>> + Send {
+        let _ = xid;
         async move {
             use diesel_async::TransactionManager;
             let inserted = Self::insert_operation(connection, row).await?;
@@ -176,11 +183,11 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<OperationRow>>> + Send;
 
-    /// Whether an operation with this uuid is in the log (commit verification).
-    fn contains(
+    /// The index of the operation with this uuid, if it is in the log (commit verification).
+    fn find(
         connection: &mut Self::Connection,
         uuid: &str,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     /// Every row with an index up to this one may have been trimmed.
     fn trimmed_through(

@@ -109,9 +109,12 @@ async fn verify<B: Backend>(
     inserted: Inserted,
     source: diesel::result::Error,
 ) -> CommitVerdict {
-    let verdict = match resolve(&db, operation, inserted.xid).await {
-        Resolution::Committed => CommitVerdict::Committed {
-            sequence: inserted.idx,
+    let verdict = match resolve(&db, operation, inserted).await {
+        // The index the log has, or, when the row was not visible yet to verification, the
+        // one the insert returned (`resolve` waits for the row when the insert's reply was
+        // lost).
+        Resolution::Committed(found) => CommitVerdict::Committed {
+            sequence: found.unwrap_or(inserted.idx),
         },
         Resolution::NotCommitted => {
             CommitVerdict::NotCommitted(Error::CommitFailed { operation, source })
@@ -134,7 +137,8 @@ async fn verify<B: Backend>(
 /// What verification concluded.
 #[derive(Debug)]
 enum Resolution {
-    Committed,
+    /// Committed; with the row's index when verification found the row.
+    Committed(Option<i64>),
     NotCommitted,
     InDoubt(Doubt),
 }
@@ -149,7 +153,7 @@ enum Answer {
 
 /// Asks the database, on fresh connections, until it settles whether `operation` committed or
 /// the verification period ends.
-async fn resolve<B: Backend>(db: &DbHub<B>, operation: Uuid, xid: Option<i64>) -> Resolution {
+async fn resolve<B: Backend>(db: &DbHub<B>, operation: Uuid, inserted: Inserted) -> Resolution {
     let period = db.settings().commit_verification;
     let deadline = Instant::now() + period;
     let uuid = operation.to_string();
@@ -159,7 +163,7 @@ async fn resolve<B: Backend>(db: &DbHub<B>, operation: Uuid, xid: Option<i64>) -
     while Instant::now() < deadline {
         let asked = tokio::time::timeout_at(
             deadline,
-            ask::<B>(db.url(), &mut connection, &uuid, xid, period),
+            ask::<B>(db.url(), &mut connection, &uuid, inserted, period),
         )
         .await;
         match asked {
@@ -189,7 +193,7 @@ async fn ask<B: Backend>(
     url: &str,
     connection: &mut Option<B::Connection>,
     uuid: &str,
-    xid: Option<i64>,
+    inserted: Inserted,
     period: Duration,
 ) -> Result<Answer> {
     let connection = match connection {
@@ -200,13 +204,13 @@ async fn ask<B: Backend>(
                 .map_err(|error| Error::Connect(error.to_string()))?,
         ),
     };
-    if B::contains(connection, uuid).await? {
-        return Ok(Answer::Final(Resolution::Committed));
+    if let Some(idx) = B::find(connection, uuid).await? {
+        return Ok(Answer::Final(Resolution::Committed(Some(idx))));
     }
     if B::FAILED_COMMIT_IS_FINAL {
         return Ok(Answer::Final(Resolution::NotCommitted));
     }
-    let Some(xid) = xid else {
+    let Some(xid) = inserted.xid else {
         // Without the transaction's id, a row not there yet may still come.
         return Ok(Answer::Again(Doubt::NoTransactionId(period)));
     };
@@ -215,16 +219,22 @@ async fn ask<B: Backend>(
             // The commit log says committed: certain. The row becomes visible to new snapshots
             // a moment after the commit log records the commit, hence a row looked up before
             // this answer may have been missed.
-            if !B::contains(connection, uuid).await? {
-                tracing::debug!(uuid, xid, "committed, its row not visible yet");
+            match B::find(connection, uuid).await? {
+                Some(idx) => Answer::Final(Resolution::Committed(Some(idx))),
+                None if inserted.has_index() => {
+                    tracing::debug!(uuid, xid, "committed, its row not visible yet");
+                    Answer::Final(Resolution::Committed(None))
+                }
+                // Committed, but the row's index is known only from the row, visible a moment
+                // after the commit: ask again.
+                None => Answer::Again(Doubt::InProgress(period)),
             }
-            Answer::Final(Resolution::Committed)
         }
         Some(TransactionStatus::Aborted) => Answer::Final(Resolution::NotCommitted),
         Some(TransactionStatus::InProgress) => Answer::Again(Doubt::InProgress(period)),
         None => {
-            if B::contains(connection, uuid).await? {
-                Answer::Final(Resolution::Committed)
+            if let Some(idx) = B::find(connection, uuid).await? {
+                Answer::Final(Resolution::Committed(Some(idx)))
             } else {
                 Answer::Final(Resolution::InDoubt(Doubt::UnknownTransaction(xid)))
             }

@@ -60,8 +60,8 @@
 //! closes when it rolls back. Indexes the sequence has not handed out yet (below a row written
 //! far ahead of it) wait until it does. [`DbSettings::gap_retention`] is only a safety net for a
 //! gap held open by an unrelated long write transaction on the server. See
-//! [`LogReader`](LogReader#gaps). SQLite has one writer, and each insert takes the index past the newest: rows commit in
-//! index order.
+//! [`LogReader`](LogReader#gaps). SQLite has one writer, and each insert takes the index past
+//! the newest: rows commit in index order.
 //!
 //! ## A `COMMIT` that fails
 //!
@@ -72,6 +72,10 @@
 //! id of its transaction (`xid`), and `pg_xact_status` tells a transaction that aborted from one
 //! whose session is still committing; on SQLite, one process-local writer, the operation's
 //! presence in the log settles it once the failed connection is closed.
+//!
+//! On PostgreSQL the operation row and `COMMIT` are sent together (pipelined: one round trip),
+//! and `BEGIN` takes the transaction's id in its own round trip: if the row's reply is lost
+//! too, verification asks about that id and finds the row's index by the operation's uuid.
 //!
 //! ## Coverage loss
 //!

@@ -119,6 +119,103 @@ impl Backend for Postgres {
         Ok(Inserted { idx, xid })
     }
 
+    async fn begin_operation(
+        connection: &mut Self::Connection,
+        settings: &crate::DbSettings,
+    ) -> Result<Option<i64>> {
+        use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
+        use diesel_async::TransactionManager;
+        let status = <AsyncPgConnection as AsyncConnection>::TransactionManager::
+            transaction_manager_status_mut(connection);
+        if !matches!(status.transaction_depth(), Ok(None)) {
+            // Not a connection at rest (it never is, fresh from the pool): the transaction
+            // manager begins, and says what is wrong.
+            <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(
+                connection,
+            )
+            .await?;
+            if let Some(isolation) = Self::isolation_statement(settings) {
+                diesel_async::SimpleAsyncConnection::batch_execute(connection, isolation).await?;
+            }
+            return Ok(None);
+        }
+        // Pipelined: `BEGIN` (with its isolation level) and the transaction's id in one round
+        // trip, `BEGIN` first (see `in_order`). Taking the id assigns it now rather than at the
+        // first write; every operation writes its row anyway.
+        let shared: &AsyncPgConnection = connection;
+        let begin = if settings.serializable {
+            BeginSerializable.execute(&mut &*shared)
+        } else {
+            Begin.execute(&mut &*shared)
+        };
+        let xid = CurrentTransactionId.get_result::<i64>(&mut &*shared);
+        let (begun, xid) = in_order(begin, xid).await;
+        begun?;
+        // `BEGIN` went outside the transaction manager: it is told.
+        let status = <AsyncPgConnection as AsyncConnection>::TransactionManager::
+            transaction_manager_status_mut(connection);
+        match status {
+            TransactionManagerStatus::Valid(valid) => {
+                valid.change_transaction_depth(TransactionDepthChange::IncreaseDepth)?;
+            }
+            TransactionManagerStatus::InError => {
+                return Err(diesel::result::Error::BrokenTransactionManager.into());
+            }
+        }
+        Ok(Some(xid?))
+    }
+
+    async fn insert_operation_and_commit(
+        connection: &mut Self::Connection,
+        row: NewOperationRow<'_>,
+        begun_as: Option<i64>,
+    ) -> Result<(Inserted, diesel::QueryResult<()>)> {
+        use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
+        use diesel::result::{DatabaseErrorKind, Error as QueryError};
+        use diesel_async::TransactionManager;
+        // Pipelined: the row and `COMMIT` are sent before either reply is awaited, one round
+        // trip instead of two, the row first (see `in_order`). A row the server refuses aborts
+        // the transaction, and the `COMMIT` behind it then rolls it back.
+        let shared: &AsyncPgConnection = connection;
+        let insert = InsertOperation(row).get_result::<(i64, Option<i64>)>(&mut &*shared);
+        let commit = Commit.execute(&mut &*shared);
+        let (inserted, committed) = in_order(insert, commit).await;
+        let status = <AsyncPgConnection as AsyncConnection>::TransactionManager::
+            transaction_manager_status_mut(connection);
+        match inserted {
+            Ok((idx, xid)) => {
+                let committed = committed.map(drop);
+                match (&committed, &mut *status) {
+                    // `COMMIT` went outside the transaction manager: it is told.
+                    (Ok(()), TransactionManagerStatus::Valid(valid)) => {
+                        valid.change_transaction_depth(TransactionDepthChange::DecreaseDepth)?;
+                    }
+                    // Verified, and the connection closed, by the caller.
+                    _ => status.set_in_error(),
+                }
+                Ok((Inserted { idx, xid }, committed))
+            }
+            // Refused by the server: nothing was committed. The manager still counts the
+            // transaction open; the caller's `ROLLBACK` (which the server answers with a
+            // warning) closes it.
+            Err(error @ QueryError::DatabaseError(kind, _))
+                if !matches!(kind, DatabaseErrorKind::UnableToSendCommand) =>
+            {
+                Err(error.into())
+            }
+            // No reply to the row (the connection failed): the `COMMIT` behind it may have
+            // reached the server. Verified by the transaction's id taken at `BEGIN`, the index
+            // found by the operation's uuid.
+            Err(lost) => {
+                status.set_in_error();
+                Ok((
+                    Inserted::unknown(begun_as),
+                    Err(committed.err().unwrap_or(lost)),
+                ))
+            }
+        }
+    }
+
     async fn insert_operation_completing(
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
@@ -145,7 +242,7 @@ impl Backend for Postgres {
             ev::last_error.eq(None::<String>),
         ))
         .execute(&mut &*shared);
-        let (inserted, completed) = tokio::join!(insert, complete);
+        let (inserted, completed) = in_order(insert, complete).await;
         let (idx, xid) = inserted?;
         Ok((Inserted { idx, xid }, completed? == 1))
     }
@@ -167,7 +264,7 @@ impl Backend for Postgres {
         let trimmed = trims::ofx_log_trims
             .select(trims::trimmed_through)
             .first::<i64>(&mut &*shared);
-        let (rows, trimmed) = tokio::join!(rows, trimmed);
+        let (rows, trimmed) = in_order(rows, trimmed).await;
         Ok((trimmed?, rows?))
     }
 
@@ -435,5 +532,75 @@ impl QueryFragment<Pg> for InsertOperation<'_> {
         out.push_bind_param::<Text, _>(row.nested_json)?;
         out.push_sql(", x.xid FROM x, m RETURNING idx, xid");
         Ok(())
+    }
+}
+
+/// Fixed statements with a static query id: diesel-async caches each as a prepared statement
+/// (a `diesel::sql_query` is prepared again at each run: one more round trip).
+macro_rules! fixed_statements {
+    ($($(#[$doc:meta])* $name:ident: $sql_type:ty = $sql:literal;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        struct $name;
+
+        impl QueryId for $name {
+            type QueryId = $name;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+
+        impl Query for $name {
+            type SqlType = $sql_type;
+        }
+
+        impl QueryFragment<Pg> for $name {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+                out.push_sql($sql);
+                Ok(())
+            }
+        }
+    )*};
+}
+
+fixed_statements! {
+    /// Begins a transaction.
+    Begin: BigInt = "BEGIN";
+    /// Begins a serializable transaction.
+    BeginSerializable: BigInt = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+    /// Commits the transaction.
+    Commit: BigInt = "COMMIT";
+    /// The running transaction's id (assigning one if it has none yet).
+    CurrentTransactionId: BigInt = "SELECT CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT)";
+}
+
+/// Awaits `first` and `second` together, `first` always polled first, so that two pipelined
+/// statements reach the server in that order: diesel-async sends a statement in the poll that
+/// gets it from the connection's statement cache, and holds that cache while it prepares one
+/// (on a new connection), so `second` waits until `first` is sent. (`tokio::join!` polls in
+/// turns, which may start with `second`.)
+async fn in_order<A: Future, B: Future>(first: A, second: B) -> (A::Output, B::Output) {
+    use std::task::Poll;
+    let (mut first, mut second) = (std::pin::pin!(first), std::pin::pin!(second));
+    let (mut a, mut b) = (None, None);
+    std::future::poll_fn(|cx| {
+        if a.is_none()
+            && let Poll::Ready(output) = first.as_mut().poll(cx)
+        {
+            a = Some(output);
+        }
+        if b.is_none()
+            && let Poll::Ready(output) = second.as_mut().poll(cx)
+        {
+            b = Some(output);
+        }
+        if a.is_some() && b.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        _ => unreachable!("both outputs are there once the poll above is ready"),
     }
 }

@@ -70,14 +70,13 @@ macro_rules! log_queries {
                 .await?)
         }
 
-        async fn contains(connection: &mut Self::Connection, uuid: &str) -> Result<bool> {
-            let found: Option<i64> = dsl::ofx_operations
+        async fn find(connection: &mut Self::Connection, uuid: &str) -> Result<Option<i64>> {
+            Ok(dsl::ofx_operations
                 .filter(dsl::uuid.eq(uuid))
                 .select(dsl::idx)
                 .first(connection)
                 .await
-                .optional()?;
-            Ok(found.is_some())
+                .optional()?)
         }
 
         async fn trimmed_through(connection: &mut Self::Connection) -> Result<i64> {

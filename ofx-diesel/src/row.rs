@@ -94,6 +94,21 @@ pub struct Inserted {
     pub xid: Option<i64>,
 }
 
+impl Inserted {
+    /// What is known of a row whose insert got no reply (the connection failed after the
+    /// row, and the `COMMIT` pipelined behind it, were sent): its transaction's id, taken at
+    /// `BEGIN`. Its index is not known (0, which no row has): commit verification finds it by
+    /// the operation's uuid.
+    pub const fn unknown(xid: Option<i64>) -> Self {
+        Self { idx: 0, xid }
+    }
+
+    /// Whether the row's index is known (see [`unknown`](Self::unknown)).
+    pub const fn has_index(&self) -> bool {
+        self.idx > 0
+    }
+}
+
 /// A row to insert.
 #[derive(Debug, Insertable)]
 #[diesel(table_name = ofx_operations)]

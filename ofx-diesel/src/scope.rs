@@ -53,6 +53,9 @@ pub struct DbOperationScope<B: Backend> {
     /// The database's writer turn, held from `BEGIN` to the end of the transaction (a
     /// one-writer database).
     writer: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// The transaction's id, where the backend takes it at `BEGIN` (PostgreSQL): what commit
+    /// verification asks the server about if the operation row's reply is lost.
+    xid: std::sync::Mutex<Option<i64>>,
 }
 
 /// How long an operation waits for the writer turn of a one-writer database before it begins
@@ -82,6 +85,7 @@ impl<B: Backend> DbOperationScope<B> {
             link: std::sync::Mutex::new(None),
             notified: std::sync::atomic::AtomicBool::new(false),
             writer: std::sync::Mutex::new(None),
+            xid: std::sync::Mutex::new(None),
         }
     }
 
@@ -149,7 +153,13 @@ impl<B: Backend> DbOperationScope<B> {
         loop {
             let mut connection = B::get(&self.db.pool).await?;
             match B::begin_operation(&mut connection, &self.db.settings).await {
-                Ok(()) => return Ok(connection),
+                Ok(xid) => {
+                    *self
+                        .xid
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = xid;
+                    return Ok(connection);
+                }
                 Err(error) => {
                     let reused = B::reused(&connection);
                     B::discard(connection);
@@ -393,8 +403,13 @@ impl<B: Backend> DbOperationScope<B> {
         // The common case, nothing else to write and no fault to inject: the row and `COMMIT`
         // together (SQLite: one hop to the blocking pool instead of two).
         if self.claim.is_none() && operation.events.is_empty() && fault.is_none() {
+            let xid = *self
+                .xid
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let stored =
-                B::insert_operation_and_commit(&mut connection, row.new_row(committed_at)).await;
+                B::insert_operation_and_commit(&mut connection, row.new_row(committed_at), xid)
+                    .await;
             let (inserted, committed) = match stored {
                 Ok(stored) => stored,
                 Err(error) => {

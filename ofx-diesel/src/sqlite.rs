@@ -142,6 +142,7 @@ impl Backend for Sqlite {
     async fn insert_operation_and_commit(
         connection: &mut Self::Connection,
         row: NewOperationRow<'_>,
+        _xid: Option<i64>,
     ) -> Result<(Inserted, diesel::QueryResult<()>)> {
         use diesel::connection::{AnsiTransactionManager, TransactionManager};
         // One hop to the blocking pool for both (each statement is one otherwise): the row's
@@ -248,7 +249,7 @@ impl Backend for Sqlite {
     async fn begin_operation(
         connection: &mut Self::Connection,
         _settings: &crate::DbSettings,
-    ) -> Result<()> {
+    ) -> Result<Option<i64>> {
         // `BEGIN IMMEDIATE`: the write lock from the start (waiting up to the busy timeout).
         // Every operation writes (its row at least), and a deferred transaction that read
         // first cannot take the lock once another writer committed after its read (its
@@ -261,7 +262,7 @@ impl Backend for Sqlite {
                 )
             })
             .await?;
-        Ok(())
+        Ok(None)
     }
 
     async fn claim_events(

@@ -29,6 +29,73 @@ mod postgres {
         xid: Option<i64>,
     }
 
+    /// `BEGIN` takes the transaction's id in the same round trip (what verification asks
+    /// about when the row's reply is lost): it is the id the row records, at both isolation
+    /// levels, and the row and `COMMIT` pipelined after it commit that transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_id_taken_at_begin_is_the_transaction_s_and_the_pipelined_commit_commits_it() {
+        let url = postgres_database().await;
+        for serializable in [false, true] {
+            let mut settings = DbSettings::default();
+            settings.serializable = serializable;
+            // A new connection (no statement prepared yet), then again on the same one.
+            let mut connection = AsyncPgConnection::establish(&url).await.unwrap();
+            for _ in 0..2 {
+                let begun_as = Postgres::begin_operation(&mut connection, &settings)
+                    .await
+                    .unwrap();
+                assert!(begun_as.is_some(), "PostgreSQL takes the id at BEGIN");
+                let level = diesel::sql_query(
+                    "SELECT CAST(0 AS BIGINT) AS idx, CAST(CASE current_setting(\
+                     'transaction_isolation') WHEN 'serializable' THEN 1 ELSE 0 END AS BIGINT) \
+                     AS xid",
+                )
+                .get_result::<Recorded>(&mut connection)
+                .await
+                .unwrap();
+                assert_eq!(
+                    level.xid,
+                    Some(i64::from(serializable)),
+                    "the isolation level"
+                );
+                let uuid = uuid::Uuid::now_v7().to_string();
+                let (inserted, committed) = Postgres::insert_operation_and_commit(
+                    &mut connection,
+                    NewOperationRow {
+                        uuid: &uuid,
+                        host_id: "here",
+                        logged_at: 0,
+                        committed_at: 0,
+                        command_name: "pg_accounts.deposit",
+                        command_json: "{}",
+                        items_json: "{}",
+                        nested_json: "[]",
+                    },
+                    begun_as,
+                )
+                .await
+                .unwrap();
+                committed.unwrap();
+                assert_eq!(
+                    inserted.xid, begun_as,
+                    "the row's transaction is the one begun"
+                );
+                let row = diesel::sql_query("SELECT idx, xid FROM ofx_operations WHERE uuid = $1")
+                    .bind::<diesel::sql_types::Text, _>(&uuid)
+                    .get_result::<Recorded>(&mut connection)
+                    .await
+                    .unwrap();
+                assert_eq!((row.idx, row.xid), (inserted.idx, begun_as), "committed");
+                assert_eq!(
+                    Postgres::transaction_status(&mut connection, begun_as.unwrap())
+                        .await
+                        .unwrap(),
+                    Some(TransactionStatus::Committed)
+                );
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_insert_returns_the_rows_index_and_records_its_transaction_id() {
         let url = postgres_database().await;

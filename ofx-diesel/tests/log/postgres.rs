@@ -46,6 +46,69 @@ async fn a_reader_behind_the_trimmed_log_invalidates_everything() {
     .await;
 }
 
+/// The operation row and `COMMIT` are pipelined (sent together): the row must still reach the
+/// server first, in the command's transaction, also on a new connection, where neither
+/// statement is prepared yet (the first command of each of these hubs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_row_commits_in_the_command_s_transaction_from_a_new_connection() {
+    let url = postgres_database().await;
+    for id in 0..3 {
+        let a = Host::<Postgres>::open(&url, fast(), false).await;
+        let sequence = a.deposit_sequence(id, 10).await;
+        // The business row's `xmin` is the transaction's 32-bit id; the log row's `xid` the
+        // full one.
+        assert_eq!(
+            a.accounts
+                .db
+                .count(&format!(
+                    "accounts, ofx_operations WHERE accounts.id = {id} AND ofx_operations.idx = \
+                     {sequence} AND ofx_operations.xid % 4294967296 = \
+                     accounts.xmin::text::bigint"
+                ))
+                .await,
+            1,
+            "command {id}: its account row and its log row were written by one transaction"
+        );
+    }
+}
+
+/// A log row the server refuses (here a trigger raises) aborts the transaction: the `COMMIT`
+/// pipelined behind it rolls everything back, the command fails, and the connection is still
+/// good for the next command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_row_the_server_refuses_leaves_no_write() {
+    let url = postgres_database().await;
+    let mut settings = fast();
+    settings.pool_size = 2;
+    let a = Host::<Postgres>::open(&url, settings, false).await;
+    a.deposit(1, 5, false).await.unwrap();
+    a.accounts
+        .db
+        .exec(
+            "CREATE FUNCTION refuse_operation() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION \
+             'refused'; END $$ LANGUAGE plpgsql; CREATE TRIGGER refuse_operation BEFORE INSERT \
+             ON ofx_operations FOR EACH ROW EXECUTE FUNCTION refuse_operation();",
+        )
+        .await;
+    let error = a.deposit(2, 5, false).await.unwrap_err();
+    assert!(
+        format!("{error:?}").contains("refused"),
+        "the server's refusal is reported: {error:?}"
+    );
+    assert_eq!(a.accounts.db.count("accounts WHERE id = 2").await, 0);
+    assert_eq!(a.accounts.db.count("ofx_operations").await, 1);
+    a.accounts
+        .db
+        .exec("DROP TRIGGER refuse_operation ON ofx_operations")
+        .await;
+    // The pool's connections (two), the refused one back from its aborted transaction.
+    for id in 2..5 {
+        a.deposit(id, 5, false).await.unwrap();
+    }
+    assert_eq!(a.accounts.db.count("accounts").await, 4);
+    assert_eq!(a.accounts.db.count("ofx_operations").await, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_connection_dies_is_verified_and_reported_failed() {
     let url = postgres_database().await;

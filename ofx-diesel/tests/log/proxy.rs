@@ -1,8 +1,11 @@
 //! A TCP proxy between a host and PostgreSQL that breaks the first `COMMIT` it sees after being
 //! armed, the ways a network can: it reads the client's messages (PostgreSQL's frontend
-//! protocol), and a simple-protocol query `Q` whose text is exactly `COMMIT` (what diesel-async
-//! sends to commit) triggers the armed [`Fault`]. It can also cut the connection that sends the
-//! next `BEGIN` ([`Proxy::arm_begin`]). Everything else is forwarded as it comes.
+//! protocol), and a `COMMIT` triggers the armed [`Fault`]: a simple-protocol query `Q` whose
+//! text is exactly `COMMIT` (what diesel-async's transaction manager sends), or the `Bind` of a
+//! statement prepared as `COMMIT` with what follows it up to its `Sync` (the commit an
+//! operation pipelines behind its row). It can also cut the connection that sends the next
+//! `BEGIN`, in either protocol ([`Proxy::arm_begin`]). Everything else is forwarded as it
+//! comes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -268,6 +271,8 @@ async fn client_to_server(
             break;
         }
     }
+    // The statements this connection prepared, by name: their text.
+    let mut statements = std::collections::HashMap::<Vec<u8>, Vec<u8>>::new();
     loop {
         let Ok(tag) = client.read_u8().await else {
             return;
@@ -279,11 +284,25 @@ async fn client_to_server(
         if client.read_exact(&mut body).await.is_err() {
             return;
         }
-        let mut message = Vec::with_capacity(body.len() + 5);
+        let mut message: Vec<u8> = Vec::with_capacity(body.len() + 5);
         message.push(tag);
         message.extend_from_slice(&length.to_be_bytes());
         message.extend_from_slice(&body);
-        if tag == b'Q' && body == b"BEGIN\0" && shared.begin_armed.swap(false, Ordering::SeqCst) {
+        if tag == b'P' {
+            // Parse: statement name, query text.
+            let mut parts = body.split(|byte| *byte == 0);
+            if let (Some(name), Some(query)) = (parts.next(), parts.next()) {
+                statements.insert(name.to_vec(), query.to_vec());
+            }
+        }
+        // Bind: portal name, statement name.
+        let bound = (tag == b'B')
+            .then(|| body.split(|byte| *byte == 0).nth(1))
+            .flatten()
+            .and_then(|statement| statements.get(statement));
+        let begins = (tag == b'Q' && body.starts_with(b"BEGIN"))
+            || bound.is_some_and(|query| query.starts_with(b"BEGIN"));
+        if begins && shared.begin_armed.swap(false, Ordering::SeqCst) {
             shared.begins_cut.fetch_add(1, Ordering::SeqCst);
             client_writer.lock().await.take();
             drop(client);
@@ -291,7 +310,37 @@ async fn client_to_server(
             drop(server);
             return;
         }
-        if tag == b'Q' && body == b"COMMIT\0" {
+        let binds_commit = bound.is_some_and(|query| query == b"COMMIT");
+        if binds_commit
+            && shared
+                .armed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some()
+        {
+            // The commit is its Bind, Execute and Sync: held together.
+            let mut commit = message.clone();
+            loop {
+                let Ok(tag) = client.read_u8().await else {
+                    return;
+                };
+                let Ok(length) = client.read_i32().await else {
+                    return;
+                };
+                let mut body = vec![0_u8; usize::try_from(length - 4).unwrap_or(0)];
+                if client.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                commit.push(tag);
+                commit.extend_from_slice(&length.to_be_bytes());
+                commit.extend_from_slice(&body);
+                if tag == b'S' {
+                    break;
+                }
+            }
+            message = commit;
+        }
+        if (tag == b'Q' && body == b"COMMIT\0") || binds_commit {
             let fault = shared
                 .armed
                 .lock()
