@@ -21,6 +21,20 @@ mod postgres {
     use crate::common::{Host, RawSql, fast, postgres_database};
     use crate::proxy::{Fault, Proxy};
 
+    /// An operation row of a deposit, as a host writes it.
+    fn deposit_row(uuid: &str) -> NewOperationRow<'_> {
+        NewOperationRow {
+            uuid,
+            host_id: "here",
+            logged_at: 0,
+            committed_at: 0,
+            command_name: "pg_accounts.deposit",
+            command_json: "{}",
+            items_json: "{}",
+            nested_json: "[]",
+        }
+    }
+
     #[derive(QueryableByName)]
     struct Recorded {
         #[diesel(sql_type = BigInt)]
@@ -61,16 +75,7 @@ mod postgres {
                 let uuid = uuid::Uuid::now_v7().to_string();
                 let (inserted, committed) = Postgres::insert_operation_and_commit(
                     &mut connection,
-                    NewOperationRow {
-                        uuid: &uuid,
-                        host_id: "here",
-                        logged_at: 0,
-                        committed_at: 0,
-                        command_name: "pg_accounts.deposit",
-                        command_json: "{}",
-                        items_json: "{}",
-                        nested_json: "[]",
-                    },
+                    deposit_row(&uuid),
                     begun_as,
                 )
                 .await
@@ -102,21 +107,9 @@ mod postgres {
         let mut connection = AsyncPgConnection::establish(&url).await.unwrap();
         connection.batch_execute("BEGIN").await.unwrap();
         let uuid = uuid::Uuid::now_v7().to_string();
-        let inserted = Postgres::insert_operation(
-            &mut connection,
-            NewOperationRow {
-                uuid: &uuid,
-                host_id: "here",
-                logged_at: 0,
-                committed_at: 0,
-                command_name: "pg_accounts.deposit",
-                command_json: "{}",
-                items_json: "{}",
-                nested_json: "[]",
-            },
-        )
-        .await
-        .unwrap();
+        let inserted = Postgres::insert_operation(&mut connection, deposit_row(&uuid))
+            .await
+            .unwrap();
         let current = diesel::sql_query(
             "SELECT CAST(0 AS BIGINT) AS idx, CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT) AS xid",
         )

@@ -274,20 +274,14 @@ async fn client_to_server(
     // The statements this connection prepared, by name: their text.
     let mut statements = std::collections::HashMap::<Vec<u8>, Vec<u8>>::new();
     loop {
-        let Ok(tag) = client.read_u8().await else {
+        let Some(Message {
+            tag,
+            body,
+            bytes: mut message,
+        }) = read_message(&mut client).await
+        else {
             return;
         };
-        let Ok(length) = client.read_i32().await else {
-            return;
-        };
-        let mut body = vec![0_u8; usize::try_from(length - 4).unwrap_or(0)];
-        if client.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let mut message: Vec<u8> = Vec::with_capacity(body.len() + 5);
-        message.push(tag);
-        message.extend_from_slice(&length.to_be_bytes());
-        message.extend_from_slice(&body);
         if tag == b'P' {
             // Parse: statement name, query text.
             let mut parts = body.split(|byte| *byte == 0);
@@ -319,26 +313,15 @@ async fn client_to_server(
                 .is_some()
         {
             // The commit is its Bind, Execute and Sync: held together.
-            let mut commit = message.clone();
             loop {
-                let Ok(tag) = client.read_u8().await else {
+                let Some(next) = read_message(&mut client).await else {
                     return;
                 };
-                let Ok(length) = client.read_i32().await else {
-                    return;
-                };
-                let mut body = vec![0_u8; usize::try_from(length - 4).unwrap_or(0)];
-                if client.read_exact(&mut body).await.is_err() {
-                    return;
-                }
-                commit.push(tag);
-                commit.extend_from_slice(&length.to_be_bytes());
-                commit.extend_from_slice(&body);
-                if tag == b'S' {
+                message.extend_from_slice(&next.bytes);
+                if next.tag == b'S' {
                     break;
                 }
             }
-            message = commit;
         }
         if (tag == b'Q' && body == b"COMMIT\0") || binds_commit {
             let fault = shared
@@ -365,6 +348,27 @@ async fn client_to_server(
             return;
         }
     }
+}
+
+/// One typed message of the frontend protocol.
+struct Message {
+    tag: u8,
+    body: Vec<u8>,
+    /// The whole message as read (tag, length, body), to forward.
+    bytes: Vec<u8>,
+}
+
+/// Reads the client's next typed message; `None` once the client is gone.
+async fn read_message(client: &mut OwnedReadHalf) -> Option<Message> {
+    let tag = client.read_u8().await.ok()?;
+    let length = client.read_i32().await.ok()?;
+    let mut body = vec![0_u8; usize::try_from(length - 4).unwrap_or(0)];
+    client.read_exact(&mut body).await.ok()?;
+    let mut bytes = Vec::with_capacity(body.len() + 5);
+    bytes.push(tag);
+    bytes.extend_from_slice(&length.to_be_bytes());
+    bytes.extend_from_slice(&body);
+    Some(Message { tag, body, bytes })
 }
 
 async fn apply(
