@@ -82,14 +82,7 @@ pub trait Backend: sealed::Sealed + Send + Sync + 'static {
         settings: &crate::DbSettings,
     ) -> impl Future<Output = Result<Option<i64>>> + Send {
         async move {
-            use diesel_async::{SimpleAsyncConnection, TransactionManager};
-            <Self::Connection as AsyncConnection>::TransactionManager::begin_transaction(
-                connection,
-            )
-            .await?;
-            if let Some(isolation) = Self::isolation_statement(settings) {
-                connection.batch_execute(isolation).await?;
-            }
+            begin_with_manager::<Self>(connection, settings).await?;
             Ok(None)
         }
     }
@@ -532,4 +525,18 @@ pub enum TransactionStatus {
 
 pub(crate) mod sealed {
     pub trait Sealed {}
+}
+
+/// Begins a transaction through the connection's transaction manager, then sets the isolation
+/// level the settings say: what [`Backend::begin_operation`] does by default.
+pub(crate) async fn begin_with_manager<B: Backend + ?Sized>(
+    connection: &mut B::Connection,
+    settings: &crate::DbSettings,
+) -> Result<()> {
+    use diesel_async::{SimpleAsyncConnection, TransactionManager};
+    <B::Connection as AsyncConnection>::TransactionManager::begin_transaction(connection).await?;
+    if let Some(isolation) = B::isolation_statement(settings) {
+        connection.batch_execute(isolation).await?;
+    }
+    Ok(())
 }

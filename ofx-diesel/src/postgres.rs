@@ -130,13 +130,7 @@ impl Backend for Postgres {
         if !matches!(status.transaction_depth(), Ok(None)) {
             // Not a connection at rest (it never is, fresh from the pool): the transaction
             // manager begins, and says what is wrong.
-            <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(
-                connection,
-            )
-            .await?;
-            if let Some(isolation) = Self::isolation_statement(settings) {
-                diesel_async::SimpleAsyncConnection::batch_execute(connection, isolation).await?;
-            }
+            crate::backend::begin_with_manager::<Self>(connection, settings).await?;
             return Ok(None);
         }
         // Pipelined: `BEGIN` (with its isolation level) and the transaction's id in one round
