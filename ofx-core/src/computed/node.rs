@@ -118,9 +118,19 @@ impl Edges {
                 }
             }
         }
-        self.dependencies.push(share());
+        push(&mut self.dependencies, share());
         true
     }
+}
+
+/// Pushes `item` onto `list`, sized for exactly one item when it is the first: most lists hold
+/// one (a value read by one computation, a computation that reads one value), and a `ThinVec`'s
+/// first allocation otherwise holds four (80 bytes for one 16-byte edge instead of 32).
+fn push<T>(list: &mut ThinVec<T>, item: T) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.push(item);
 }
 
 impl NodeCore {
@@ -311,7 +321,7 @@ impl NodeCore {
                 .dependents
                 .retain(|known| known.upgrade().is_some_and(|node| node.core().is_live()));
         }
-        edges.dependents.push(dependent);
+        push(&mut edges.dependents, dependent);
         true
     }
 
