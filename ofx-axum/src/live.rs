@@ -287,11 +287,35 @@ struct Live<M: ComputeMethod> {
     last_data: Option<serde_json::Value>,
 }
 
+/// How long a frame waits for the log reader to read through the operations its value reflects
+/// from hints (see `Live::log_position`): a read, normally well under a millisecond.
+const HINT_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl<M> Live<M>
 where
     M: ComputeMethod,
     M::Output: Serialize,
 {
+    /// The log position to put in the next frame's id, read before computing its value. When
+    /// the hub replayed operations from other hosts' hints ahead of its log reader
+    /// ([`Hub::hinted_position`](ofx_core::Hub::hinted_position)), the value about to be
+    /// computed reflects them: waits (at most [`HINT_CATCH_UP`]) for the reader to read that
+    /// far, so that the frame's id says so, and a client waiting for a frame at or past its
+    /// command's position gets this one.
+    async fn log_position(&self) -> Option<i64> {
+        let hub = self.service.hub();
+        let position = hub.log_position();
+        match (position, hub.hinted_position()) {
+            (Some(position), Some(hinted)) if hinted > position => {
+                tokio::time::timeout(HINT_CATCH_UP, hub.log_position_reached(hinted))
+                    .await
+                    .ok()
+                    .or_else(|| hub.log_position())
+            }
+            _ => position,
+        }
+    }
+
     /// The next frame: at once for the first, after the last value's invalidation for the
     /// others; `None` when the stream ends (shutdown, or after an error frame).
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
@@ -306,7 +330,7 @@ where
             }
         }
         loop {
-            let position = self.service.hub().log_position();
+            let position = self.log_position().await;
             let call = capture(self.method.call(&self.service, self.args.clone()));
             let captured = tokio::select! {
                 biased;

@@ -51,6 +51,9 @@ struct HubInner {
     log_position: AtomicI64,
     /// Notified when `log_position` moves forward; see `Hub::log_position_reached`.
     log_position_moved: tokio::sync::Notify,
+    /// The highest log position of an operation replayed from a hint (-1: none yet); see
+    /// `Hub::hinted_position`.
+    hinted_position: AtomicI64,
     shutdown: CancellationToken,
     /// The command handlers of the services added with `add_service`, by command type.
     handlers: papaya::HashMap<TypeId, HandlerEntry, foldhash::fast::RandomState>,
@@ -139,6 +142,24 @@ impl Hub {
         if position > before {
             self.inner.log_position_moved.notify_waiters();
         }
+    }
+
+    /// The highest log position of an operation this hub replayed from a hint another host's
+    /// wake-up carried ([`crate::watcher`]), possibly ahead of
+    /// [`log_position`](Self::log_position) until the log reader reads that far: values computed
+    /// now may reflect operations above `log_position`, up to this one. `None` before the
+    /// first hint.
+    pub fn hinted_position(&self) -> Option<i64> {
+        let position = self.inner.hinted_position.load(Ordering::Acquire);
+        (position >= 0).then_some(position)
+    }
+
+    /// Records that this hub replayed, from a hint, the operation at log position `position`
+    /// (what a log reader calls). The position never goes back.
+    pub fn note_hinted_position(&self, position: i64) {
+        self.inner
+            .hinted_position
+            .fetch_max(position, Ordering::AcqRel);
     }
 
     /// Waits until this hub has replayed the operation log through `position` or beyond
@@ -601,6 +622,7 @@ impl HubBuilder {
                 versions: AtomicU64::new(0),
                 log_position: AtomicI64::new(-1),
                 log_position_moved: tokio::sync::Notify::new(),
+                hinted_position: AtomicI64::new(-1),
                 shutdown: CancellationToken::new(),
                 handlers: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
                 adding: Mutex::new(()),

@@ -213,4 +213,12 @@ impl LogWatcher for SharedWatcher {
     fn wakes(&self) -> Arc<Notify> {
         Arc::clone(&self.reader_wakes)
     }
+
+    fn notify_committed(&self, operation: &ofx_core::Operation) {
+        self.inner.notify_committed(operation);
+    }
+
+    fn hints(&self) -> Option<Arc<ofx_core::watcher::WakeHints>> {
+        self.inner.hints()
+    }
 }

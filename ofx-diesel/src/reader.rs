@@ -67,6 +67,12 @@ pub struct ReaderStats {
     ///
     /// [`DbSettings::gap_retention`]: crate::DbSettings::gap_retention
     pub gaps_expired: AtomicU64,
+    /// Operations replayed from a hint another host's wake-up carried, before their rows were
+    /// read (counted in `replayed` too; their rows, read afterwards, in `known`).
+    pub hinted: AtomicU64,
+    /// Hints that were not an operation (logged at debug level, then dropped: the log has
+    /// the operation).
+    pub bad_hints: AtomicU64,
     /// Whether the reader's task runs, stopped, or ended unexpectedly.
     pub health: Arc<TaskHealth>,
 }
@@ -662,12 +668,18 @@ impl<B: Backend> DbHub<B> {
             stop: stop.clone(),
             stats: Arc::clone(&stats),
             progress: progress_tx,
+            hints: link.watcher().and_then(|watcher| watcher.hints()),
             watcher: link.watcher(),
         };
+        let replayer = task.hints.as_ref().map(|hints| {
+            let replayer = hint_replayer(hub, &stats, tokio::runtime::Handle::current());
+            hints.set_replayer(Arc::clone(&replayer));
+            replayer
+        });
         spawn_supervised(
             "ofx-diesel log reader",
             Arc::clone(&stats.health),
-            task.run(state),
+            task.run(state, replayer),
         );
         let reader = LogReader {
             shared: Arc::new(Shared {
@@ -728,10 +740,25 @@ struct Reader<B: Backend> {
     stats: Arc<ReaderStats>,
     progress: watch::Sender<Progress>,
     watcher: Option<Arc<dyn ofx_core::LogWatcher>>,
+    /// The hints the watcher receives, replayed before each read.
+    hints: Option<Arc<ofx_core::watcher::WakeHints>>,
 }
 
 impl<B: Backend> Reader<B> {
-    async fn run(self, mut state: tokio::sync::OwnedMutexGuard<ReaderState>) {
+    async fn run(
+        self,
+        state: tokio::sync::OwnedMutexGuard<ReaderState>,
+        replayer: Option<ofx_core::watcher::HintReplayer>,
+    ) {
+        let hints = self.hints.clone();
+        self.run_until_stopped(state).await;
+        // Hints go back to the queue for the next reader.
+        if let (Some(hints), Some(replayer)) = (hints, replayer) {
+            hints.remove_replayer(&replayer);
+        }
+    }
+
+    async fn run_until_stopped(self, mut state: tokio::sync::OwnedMutexGuard<ReaderState>) {
         let mut backoff = BACKOFF.0;
         let watcher_wakes = self.watcher.as_ref().map(|watcher| watcher.wakes());
         loop {
@@ -796,6 +823,7 @@ impl<B: Backend> Reader<B> {
             self.stop.cancel(); // the hub is gone
             return Ok(false);
         };
+        self.replay_hints(&hub);
         let mut connection = self.db.connection().await?;
         // Rows found late are replayed even when a later query fails: the gaps and the start
         // horizon no longer wait for them.
@@ -839,6 +867,16 @@ impl<B: Backend> Reader<B> {
         }
         self.retry_due(&hub, state).await;
         Ok(full)
+    }
+
+    /// Replays the hints that waited for this reader (received before it installed its
+    /// replayer).
+    fn replay_hints(&self, hub: &Hub) {
+        if let Some(hints) = &self.hints {
+            for hint in hints.take() {
+                replay_hint(hub, &self.stats, &self.host, &hint);
+            }
+        }
     }
 
     /// Replays the rows found late in gaps, then the batch read after the cursor (moving the
@@ -1184,6 +1222,59 @@ impl<B: Backend> Reader<B> {
 }
 
 /// `period` ± `spread` (a fraction), at random.
+/// Replays an operation that another host's wake-up carried (see [`ofx_core::watcher`]),
+/// before its row is read: what takes the read's round trip off the path from a commit to this
+/// host's invalidations. The log stays the record: each row is still read, and skipped if its
+/// hint completed it. A hint that does not decode, whose replay fails, or whose operation
+/// another path is replaying, is left to the row.
+fn replay_hint(hub: &Hub, stats: &ReaderStats, host: &str, hint: &str) {
+    let operation = match ofx_core::watcher::decode_hint(hint) {
+        Ok(operation) => operation,
+        Err(error) => {
+            stats.bad_hints.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%error, "dropping a wake-up's hint that is not an operation");
+            return;
+        }
+    };
+    // Before the pass, whose invalidations wake live values: they read it to label their
+    // next frame (a position the reader reaches in any case: the operation is committed).
+    if let Some(sequence) = operation.sequence {
+        hub.note_hinted_position(sequence);
+    }
+    match hub.notifier().complete_hinted(hub, &operation) {
+        Ok(true) => {
+            stats.replayed.fetch_add(1, Ordering::Relaxed);
+            stats.hinted.fetch_add(1, Ordering::Relaxed);
+            if let Some(at) = operation.committed_at {
+                crate::telemetry::record_replay_delay(host, crate::row::micros(at));
+            }
+        }
+        Ok(false) => {}
+        Err(error) => {
+            tracing::debug!(uuid = %operation.uuid, %error, "a wake-up's hint could not be replayed; its row will be");
+        }
+    }
+}
+
+/// The replayer a reader installs in its watcher's hints: replays each hint where the watcher
+/// received it, in `runtime`'s context (the file watch's thread is not a runtime's), while the
+/// hub lives.
+fn hint_replayer(
+    hub: &Hub,
+    stats: &Arc<ReaderStats>,
+    runtime: tokio::runtime::Handle,
+) -> ofx_core::watcher::HintReplayer {
+    let weak = hub.downgrade();
+    let stats = Arc::clone(stats);
+    let host = hub.host_id().to_string();
+    Arc::new(move |hint: &str| {
+        if let Some(hub) = weak.upgrade() {
+            let _runtime = runtime.enter();
+            replay_hint(&hub, &stats, &host, hint);
+        }
+    })
+}
+
 pub(crate) fn jitter(period: Duration, spread: f64) -> Duration {
     let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
     // Saturating: a period near `Duration::MAX` times the jitter would overflow.

@@ -526,7 +526,8 @@ impl<B: Backend> OperationScope for DbOperationScope<B> {
         if let Some(watcher) = link.watcher()
             && !woken
         {
-            watcher.notify();
+            // The operation goes with the wake-up, as a hint the other hosts replay at once.
+            watcher.notify_committed(operation);
         }
         if !operation.events.is_empty() {
             // This host's processor runs them first; the watcher wakes the others'.

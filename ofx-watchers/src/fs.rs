@@ -1,13 +1,15 @@
 //! [`FsWatcher`]: a file in a directory shared by the hosts.
 //!
 //! Each log has one file, `<dir>/<log name>.ofx-log`. [`notify`](LogWatcher::notify) rewrites
-//! it with this host's id: the id goes to a temporary file of this host in the same directory,
-//! which is then renamed over the log's file, so a reader never sees a half-written id.
+//! it with a message (this host's id, then the hints): it goes to a temporary file of this
+//! host in the same directory, which is then renamed over the log's file, so a reader never
+//! sees a half-written message.
 //!
 //! Every host watches the directory with the `notify` crate's recommended watcher (inotify,
 //! FSEvents, ReadDirectoryChangesW; no debouncer, so no added delay). On an event for the log's
-//! file it reads the file: its own id is ignored, anything else (another id, or a file that
-//! cannot be read) wakes the host.
+//! file it reads the file (on the watch's own thread): its own id is ignored, anything else
+//! (another host's message, or a file that cannot be read) hands its hints over and wakes the
+//! host. The same message read twice (a rename is reported twice) hands its hints over once.
 //!
 //! If the directory is deleted, moved away or replaced while the watcher runs (the watch
 //! reports it, fails, or a check every 5 s finds another directory at the path), the directory
@@ -26,7 +28,6 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::event::{ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use ofx_core::{HostId, LogWatcher};
-use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -38,8 +39,9 @@ use crate::{Error, Result, WatcherStats};
 const SUFFIX: &str = ".ofx-log";
 /// How often the watcher checks that the directory at its path is still the one it watches.
 const CHECK_PERIOD: Duration = Duration::from_secs(5);
-/// The most bytes read from a log's file (a host id is far shorter; the file is untrusted).
-const MAX_CONTENT: u64 = 4096;
+/// The most bytes read from a log's file (the file is untrusted): a message is at most
+/// [`MAX_MESSAGE_BYTES`](crate::shared::MAX_MESSAGE_BYTES) long.
+const MAX_CONTENT: u64 = 8192;
 /// The longest log name used as is in a file name.
 const MAX_PLAIN_NAME: usize = 100;
 
@@ -97,9 +99,9 @@ impl FsWatcher {
         let listener = Listener {
             dir: dir.clone(),
             file_name,
-            path: path.clone(),
             shared: Arc::clone(&handle.shared),
             stop: handle.stop.clone(),
+            last_hinted: std::sync::Mutex::default(),
         };
         ofx_core::background::spawn_supervised(
             "ofx watcher listener",
@@ -110,7 +112,6 @@ impl FsWatcher {
             temporary: dir.join(temporary),
             path: path.clone(),
             dir,
-            payload: handle.shared.host_id.to_string(),
         });
         Ok(Arc::new(Self { handle, path }))
     }
@@ -144,7 +145,7 @@ impl FsWatcher {
         &self.path
     }
 
-    /// This host's id, the content it writes.
+    /// This host's id, the first line of what it writes.
     pub fn host_id(&self) -> &HostId {
         &self.handle.shared.host_id
     }
@@ -163,24 +164,68 @@ impl LogWatcher for FsWatcher {
     fn wakes(&self) -> Arc<Notify> {
         self.handle.wakes()
     }
+
+    fn notify_committed(&self, operation: &ofx_core::Operation) {
+        self.handle.notify_committed(operation);
+    }
+
+    fn hints(&self) -> Option<Arc<ofx_core::watcher::WakeHints>> {
+        Some(self.handle.hints())
+    }
 }
 
 // ===== watching =====
 
+/// The most file contents read by the event handler and not yet handled by the listener task;
+/// past it, the oldest is dropped and the host woken anyway.
+const MAX_READ_AHEAD: usize = 64;
+
 /// What the watch's event handler (on the `notify` crate's thread) tells the listener task.
 #[derive(Debug, Default)]
 struct Signals {
-    /// The log's file changed (or events may have been dropped).
+    /// The log's file changed: its contents as read then (or the error), oldest first.
+    contents: std::sync::Mutex<Contents>,
+    /// Notified with each new item in `contents`.
     file: Notify,
     /// The watch broke or the directory went away.
     lost: Notify,
 }
 
-/// Sorts the events of one watch into [`Signals`].
+#[derive(Debug, Default)]
+struct Contents {
+    read: std::collections::VecDeque<std::io::Result<Vec<u8>>>,
+    /// Contents were dropped (too many waiting): wake the host anyway.
+    dropped: bool,
+}
+
+/// Handles the events of one watch: reads the log's file when it may have changed, on the
+/// `notify` crate's own thread (a read of a few kilobytes, without a trip to tokio's blocking
+/// pool on the way from the event to the reader's wake-up), for the listener task; and signals
+/// a lost watch.
 struct Events {
     dir: PathBuf,
     file_name: OsString,
+    path: PathBuf,
     signals: Arc<Signals>,
+}
+
+impl Events {
+    /// Reads the file after an event, for the listener task.
+    fn read(&self) {
+        let content = read_prefix(&self.path);
+        let mut contents = self
+            .signals
+            .contents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if contents.read.len() >= MAX_READ_AHEAD {
+            contents.read.pop_front();
+            contents.dropped = true;
+        }
+        contents.read.push_back(content);
+        drop(contents);
+        self.signals.file.notify_one();
+    }
 }
 
 impl notify::EventHandler for Events {
@@ -195,7 +240,7 @@ impl notify::EventHandler for Events {
         };
         if event.need_rescan() {
             // The operating system dropped events: one of them may have been a write.
-            self.signals.file.notify_one();
+            self.read();
         }
         for path in &event.paths {
             if *path == self.dir {
@@ -206,7 +251,7 @@ impl notify::EventHandler for Events {
                     self.signals.lost.notify_one();
                 }
             } else if path.file_name() == Some(&self.file_name) && writes(&event.kind) {
-                self.signals.file.notify_one();
+                self.read();
             }
         }
     }
@@ -263,6 +308,7 @@ impl Session {
         let events = Events {
             dir: dir.to_owned(),
             file_name: file_name.clone(),
+            path: dir.join(file_name),
             signals: Arc::clone(&signals),
         };
         let watch_error = |source| Error::Watch {
@@ -288,12 +334,52 @@ impl Session {
 struct Listener {
     dir: PathBuf,
     file_name: OsString,
-    path: PathBuf,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// The last message with hints handled.
+    last_hinted: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Listener {
+    /// Handles what the event handler read: another host's message (or a file that could
+    /// not be read) wakes this host.
+    fn handle_contents(&self, signals: &Signals) {
+        let contents = std::mem::take(
+            &mut *signals
+                .contents
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for content in contents.read {
+            match content {
+                Ok(content) => {
+                    // A rename is reported twice, and the file read twice: a message with
+                    // hints (each one's uuid its own) read again is that message again. (One
+                    // without hints may be another host's next wake-up: it wakes again.)
+                    let mut last = self
+                        .last_hinted
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if content.contains(&b'\n') {
+                        if *last == content {
+                            continue;
+                        }
+                        last.clone_from(&content);
+                    }
+                    drop(last);
+                    self.shared.on_message(&content);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, dir = %self.dir.display(), "the log's file cannot be read; waking anyway");
+                    self.shared.on_foreign_message();
+                }
+            }
+        }
+        if contents.dropped {
+            self.shared.on_foreign_message();
+        }
+    }
+
     async fn run(self, mut session: Session) {
         let mut backoff = Backoff::new();
         loop {
@@ -324,7 +410,7 @@ impl Listener {
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return false,
-                () = session.signals.file.notified() => self.read().await,
+                () = session.signals.file.notified() => self.handle_contents(&session.signals),
                 () = session.signals.lost.notified() => {
                     tracing::warn!(dir = %self.dir.display(), "lost the directory watch; re-establishing");
                     return true;
@@ -348,57 +434,59 @@ impl Listener {
             }
         }
     }
-
-    /// Reads the file after an event: another host's id (or no readable id) wakes this host.
-    async fn read(&self) {
-        match read_prefix(&self.path).await {
-            Ok(content) => self.shared.on_message(&content),
-            Err(error) => {
-                tracing::debug!(%error, path = %self.path.display(), "the log's file cannot be read; waking anyway");
-                self.shared.on_foreign_message();
-            }
-        }
-    }
 }
 
 /// The first [`MAX_CONTENT`] bytes of `path`.
-async fn read_prefix(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = tokio::fs::File::open(path).await?;
+fn read_prefix(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
     let mut content = Vec::new();
-    file.take(MAX_CONTENT).read_to_end(&mut content).await?;
+    file.take(MAX_CONTENT).read_to_end(&mut content)?;
     Ok(content)
 }
 
 // ===== writing =====
 
-/// Writes this host's id to its temporary file, then renames it over the log's file.
+/// Writes a message (this host's id and the hints) to its temporary file, then renames it over
+/// the log's file.
 struct Sender {
     dir: PathBuf,
     temporary: PathBuf,
     path: PathBuf,
-    payload: String,
 }
 
 impl Sender {
-    async fn write(&self) -> Result<()> {
-        tokio::fs::write(&self.temporary, &self.payload)
-            .await
-            .map_err(io("write", &self.temporary))?;
-        tokio::fs::rename(&self.temporary, &self.path)
-            .await
-            .map_err(io("rename into", &self.path))
+    /// Writes and renames in one trip to tokio's blocking pool.
+    async fn write(&self, message: &str) -> Result<()> {
+        let (temporary, path, message) = (
+            self.temporary.clone(),
+            self.path.clone(),
+            message.to_owned(),
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::write(&temporary, message).map_err(io("write", &temporary))?;
+            std::fs::rename(&temporary, &path).map_err(io("rename into", &path))
+        })
+        .await;
+        written.unwrap_or_else(|error| {
+            Err(Error::Io {
+                action: "write",
+                path: self.temporary.clone(),
+                source: std::io::Error::other(error),
+            })
+        })
     }
 }
 
 impl Publish for Sender {
-    async fn publish(&mut self) -> Result<()> {
-        match self.write().await {
+    async fn publish(&mut self, message: &str) -> Result<()> {
+        match self.write(message).await {
             // The directory was deleted: create it again (the listener will re-watch it).
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 tokio::fs::create_dir_all(&self.dir)
                     .await
                     .map_err(io("create", &self.dir))?;
-                self.write().await
+                self.write(message).await
             }
             result => result,
         }

@@ -5,13 +5,14 @@
 //!   [`Connection::poll_message`](tokio_postgres::Connection::poll_message). When it breaks
 //!   (server restart, `pg_terminate_backend`, network), it is reopened with backoff, `LISTEN` is
 //!   run again and the host is woken once, since notifications sent meanwhile were lost.
-//! - the **sender** runs `SELECT pg_notify($1, $2)` with this host's id as the payload. It is
-//!   opened at the first [`notify`](LogWatcher::notify) and kept; a broken one is replaced.
+//! - the **sender** runs `SELECT pg_notify($1, $2)` with the message (this host's id, then the
+//!   hints) as the payload. It is opened at the first [`notify`](LogWatcher::notify) and kept;
+//!   a broken one is replaced.
 //!
 //! `notify` is called after the commit, on its own connection, rather than as a `NOTIFY`
 //! inside the transaction: before PostgreSQL 19 a commit that carries a `NOTIFY` takes a global
-//! lock that serializes concurrent writers, and a wake-up carries no data, so sending it a moment
-//! later loses nothing.
+//! lock that serializes concurrent writers, and a wake-up (with its hints) only tells of what
+//! committed already, so sending it a moment later loses nothing.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -106,7 +107,6 @@ impl PgWatcher {
         handle.start_sender(Sender {
             config,
             channel: channel.clone(),
-            payload: handle.shared.host_id.to_string(),
             stop: handle.stop.clone(),
             connection: None,
         });
@@ -144,7 +144,7 @@ impl PgWatcher {
         &self.application_name
     }
 
-    /// This host's id, the payload of its messages.
+    /// This host's id, the first line of its messages.
     pub fn host_id(&self) -> &HostId {
         &self.handle.shared.host_id
     }
@@ -162,6 +162,14 @@ impl LogWatcher for PgWatcher {
 
     fn wakes(&self) -> Arc<Notify> {
         self.handle.wakes()
+    }
+
+    fn notify_committed(&self, operation: &ofx_core::Operation) {
+        self.handle.notify_committed(operation);
+    }
+
+    fn hints(&self) -> Option<Arc<ofx_core::watcher::WakeHints>> {
+        Some(self.handle.hints())
     }
 }
 
@@ -281,7 +289,6 @@ impl Listener {
 struct Sender {
     config: Config,
     channel: String,
-    payload: String,
     stop: CancellationToken,
     connection: Option<(Client, Statement)>,
 }
@@ -311,13 +318,13 @@ impl Sender {
         .await
     }
 
-    async fn send(&mut self) -> Result<()> {
+    async fn send(&mut self, message: &str) -> Result<()> {
         let (client, statement) = match self.connection.take() {
             Some(connection) => connection,
             None => self.connect().await?,
         };
         client
-            .execute(&statement, &[&self.channel, &self.payload])
+            .execute(&statement, &[&self.channel, &message])
             .await
             .map_err(pg("send pg_notify"))?;
         self.connection = Some((client, statement));
@@ -326,13 +333,13 @@ impl Sender {
 }
 
 impl Publish for Sender {
-    async fn publish(&mut self) -> Result<()> {
+    async fn publish(&mut self, message: &str) -> Result<()> {
         let kept = self.connection.is_some();
-        match self.send().await {
+        match self.send(message).await {
             // The kept connection may have died since its last use: try once on a new one.
             Err(error) if kept => {
                 tracing::debug!(%error, "pg_notify failed on the kept connection; reconnecting");
-                self.send().await
+                self.send(message).await
             }
             result => result,
         }

@@ -7,7 +7,8 @@
 //!   connection is noticed too. When it breaks (server restart, `CLIENT KILL`, network), it is
 //!   reopened with backoff, subscribed again, and the host is woken once, since messages
 //!   published meanwhile were lost.
-//! - the **publisher** runs `PUBLISH <channel> <host id>`, on a multiplexed connection opened at
+//! - the **publisher** runs `PUBLISH <channel> <message>` (the host id, then the hints), on a
+//!   multiplexed connection opened at
 //!   the first [`notify`](LogWatcher::notify) and kept; a broken one is replaced.
 
 use std::sync::Arc;
@@ -97,7 +98,6 @@ impl RedisWatcher {
         handle.start_sender(Sender {
             client: publisher,
             channel: channel.clone(),
-            payload: handle.shared.host_id.to_string(),
             connection: None,
         });
         Ok(Arc::new(Self {
@@ -131,7 +131,7 @@ impl RedisWatcher {
         &self.client_name
     }
 
-    /// This host's id, the payload of its messages.
+    /// This host's id, the first line of its messages.
     pub fn host_id(&self) -> &HostId {
         &self.handle.shared.host_id
     }
@@ -149,6 +149,14 @@ impl LogWatcher for RedisWatcher {
 
     fn wakes(&self) -> Arc<Notify> {
         self.handle.wakes()
+    }
+
+    fn notify_committed(&self, operation: &ofx_core::Operation) {
+        self.handle.notify_committed(operation);
+    }
+
+    fn hints(&self) -> Option<Arc<ofx_core::watcher::WakeHints>> {
+        Some(self.handle.hints())
     }
 }
 
@@ -278,12 +286,11 @@ impl Listener {
 struct Sender {
     client: Client,
     channel: String,
-    payload: String,
     connection: Option<MultiplexedConnection>,
 }
 
 impl Sender {
-    async fn send(&mut self) -> Result<()> {
+    async fn send(&mut self, message: &str) -> Result<()> {
         let mut connection = match self.connection.take() {
             Some(connection) => connection,
             None => {
@@ -298,7 +305,7 @@ impl Sender {
         };
         redis::cmd("PUBLISH")
             .arg(&self.channel)
-            .arg(&self.payload)
+            .arg(message)
             .query_async::<i64>(&mut connection)
             .await
             .map_err(redis_error("PUBLISH"))?;
@@ -308,13 +315,13 @@ impl Sender {
 }
 
 impl Publish for Sender {
-    async fn publish(&mut self) -> Result<()> {
+    async fn publish(&mut self, message: &str) -> Result<()> {
         let kept = self.connection.is_some();
-        match self.send().await {
+        match self.send(message).await {
             // The kept connection may have died since its last use: try once on a new one.
             Err(error) if kept => {
                 tracing::debug!(%error, "PUBLISH failed on the kept connection; reconnecting");
-                self.send().await
+                self.send(message).await
             }
             result => result,
         }

@@ -2,10 +2,11 @@
 //! reconnection loop, and the handle whose drop stops them.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ofx_core::HostId;
+use ofx_core::watcher::{WakeHints, encode_hint};
+use ofx_core::{HostId, Operation};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,10 @@ use crate::{Error, Result};
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sending one message may take, connecting included.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest message a watcher sends (PostgreSQL's `NOTIFY` takes less than 8,000 bytes):
+/// the sender's host id, then one line per hint. Hints that do not fit are left out (the other
+/// hosts read those operations from the log).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 7_600;
 
 // ===== impl Shared =====
 
@@ -29,17 +34,31 @@ pub(crate) struct Shared {
     pub(crate) kind: &'static str,
     pub(crate) host_id: HostId,
     pub(crate) wakes: Arc<Notify>,
+    /// The hints received, for the log reader.
+    pub(crate) hints: Arc<WakeHints>,
     pub(crate) stats: WatcherStats,
 }
 
 impl Shared {
-    /// A message arrived whose payload is the sending host's id.
+    /// A message arrived: the sending host's id, then one hint per line. Another host's
+    /// hints are queued before the host is woken, so the reader finds them when it wakes.
     pub(crate) fn on_message(&self, payload: &[u8]) {
-        if payload == self.host_id.as_str().as_bytes() {
+        let mut lines = payload.split(|byte| *byte == b'\n');
+        let sender = lines.next().unwrap_or_default();
+        if sender == self.host_id.as_str().as_bytes() {
             self.stats.add(Counter::OwnIgnored);
-        } else {
-            self.on_foreign_message();
+            return;
         }
+        for line in lines {
+            // Untrusted: queued as text, decoded (or refused) by the reader.
+            if let Ok(hint) = std::str::from_utf8(line)
+                && !hint.is_empty()
+            {
+                self.hints.push(hint.to_owned());
+                self.stats.add(Counter::HintsReceived);
+            }
+        }
+        self.on_foreign_message();
     }
 
     /// Something arrived that may come from another host (it could not be told apart).
@@ -67,6 +86,8 @@ pub(crate) struct Handle {
     /// Notified once per burst of `notify()` calls: at most one permit is stored, so calls made
     /// while a message is in flight become one more message.
     requests: Arc<Notify>,
+    /// The hints of the next message.
+    pending: Arc<Mutex<PendingHints>>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -79,9 +100,11 @@ impl Handle {
                 kind,
                 host_id,
                 wakes: Arc::new(Notify::new()),
+                hints: Arc::new(WakeHints::new()),
                 stats: WatcherStats::default(),
             }),
             requests: Arc::new(Notify::new()),
+            pending: Arc::default(),
             stop: stop.child_token(),
         }
     }
@@ -92,9 +115,29 @@ impl Handle {
         self.requests.notify_one();
     }
 
+    /// Asks the sender task for one more message, carrying `operation` as a hint if it fits.
+    pub(crate) fn notify_committed(&self, operation: &Operation) {
+        let room = MAX_MESSAGE_BYTES.saturating_sub(self.shared.host_id.as_str().len());
+        let added = encode_hint(operation).is_some_and(|hint| {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(hint, room)
+        });
+        if !added {
+            self.shared.stats.add(Counter::HintsOmitted);
+        }
+        self.notify();
+    }
+
     /// The receiving side's wake-ups.
     pub(crate) fn wakes(&self) -> Arc<Notify> {
         Arc::clone(&self.shared.wakes)
+    }
+
+    /// The hints received from other hosts.
+    pub(crate) fn hints(&self) -> Arc<WakeHints> {
+        Arc::clone(&self.shared.hints)
     }
 
     /// Starts the task that sends a message for each burst of [`notify`](Self::notify) calls.
@@ -105,6 +148,7 @@ impl Handle {
             run_sender(
                 publisher,
                 Arc::clone(&self.requests),
+                Arc::clone(&self.pending),
                 Arc::clone(&self.shared),
                 self.stop.clone(),
             ),
@@ -120,11 +164,46 @@ impl Drop for Handle {
 
 // ===== sending =====
 
+/// The hints waiting for the next message, within its size.
+#[derive(Debug, Default)]
+struct PendingHints {
+    hints: Vec<String>,
+    /// Their bytes, with a line break each.
+    bytes: usize,
+}
+
+impl PendingHints {
+    /// Adds `hint` if the message keeps within `room` bytes; returns whether it did.
+    fn add(&mut self, hint: String, room: usize) -> bool {
+        let bytes = self.bytes + 1 + hint.len();
+        if bytes > room {
+            return false;
+        }
+        self.bytes = bytes;
+        self.hints.push(hint);
+        true
+    }
+
+    /// The message: `sender`, then a line per hint (taken).
+    fn take_message(&mut self, sender: &str) -> (String, u64) {
+        let mut message = String::with_capacity(sender.len() + self.bytes);
+        message.push_str(sender);
+        let count = u64::try_from(self.hints.len()).unwrap_or(u64::MAX);
+        for hint in self.hints.drain(..) {
+            message.push('\n');
+            message.push_str(&hint);
+        }
+        self.bytes = 0;
+        (message, count)
+    }
+}
+
 /// One way of telling the other hosts that this one committed.
 pub(crate) trait Publish: Send + 'static {
-    /// Sends one message whose payload is this host's id, connecting first if needed. A kept
-    /// connection that turns out broken is replaced and the message tried once more.
-    fn publish(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Sends `message` (this host's id, then the hints, a line each), connecting first if
+    /// needed. A kept connection that turns out broken is replaced and the message tried once
+    /// more.
+    fn publish(&mut self, message: &str) -> impl Future<Output = Result<()>> + Send;
 
     /// Forgets the kept connection (a send on it timed out).
     fn reset(&mut self) {}
@@ -134,6 +213,7 @@ pub(crate) trait Publish: Send + 'static {
 async fn run_sender(
     mut publisher: impl Publish,
     requests: Arc<Notify>,
+    pending: Arc<Mutex<PendingHints>>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
@@ -144,9 +224,13 @@ async fn run_sender(
             () = stop.cancelled() => return,
             () = requests.notified() => {}
         }
+        let (message, hints) = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take_message(shared.host_id.as_str());
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            result = tokio::time::timeout(SEND_TIMEOUT, publisher.publish()) => result,
+            result = tokio::time::timeout(SEND_TIMEOUT, publisher.publish(&message)) => result,
         };
         let result = result.unwrap_or_else(|_| {
             publisher.reset();
@@ -158,6 +242,7 @@ async fn run_sender(
         match result {
             Ok(()) => {
                 stats.add(Counter::Sent);
+                stats.add_many(Counter::HintsSent, hints);
                 metrics::counter!(NOTIFICATIONS_SENT, "watcher" => shared.kind).increment(1);
                 if failing {
                     tracing::info!("sending wake-ups to the other hosts works again");
@@ -165,6 +250,7 @@ async fn run_sender(
                 }
             }
             Err(error) => {
+                stats.add_many(Counter::HintsOmitted, hints);
                 stats.add(Counter::NotifyFailures);
                 // One warning per outage, not one per commit.
                 if failing {

@@ -28,6 +28,9 @@ pub struct WatcherStats {
     own_ignored: AtomicU64,
     reconnects: AtomicU64,
     connect_failures: AtomicU64,
+    hints_sent: AtomicU64,
+    hints_omitted: AtomicU64,
+    hints_received: AtomicU64,
     changed: Notify,
     listener: Arc<TaskHealth>,
     sender: Arc<TaskHealth>,
@@ -52,6 +55,14 @@ pub struct StatsSnapshot {
     pub reconnects: u64,
     /// Failed attempts to re-establish the connection or the watch.
     pub connect_failures: u64,
+    /// Committed operations sent as hints with the wake-ups (see
+    /// [`LogWatcher::notify_committed`](ofx_core::LogWatcher::notify_committed)).
+    pub hints_sent: u64,
+    /// Committed operations whose wake-up went without their hint: too large for one message,
+    /// or too many in one burst (the other hosts read them from the log).
+    pub hints_omitted: u64,
+    /// Hints received from other hosts, queued for this host's log reader.
+    pub hints_received: u64,
 }
 
 /// Which counter to add to.
@@ -64,6 +75,9 @@ pub(crate) enum Counter {
     OwnIgnored,
     Reconnects,
     ConnectFailures,
+    HintsSent,
+    HintsOmitted,
+    HintsReceived,
 }
 
 impl WatcherStats {
@@ -89,6 +103,9 @@ impl WatcherStats {
             own_ignored: load(Counter::OwnIgnored),
             reconnects: load(Counter::Reconnects),
             connect_failures: load(Counter::ConnectFailures),
+            hints_sent: load(Counter::HintsSent),
+            hints_omitted: load(Counter::HintsOmitted),
+            hints_received: load(Counter::HintsReceived),
         }
     }
 
@@ -110,7 +127,15 @@ impl WatcherStats {
 
     /// Adds one to `counter`.
     pub(crate) fn add(&self, counter: Counter) {
-        self.cell(counter).fetch_add(1, Ordering::Relaxed);
+        self.add_many(counter, 1);
+    }
+
+    /// Adds `count` to `counter`.
+    pub(crate) fn add_many(&self, counter: Counter, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.cell(counter).fetch_add(count, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
@@ -123,6 +148,9 @@ impl WatcherStats {
             Counter::OwnIgnored => &self.own_ignored,
             Counter::Reconnects => &self.reconnects,
             Counter::ConnectFailures => &self.connect_failures,
+            Counter::HintsSent => &self.hints_sent,
+            Counter::HintsOmitted => &self.hints_omitted,
+            Counter::HintsReceived => &self.hints_received,
         }
     }
 }

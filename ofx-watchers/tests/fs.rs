@@ -59,6 +59,30 @@ async fn own_notify_is_ignored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_operation_reaches_the_other_host_as_a_hint() {
+    let dir = TempDir::new();
+    let (a, b) = pair(&dir, &CancellationToken::new()).await;
+    let a_host = a.host_id().clone();
+    common::a_committed_operation_reaches_the_other_host_as_a_hint(&*a, &*b, &a_host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_too_large_for_a_message_goes_without_its_hint() {
+    let dir = TempDir::new();
+    let (a, b) = pair(&dir, &CancellationToken::new()).await;
+    let a_host = a.host_id().clone();
+    common::an_operation_too_large_for_a_message_goes_without_its_hint(&*a, &*b, &a_host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_is_replayed_before_the_wake_up() {
+    let dir = TempDir::new();
+    let (a, b) = pair(&dir, &CancellationToken::new()).await;
+    let a_host = a.host_id().clone();
+    common::a_hint_is_replayed_before_the_wake_up(&*a, &*b, &a_host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_is_coalesced() {
     let dir = TempDir::new();
     let (a, b) = pair(&dir, &CancellationToken::new()).await;

@@ -128,6 +128,32 @@ impl RecentOperations {
         }
     }
 
+    /// [`complete_once`](Self::complete_once) without waiting: `None`, running nothing, while
+    /// another path runs the pass of `uuid` (that path settles it).
+    pub(crate) fn complete_unless_running<E>(
+        &self,
+        uuid: Uuid,
+        pass: impl FnOnce() -> Result<(), E>,
+    ) -> Option<Completion<E>> {
+        match self.claim(uuid) {
+            Claim::New => {}
+            Claim::Done => return Some(Completion::Known),
+            Claim::Running => return None,
+        }
+        let mut running = Running {
+            recent: self,
+            uuid,
+            done: false,
+        };
+        let result = pass();
+        running.done = result.is_ok();
+        drop(running);
+        Some(match result {
+            Ok(()) => Completion::Done,
+            Err(error) => Completion::Failed(error),
+        })
+    }
+
     /// Whether `uuid` was completed recently (its pass succeeded).
     pub(crate) fn is_known(&self, uuid: Uuid) -> bool {
         self.phase(uuid) == Some(true)
@@ -283,6 +309,34 @@ impl OperationCompletionNotifier {
         }
     }
 
+    /// Completes an operation another host's wake-up carried as a hint ([`crate::watcher`]),
+    /// before its row is read, without waiting: like [`complete_remote`](Self::complete_remote),
+    /// except that it returns `Ok(false)` at once, running nothing, while another path runs the
+    /// same operation's pass (that path completes it), and that a failure is only returned, not
+    /// reported as a [`HubEvent::ReplayFailed`] (the row's replay reports it, if it fails too).
+    ///
+    /// # Errors
+    /// As [`complete_remote`](Self::complete_remote).
+    pub fn complete_hinted(&self, hub: &Hub, operation: &Operation) -> Result<bool, ReplayError> {
+        let completion = self
+            .recent
+            .complete_unless_running(operation.uuid, || self.pass(hub, operation, false));
+        match completion {
+            None | Some(Completion::Known) => Ok(false),
+            Some(Completion::Failed(PassError::Undecodable(error))) => {
+                Err(ReplayError::Undecodable(error))
+            }
+            Some(Completion::Failed(PassError::Unavailable(error))) => {
+                Err(ReplayError::Unavailable(error))
+            }
+            Some(Completion::Done) => {
+                crate::telemetry::operation_replayed(&operation.command_name);
+                self.tell(hub, operation, false);
+                Ok(true)
+            }
+        }
+    }
+
     /// Runs the invalidation pass of `operation` and counts its panics.
     fn pass(&self, hub: &Hub, operation: &Operation, local: bool) -> Result<(), PassError> {
         let report = pass(hub, operation, local);
@@ -344,5 +398,46 @@ impl std::fmt::Debug for OperationCompletionNotifier {
             .field("failures", &self.failure_count())
             .field("panics", &self.panic_count())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hinted_completion_runs_nothing_while_another_path_runs_the_pass() {
+        let recent = RecentOperations::default();
+        let uuid = Uuid::now_v7();
+        let mut inner = None;
+        // The pass of one path is running when the hint comes.
+        let outer = recent.complete_unless_running::<()>(uuid, || {
+            inner = Some(recent.complete_unless_running::<()>(uuid, || {
+                panic!("a second pass ran while the first was running")
+            }));
+            Ok(())
+        });
+        assert_eq!(outer, Some(Completion::Done));
+        assert_eq!(inner, Some(None), "the hint found the pass running");
+        // Done: known to every path after.
+        assert_eq!(
+            recent.complete_unless_running::<()>(uuid, || Ok(())),
+            Some(Completion::Known)
+        );
+    }
+
+    #[test]
+    fn a_failed_hinted_completion_is_forgotten_so_the_row_runs_it() {
+        let recent = RecentOperations::default();
+        let uuid = Uuid::now_v7();
+        assert_eq!(
+            recent.complete_unless_running(uuid, || Err("not yet")),
+            Some(Completion::Failed("not yet"))
+        );
+        assert!(!recent.is_known(uuid));
+        assert_eq!(
+            recent.complete_unless_running::<()>(uuid, || Ok(())),
+            Some(Completion::Done)
+        );
     }
 }

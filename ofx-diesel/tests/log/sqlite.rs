@@ -114,3 +114,136 @@ async fn a_watcher_wakes_the_reader_without_waiting_for_a_poll() {
         1
     );
 }
+
+/// One end of a watcher pair between two hosts of one process that carries hints, as
+/// `ofx-watchers`' watchers do across machines: what this end's host commits goes, as a hint,
+/// into the other end's hints (replayed there at once by its reader's replayer, in this
+/// host's task), then wakes the other end.
+#[derive(Debug, Default)]
+struct HintingWatcher {
+    wakes: std::sync::Arc<tokio::sync::Notify>,
+    hints: std::sync::Arc<ofx_core::watcher::WakeHints>,
+    peer: std::sync::OnceLock<std::sync::Arc<HintingWatcher>>,
+}
+
+impl HintingWatcher {
+    /// Two ends, each sending to the other.
+    fn pair() -> (std::sync::Arc<Self>, std::sync::Arc<Self>) {
+        let (a, b) = (
+            std::sync::Arc::new(Self::default()),
+            std::sync::Arc::new(Self::default()),
+        );
+        a.peer.set(std::sync::Arc::clone(&b)).unwrap();
+        b.peer.set(std::sync::Arc::clone(&a)).unwrap();
+        (a, b)
+    }
+}
+
+impl ofx_core::LogWatcher for HintingWatcher {
+    fn notify(&self) {
+        self.peer.get().unwrap().wakes.notify_one();
+    }
+
+    fn wakes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.wakes)
+    }
+
+    fn notify_committed(&self, operation: &ofx_core::Operation) {
+        let peer = self.peer.get().unwrap();
+        peer.hints
+            .push(ofx_core::watcher::encode_hint(operation).unwrap());
+        peer.wakes.notify_one();
+    }
+
+    fn hints(&self) -> Option<std::sync::Arc<ofx_core::watcher::WakeHints>> {
+        Some(std::sync::Arc::clone(&self.hints))
+    }
+}
+
+/// The hinting pair's hosts: A writes, B reads (and polls only once an hour: only the watcher
+/// wakes it).
+async fn hinted_hosts(
+    path: &str,
+) -> (
+    crate::common::Host<Sqlite>,
+    crate::common::Host<Sqlite>,
+    std::sync::Arc<HintingWatcher>,
+) {
+    use crate::common::{Host, fast};
+    let (on_a, on_b) = HintingWatcher::pair();
+    let mut settings = fast();
+    settings.poll_period_with_watcher = std::time::Duration::from_secs(3600);
+    let a = Host::<Sqlite>::open_with(path, settings.clone(), false, Some(on_a)).await;
+    let b = Host::<Sqlite>::open_with(path, settings, true, Some(on_b.clone())).await;
+    b.reader.as_ref().unwrap().wait_for(0).await;
+    (a, b, on_b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_invalidates_the_other_host_before_its_row_is_read_and_the_row_is_then_skipped() {
+    use ofx_core::capture;
+    use std::sync::atomic::Ordering::Relaxed;
+    let path = sqlite_file().await;
+    let (a, b, _) = hinted_hosts(&path).await;
+    let (_, on_b) = capture(b.balance(7)).await.unwrap();
+    let stats = b.reader.as_ref().unwrap().stats();
+    let sequence = a.deposit_sequence(7, 1).await;
+    // The hint was replayed in A's commit, before B's reader was woken: B's value is
+    // invalidated when the call returns, whatever B's reader has done yet.
+    assert!(
+        !on_b.is_consistent(),
+        "B's value outlived the commit: the hint was not replayed"
+    );
+    assert_eq!(stats.hinted.load(Relaxed), 1);
+    assert_eq!(b.accounts.hub.hinted_position(), Some(sequence));
+    // Woken after the hint, the reader reads the row, and skips it: the invalidation ran once.
+    b.reader
+        .as_ref()
+        .unwrap()
+        .wait_replayed(sequence, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(stats.known.load(Relaxed), 1, "the row was skipped");
+    assert_eq!(
+        (stats.replayed.load(Relaxed), stats.hinted.load(Relaxed)),
+        (1, 1),
+        "replayed once, from the hint"
+    );
+    assert_eq!(stats.bad_rows.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_that_is_not_a_known_operation_is_dropped_and_the_row_still_replays() {
+    use ofx_core::capture;
+    use std::sync::atomic::Ordering::Relaxed;
+    let path = sqlite_file().await;
+    let (a, b, on_b) = hinted_hosts(&path).await;
+    let stats = b.reader.as_ref().unwrap().stats();
+    let (_, cached) = capture(b.balance(7)).await.unwrap();
+    // Not an operation: counted, dropped.
+    on_b.hints.push("{\"not\": \"an operation\"".to_owned());
+    assert_eq!(stats.bad_hints.load(Relaxed), 1);
+    // An operation of a command this program does not know: its replay fails, quietly (the
+    // row's replay would report it), and nothing is marked completed.
+    let unknown = ofx_core::Operation::new(
+        uuid::Uuid::now_v7(),
+        ofx_core::HostId::from_string("elsewhere"),
+        "no.such.command",
+        serde_json::json!({}),
+    );
+    on_b.hints
+        .push(ofx_core::watcher::encode_hint(&unknown).unwrap());
+    assert!(!b.accounts.hub.notifier().is_known(unknown.uuid));
+    assert_eq!(stats.hinted.load(Relaxed), 0);
+    assert!(cached.is_consistent(), "nothing was invalidated");
+    // The reader still replays what commits.
+    let sequence = a.deposit_sequence(7, 1).await;
+    b.reader
+        .as_ref()
+        .unwrap()
+        .wait_replayed(sequence, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(!cached.is_consistent());
+    assert_eq!(stats.bad_rows.load(Relaxed), 0);
+}

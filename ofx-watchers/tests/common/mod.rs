@@ -3,6 +3,7 @@
 
 // Each binary uses a part of these helpers.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests
 
 use std::future::Future;
 use std::sync::Arc;
@@ -223,4 +224,116 @@ async fn exchange(a: &impl TestWatcher, b: &impl TestWatcher) {
     expect_wake(&b_wakes, "B after A's notify").await;
     b.notify();
     expect_wake(&a_wakes, "A after B's notify").await;
+}
+
+// ===== hints =====
+
+/// A committed operation whose command carries `text`.
+pub(crate) fn committed_operation(host_id: &HostId, text: &str) -> ofx_core::Operation {
+    ofx_core::Operation::new(
+        uuid::Uuid::now_v7(),
+        host_id.clone(),
+        "tests.note",
+        serde_json::json!({ "text": text }),
+    )
+    .with_commit(Some(17), std::time::SystemTime::now())
+}
+
+/// A's committed operation reaches B as a hint, queued before B is woken; A ignores its own.
+pub(crate) async fn a_committed_operation_reaches_the_other_host_as_a_hint(
+    a: &impl TestWatcher,
+    b: &impl TestWatcher,
+    a_host: &HostId,
+) {
+    let (a_hints, b_hints) = (
+        a.hints().expect("A carries hints"),
+        b.hints().expect("B too"),
+    );
+    let b_wakes = b.wakes();
+    take_stored_wake(&b_wakes).await;
+    let operation = committed_operation(a_host, "milk");
+    a.notify_committed(&operation);
+    expect_wake(&b_wakes, "B after A's commit").await;
+    let received = b_hints.take();
+    assert_eq!(
+        received.len(),
+        1,
+        "one hint, queued before the wake-up: {received:?}"
+    );
+    let hint = ofx_core::watcher::decode_hint(&received[0]).unwrap();
+    assert_eq!(
+        (
+            hint.uuid,
+            &hint.host_id,
+            hint.command_name.as_str(),
+            hint.sequence
+        ),
+        (operation.uuid, a_host, "tests.note", Some(17))
+    );
+    assert_eq!(hint.command, serde_json::json!({ "text": "milk" }));
+    assert_eq!(hint.committed_at, operation.committed_at);
+    let sent = wait_stats(a.stats(), "A sent its hint", |s| s.hints_sent == 1).await;
+    assert_eq!((sent.sent, sent.hints_omitted), (1, 0));
+    assert_eq!(b.stats().snapshot().hints_received, 1);
+    wait_stats(a.stats(), "A received its own message", |s| {
+        s.own_ignored >= 1
+    })
+    .await;
+    assert!(a_hints.take().is_empty(), "A queued its own hint");
+}
+
+/// An operation too large for one message wakes B without its hint.
+pub(crate) async fn an_operation_too_large_for_a_message_goes_without_its_hint(
+    a: &impl TestWatcher,
+    b: &impl TestWatcher,
+    a_host: &HostId,
+) {
+    let b_hints = b.hints().expect("B carries hints");
+    let b_wakes = b.wakes();
+    take_stored_wake(&b_wakes).await;
+    let large = committed_operation(a_host, &"x".repeat(10_000));
+    a.notify_committed(&large);
+    expect_wake(&b_wakes, "B after A's commit").await;
+    let sent = wait_stats(a.stats(), "A sent its wake-up", |s| s.sent == 1).await;
+    assert_eq!((sent.hints_sent, sent.hints_omitted), (0, 1));
+    assert!(b_hints.take().is_empty(), "B got a hint too large to send");
+}
+
+/// With a replayer installed on B's hints (what B's log reader does), A's hint is replayed
+/// before B is woken.
+pub(crate) async fn a_hint_is_replayed_before_the_wake_up(
+    a: &impl TestWatcher,
+    b: &impl TestWatcher,
+    a_host: &HostId,
+) {
+    let b_hints = b.hints().expect("B carries hints");
+    let replayed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let replayer: ofx_core::watcher::HintReplayer = {
+        let replayed = Arc::clone(&replayed);
+        Arc::new(move |hint: &str| replayed.lock().unwrap().push(hint.to_owned()))
+    };
+    b_hints.set_replayer(Arc::clone(&replayer));
+    let b_wakes = b.wakes();
+    take_stored_wake(&b_wakes).await;
+    let operation = committed_operation(a_host, "eggs");
+    a.notify_committed(&operation);
+    expect_wake(&b_wakes, "B after A's commit").await;
+    let replayed_at_wake = replayed.lock().unwrap().clone();
+    assert_eq!(replayed_at_wake.len(), 1, "replayed before the wake-up");
+    assert_eq!(
+        ofx_core::watcher::decode_hint(&replayed_at_wake[0])
+            .unwrap()
+            .uuid,
+        operation.uuid
+    );
+    assert!(
+        b_hints.take().is_empty(),
+        "a replayed hint is not queued too"
+    );
+    // Removed: hints wait in the queue again.
+    b_hints.remove_replayer(&replayer);
+    a.notify_committed(&committed_operation(a_host, "bread"));
+    expect_wake(&b_wakes, "B after A's second commit").await;
+    assert_eq!(b_hints.take().len(), 1);
+    assert_eq!(replayed.lock().unwrap().len(), 1);
 }
