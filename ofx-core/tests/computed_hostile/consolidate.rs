@@ -5,7 +5,7 @@
 //! changed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ofx_core::{ComputedState, capture, invalidate};
 
@@ -366,14 +366,22 @@ async fn a_dependent_kept_through_an_error_expiry_is_reached_when_the_value_heal
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_invalidations_settle_to_fresh_values() {
     const KEYS: usize = 8;
+    /// Reads the readers make during the writes, at least (the writers go on until they have).
+    const READS: usize = 200;
     let lab = Lab::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for writer in 0..4_u64 {
         let lab = Arc::clone(&lab);
+        let reads = Arc::clone(&reads);
         tasks.push(tokio::spawn(async move {
             let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ writer;
-            for _ in 0..3_000 {
+            // 3,000 writes each, and more while the readers have not read enough (however the
+            // machine's load shares the two threads between them).
+            let mut written = 0;
+            while written < 3_000 || reads.load(Ordering::SeqCst) < READS {
+                written += 1;
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
@@ -390,6 +398,7 @@ async fn concurrent_invalidations_settle_to_fresh_values() {
     for reader in 0..2_usize {
         let lab = Arc::clone(&lab);
         let stop = Arc::clone(&stop);
+        let reads = Arc::clone(&reads);
         readers.push(tokio::spawn(async move {
             let mut i = reader;
             let mut handles = Vec::new();
@@ -398,6 +407,7 @@ async fn concurrent_invalidations_settle_to_fresh_values() {
                 handles.push((k, true, capture(lab.label(k)).await.unwrap()));
                 handles.push((k, false, capture(lab.top(k)).await.unwrap()));
                 lab.both(k, 24 + (i + 1) % KEYS).await;
+                reads.fetch_add(2, Ordering::SeqCst);
                 if i.is_multiple_of(5) {
                     invalidate! { lab.parity(k); lab.bucket(k); }
                 }
@@ -415,7 +425,7 @@ async fn concurrent_invalidations_settle_to_fresh_values() {
     for reader in readers {
         handles.extend(reader.await.unwrap());
     }
-    assert!(handles.len() > 100, "{} reads", handles.len());
+    assert!(handles.len() >= READS, "{} reads", handles.len());
 
     // Every value read during the run that is still consistent is what a fresh computation
     // returns (or gets invalidated).
