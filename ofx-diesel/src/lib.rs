@@ -99,6 +99,7 @@ mod db_hub;
 mod error;
 pub mod events;
 mod following;
+mod hints;
 mod hosts;
 pub mod inspect;
 mod link;

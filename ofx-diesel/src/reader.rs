@@ -73,6 +73,9 @@ pub struct ReaderStats {
     /// Hints that were not an operation (logged at debug level, then dropped: the log has
     /// the operation).
     pub bad_hints: AtomicU64,
+    /// Rows whose operation differed from the hint replayed for it (logged at error level;
+    /// every cached value was invalidated).
+    pub hint_mismatches: AtomicU64,
     /// Whether the reader's task runs, stopped, or ended unexpectedly.
     pub health: Arc<TaskHealth>,
 }
@@ -669,10 +672,16 @@ impl<B: Backend> DbHub<B> {
             stats: Arc::clone(&stats),
             progress: progress_tx,
             hints: link.watcher().and_then(|watcher| watcher.hints()),
+            ledger: Arc::default(),
             watcher: link.watcher(),
         };
         let replayer = task.hints.as_ref().map(|hints| {
-            let replayer = hint_replayer(hub, &stats, tokio::runtime::Handle::current());
+            let replayer = crate::hints::hint_replayer(
+                hub,
+                &stats,
+                &task.ledger,
+                tokio::runtime::Handle::current(),
+            );
             hints.set_replayer(Arc::clone(&replayer));
             replayer
         });
@@ -742,6 +751,8 @@ struct Reader<B: Backend> {
     watcher: Option<Arc<dyn ofx_core::LogWatcher>>,
     /// The hints the watcher receives, replayed before each read.
     hints: Option<Arc<ofx_core::watcher::WakeHints>>,
+    /// The operations replayed from hints, to check against their rows.
+    ledger: Arc<crate::hints::HintLedger>,
 }
 
 impl<B: Backend> Reader<B> {
@@ -873,9 +884,7 @@ impl<B: Backend> Reader<B> {
     /// replayer).
     fn replay_hints(&self, hub: &Hub) {
         if let Some(hints) = &self.hints {
-            for hint in hints.take() {
-                replay_hint(hub, &self.stats, &self.host, &hint);
-            }
+            crate::hints::replay_waiting(hub, &self.stats, &self.ledger, &self.host, hints);
         }
     }
 
@@ -963,12 +972,19 @@ impl<B: Backend> Reader<B> {
         };
         if hub.notifier().is_known(operation.uuid) {
             self.stats.known.fetch_add(1, Ordering::Relaxed);
+            self.ledger.check_row(hub, &self.stats, &operation);
             return;
         }
         match hub.notifier().complete_remote(hub, operation.clone()).await {
-            Ok(_) => {
-                self.stats.replayed.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::record_replay_delay(&self.host, row.committed_at);
+            Ok(replayed) => {
+                if replayed {
+                    self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    crate::telemetry::record_replay_delay(&self.host, row.committed_at);
+                } else {
+                    // Completed by another path meanwhile (a hint's replay, running then).
+                    self.stats.known.fetch_add(1, Ordering::Relaxed);
+                }
+                self.ledger.check_row(hub, &self.stats, &operation);
             }
             Err(ReplayError::Undecodable(error)) => {
                 self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);
@@ -1222,59 +1238,6 @@ impl<B: Backend> Reader<B> {
 }
 
 /// `period` ± `spread` (a fraction), at random.
-/// Replays an operation that another host's wake-up carried (see [`ofx_core::watcher`]),
-/// before its row is read: what takes the read's round trip off the path from a commit to this
-/// host's invalidations. The log stays the record: each row is still read, and skipped if its
-/// hint completed it. A hint that does not decode, whose replay fails, or whose operation
-/// another path is replaying, is left to the row.
-fn replay_hint(hub: &Hub, stats: &ReaderStats, host: &str, hint: &str) {
-    let operation = match ofx_core::watcher::decode_hint(hint) {
-        Ok(operation) => operation,
-        Err(error) => {
-            stats.bad_hints.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%error, "dropping a wake-up's hint that is not an operation");
-            return;
-        }
-    };
-    // Before the pass, whose invalidations wake live values: they read it to label their
-    // next frame (a position the reader reaches in any case: the operation is committed).
-    if let Some(sequence) = operation.sequence {
-        hub.note_hinted_position(sequence);
-    }
-    match hub.notifier().complete_hinted(hub, &operation) {
-        Ok(true) => {
-            stats.replayed.fetch_add(1, Ordering::Relaxed);
-            stats.hinted.fetch_add(1, Ordering::Relaxed);
-            if let Some(at) = operation.committed_at {
-                crate::telemetry::record_replay_delay(host, crate::row::micros(at));
-            }
-        }
-        Ok(false) => {}
-        Err(error) => {
-            tracing::debug!(uuid = %operation.uuid, %error, "a wake-up's hint could not be replayed; its row will be");
-        }
-    }
-}
-
-/// The replayer a reader installs in its watcher's hints: replays each hint where the watcher
-/// received it, in `runtime`'s context (the file watch's thread is not a runtime's), while the
-/// hub lives.
-fn hint_replayer(
-    hub: &Hub,
-    stats: &Arc<ReaderStats>,
-    runtime: tokio::runtime::Handle,
-) -> ofx_core::watcher::HintReplayer {
-    let weak = hub.downgrade();
-    let stats = Arc::clone(stats);
-    let host = hub.host_id().to_string();
-    Arc::new(move |hint: &str| {
-        if let Some(hub) = weak.upgrade() {
-            let _runtime = runtime.enter();
-            replay_hint(&hub, &stats, &host, hint);
-        }
-    })
-}
-
 pub(crate) fn jitter(period: Duration, spread: f64) -> Duration {
     let factor = 1.0 + spread * (rand::random::<f64>() * 2.0 - 1.0);
     // Saturating: a period near `Duration::MAX` times the jitter would overflow.

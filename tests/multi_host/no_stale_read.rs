@@ -90,6 +90,18 @@ async fn run<B: CounterQueries>(url: &str, wakeup: &Wakeup) {
         "each main branch ran exactly once"
     );
     for (index, host) in cluster.hosts.iter().enumerate() {
+        // Every wake-up's hint was its operation's row (hints from honest hosts).
+        let stats = host.reader.stats();
+        assert_eq!(
+            (
+                stats.hint_mismatches.load(Ordering::SeqCst),
+                stats.bad_hints.load(Ordering::SeqCst)
+            ),
+            (0, 0),
+            "host {index}: hints that were not their rows"
+        );
+    }
+    for (index, host) in cluster.hosts.iter().enumerate() {
         for a in 0..KEYS {
             let fresh = host.counters.fresh(a).await;
             assert_eq!(

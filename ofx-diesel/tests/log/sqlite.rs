@@ -124,6 +124,8 @@ struct HintingWatcher {
     wakes: std::sync::Arc<tokio::sync::Notify>,
     hints: std::sync::Arc<ofx_core::watcher::WakeHints>,
     peer: std::sync::OnceLock<std::sync::Arc<HintingWatcher>>,
+    /// Changes each operation before it goes as a hint: a host that lies.
+    lie: std::sync::OnceLock<fn(&mut ofx_core::Operation)>,
 }
 
 impl HintingWatcher {
@@ -150,8 +152,12 @@ impl ofx_core::LogWatcher for HintingWatcher {
 
     fn notify_committed(&self, operation: &ofx_core::Operation) {
         let peer = self.peer.get().unwrap();
+        let mut operation = operation.clone();
+        if let Some(lie) = self.lie.get() {
+            lie(&mut operation);
+        }
         peer.hints
-            .push(ofx_core::watcher::encode_hint(operation).unwrap());
+            .push(ofx_core::watcher::encode_hint(&operation).unwrap());
         peer.wakes.notify_one();
     }
 
@@ -169,8 +175,23 @@ async fn hinted_hosts(
     crate::common::Host<Sqlite>,
     std::sync::Arc<HintingWatcher>,
 ) {
+    hinted_hosts_lying(path, None).await
+}
+
+/// [`hinted_hosts`], A's hints changed by `lie`.
+async fn hinted_hosts_lying(
+    path: &str,
+    lie: Option<fn(&mut ofx_core::Operation)>,
+) -> (
+    crate::common::Host<Sqlite>,
+    crate::common::Host<Sqlite>,
+    std::sync::Arc<HintingWatcher>,
+) {
     use crate::common::{Host, fast};
     let (on_a, on_b) = HintingWatcher::pair();
+    if let Some(lie) = lie {
+        on_a.lie.set(lie).unwrap();
+    }
     let mut settings = fast();
     settings.poll_period_with_watcher = std::time::Duration::from_secs(3600);
     let a = Host::<Sqlite>::open_with(path, settings.clone(), false, Some(on_a)).await;
@@ -204,6 +225,11 @@ async fn a_hint_invalidates_the_other_host_before_its_row_is_read_and_the_row_is
         .await
         .unwrap();
     assert_eq!(stats.known.load(Relaxed), 1, "the row was skipped");
+    assert_eq!(
+        stats.hint_mismatches.load(Relaxed),
+        0,
+        "the hint was the row"
+    );
     assert_eq!(
         (stats.replayed.load(Relaxed), stats.hinted.load(Relaxed)),
         (1, 1),
@@ -246,4 +272,31 @@ async fn a_hint_that_is_not_a_known_operation_is_dropped_and_the_row_still_repla
         .unwrap();
     assert!(!cached.is_consistent());
     assert_eq!(stats.bad_rows.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_that_differs_from_its_row_makes_the_reader_invalidate_everything() {
+    use ofx_core::capture;
+    use std::sync::atomic::Ordering::Relaxed;
+    let path = sqlite_file().await;
+    // A tells B it deposited to account 8; its row says 7.
+    let lie: fn(&mut ofx_core::Operation) = |operation| operation.command["id"] = 8.into();
+    let (a, b, _) = hinted_hosts_lying(&path, Some(lie)).await;
+    let stats = b.reader.as_ref().unwrap().stats();
+    let (_, seven) = capture(b.balance(7)).await.unwrap();
+    let (_, eight) = capture(b.balance(8)).await.unwrap();
+    let sequence = a.deposit_sequence(7, 1).await;
+    assert!(!eight.is_consistent(), "the lie was replayed");
+    b.reader
+        .as_ref()
+        .unwrap()
+        .wait_replayed(sequence, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(stats.hint_mismatches.load(Relaxed), 1);
+    assert!(
+        !seven.is_consistent(),
+        "the row the hint hid was not left stale: everything was invalidated"
+    );
+    assert_eq!(b.balance(7).await, Ok(1));
 }
