@@ -266,6 +266,7 @@ impl Ofx {
             first: true,
             ended: false,
             last_data: None,
+            hint_given_up: None,
         };
         Sse::new(futures_util::stream::unfold(live, Live::next))
             .keep_alive(KeepAlive::new().interval(self.settings().keep_alive))
@@ -285,6 +286,9 @@ struct Live<M: ComputeMethod> {
     ended: bool,
     /// The value of the last frame sent: a recomputation to the same value sends nothing.
     last_data: Option<serde_json::Value>,
+    /// A hinted position the log did not reach within [`HINT_CATCH_UP`]: not waited for again
+    /// (a hint's position is the sending host's word).
+    hint_given_up: Option<i64>,
 }
 
 /// How long a frame waits for the log reader to read through the operations its value reflects
@@ -302,15 +306,20 @@ where
     /// computed reflects them: waits (at most [`HINT_CATCH_UP`]) for the reader to read that
     /// far, so that the frame's id says so, and a client waiting for a frame at or past its
     /// command's position gets this one.
-    async fn log_position(&self) -> Option<i64> {
+    async fn log_position(&mut self) -> Option<i64> {
         let hub = self.service.hub();
         let position = hub.log_position();
         match (position, hub.hinted_position()) {
-            (Some(position), Some(hinted)) if hinted > position => {
-                tokio::time::timeout(HINT_CATCH_UP, hub.log_position_reached(hinted))
-                    .await
-                    .ok()
-                    .or_else(|| hub.log_position())
+            (Some(position), Some(hinted))
+                if hinted > position && self.hint_given_up.is_none_or(|given| hinted > given) =>
+            {
+                match tokio::time::timeout(HINT_CATCH_UP, hub.log_position_reached(hinted)).await {
+                    Ok(reached) => Some(reached),
+                    Err(_) => {
+                        self.hint_given_up = Some(hinted);
+                        hub.log_position()
+                    }
+                }
             }
             _ => position,
         }

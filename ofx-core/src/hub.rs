@@ -162,6 +162,18 @@ impl Hub {
             .fetch_max(position, Ordering::AcqRel);
     }
 
+    /// Takes back a hinted position the log did not reach: sets it to `through` if it is still
+    /// `hinted` (what a log reader calls when a read that started after the hint reached the
+    /// log's end at `through`: the hint's sequence was no committed operation's).
+    pub fn retract_hinted_position(&self, hinted: i64, through: i64) {
+        let _ = self.inner.hinted_position.compare_exchange(
+            hinted,
+            through,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     /// Waits until this hub has replayed the operation log through `position` or beyond
     /// ([`log_position`](Self::log_position)), and returns where it is. Wrap it in a timeout
     /// if the position may never come (a hub without a log reader).

@@ -5,9 +5,9 @@
 //! takes the read's round trip off the path from a commit to this host's invalidations. The log
 //! stays the record: each row is still read, and skipped if its hint completed it. Its content
 //! is then compared with the hint's (a fingerprint of the commands and items): a hint that
-//! differed from its row (forged, or from a host that lies) invalidated the wrong values, and
-//! the row's were skipped, so the reader says so loudly and invalidates every cached value, as
-//! it does when it lost track of the log.
+//! differed from its row (forged, or from a host that lies) invalidated the wrong values, so the
+//! reader says so loudly and runs the row's invalidations too (or, if it cannot, invalidates
+//! every cached value, as it does when it lost track of the log).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -19,9 +19,10 @@ use uuid::Uuid;
 
 use crate::reader::ReaderStats;
 
-/// How many hinted operations a ledger remembers until their rows are read (the notifier
-/// remembers as many completed ones).
-const MAX_LEDGER: usize = ofx_core::operation::MAX_KNOWN_OPERATIONS;
+/// How many hinted operations a ledger remembers until their rows are read: four times what
+/// the notifier remembers of completed ones (about 64 bytes each), for a reader kept behind
+/// (its database slow or unreachable) while hints still flow.
+const MAX_LEDGER: usize = 4 * ofx_core::operation::MAX_KNOWN_OPERATIONS;
 
 /// The fingerprints of the operations replayed (or being replayed) from hints, until their
 /// rows are read.
@@ -32,46 +33,92 @@ pub(crate) struct HintLedger {
 
 #[derive(Debug, Default)]
 struct Ledger {
-    fingerprints: HashMap<Uuid, u64>,
+    entries: HashMap<Uuid, Hinted>,
     order: VecDeque<Uuid>,
 }
 
+/// An operation replayed from a hint, until its row is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hinted {
+    fingerprint: u64,
+    /// Its replay completed it (else it is running).
+    pub(crate) done: bool,
+}
+
 impl HintLedger {
-    fn insert(&self, uuid: Uuid, fingerprint: u64) {
-        let mut ledger = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if ledger.fingerprints.insert(uuid, fingerprint).is_none() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A hint's replay starts.
+    fn begin(&self, uuid: Uuid, fingerprint: u64) {
+        let mut ledger = self.lock();
+        let hinted = Hinted {
+            fingerprint,
+            done: false,
+        };
+        if ledger.entries.insert(uuid, hinted).is_none() {
             ledger.order.push_back(uuid);
         }
         while ledger.order.len() > MAX_LEDGER {
             if let Some(oldest) = ledger.order.pop_front() {
-                ledger.fingerprints.remove(&oldest);
+                ledger.entries.remove(&oldest);
             }
         }
     }
 
-    fn remove(&self, uuid: Uuid) -> Option<u64> {
-        let mut ledger = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let fingerprint = ledger.fingerprints.remove(&uuid)?;
-        ledger.order.retain(|known| *known != uuid);
-        Some(fingerprint)
+    /// A hint's replay ended: the operation is completed (`true`), or left to its row.
+    fn finish(&self, uuid: Uuid, completed: bool) {
+        let mut ledger = self.lock();
+        if completed {
+            if let Some(hinted) = ledger.entries.get_mut(&uuid) {
+                hinted.done = true;
+            }
+        } else if ledger.entries.remove(&uuid).is_some() {
+            ledger.order.retain(|known| *known != uuid);
+        }
     }
 
-    /// Checks `operation`, read from its row, against its hint if one was replayed: `false`
-    /// (logged, counted, and every cached value invalidated) when they differ.
-    pub(crate) fn check_row(&self, hub: &Hub, stats: &ReaderStats, operation: &Operation) -> bool {
-        let Some(hinted) = self.remove(operation.uuid) else {
-            return true;
-        };
-        if hinted == fingerprint(operation) {
+    /// What the hints did for the operation of a row being read (forgotten then). An operation
+    /// a hint completed is skipped even when the notifier no longer remembers it (it remembers
+    /// [`MAX_KNOWN_OPERATIONS`](ofx_core::operation::MAX_KNOWN_OPERATIONS) operations, and a
+    /// reader kept behind while hints flow may read more rows than that later).
+    pub(crate) fn take(&self, uuid: Uuid) -> Option<Hinted> {
+        let mut ledger = self.lock();
+        let hinted = ledger.entries.remove(&uuid)?;
+        ledger.order.retain(|known| *known != uuid);
+        Some(hinted)
+    }
+
+    /// Checks `operation`, read from its row, against its hint: `false` (logged, counted, and
+    /// every cached value invalidated) when they differ.
+    pub(crate) fn check_row(
+        hub: &Hub,
+        stats: &ReaderStats,
+        operation: &Operation,
+        hinted: Hinted,
+    ) -> bool {
+        if hinted.fingerprint == fingerprint(operation) {
             return true;
         }
         stats.hint_mismatches.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            uuid = %operation.uuid,
-            command = %operation.command_name,
-            "a wake-up's hint differed from its operation's row: invalidating every cached value"
-        );
-        hub.invalidate_everything();
+        // The hint invalidated what it said; the row's own invalidations run now.
+        match hub.notifier().invalidate_again(hub, operation) {
+            Ok(()) => tracing::error!(
+                uuid = %operation.uuid,
+                command = %operation.command_name,
+                "a wake-up's hint differed from its operation's row: the row's invalidations ran too"
+            ),
+            Err(error) => {
+                tracing::error!(
+                    uuid = %operation.uuid,
+                    command = %operation.command_name,
+                    %error,
+                    "a wake-up's hint differed from its operation's row, whose invalidations cannot run: invalidating every cached value"
+                );
+                hub.invalidate_everything();
+            }
+        }
         false
     }
 }
@@ -104,13 +151,17 @@ fn replay_hint(hub: &Hub, stats: &ReaderStats, ledger: &HintLedger, host: &str, 
         }
     };
     // Before the pass: the row, read meanwhile, is checked against it.
-    ledger.insert(operation.uuid, fingerprint(&operation));
+    ledger.begin(operation.uuid, fingerprint(&operation));
     // Before the pass, whose invalidations wake live values: they read it to label their
     // next frame (a position the reader reaches in any case: the operation is committed).
     if let Some(sequence) = operation.sequence {
         hub.note_hinted_position(sequence);
     }
-    match hub.notifier().complete_hinted(hub, &operation) {
+    let completion = hub.notifier().complete_hinted(hub, &operation);
+    // Only what the hint completed is checked against its row: a hint of an operation
+    // completed by another path (this host's own, or its row read first) did nothing.
+    ledger.finish(operation.uuid, matches!(completion, Ok(true)));
+    match completion {
         Ok(true) => {
             stats.replayed.fetch_add(1, Ordering::Relaxed);
             stats.hinted.fetch_add(1, Ordering::Relaxed);
@@ -120,7 +171,6 @@ fn replay_hint(hub: &Hub, stats: &ReaderStats, ledger: &HintLedger, host: &str, 
         }
         Ok(false) => {}
         Err(error) => {
-            ledger.remove(operation.uuid);
             tracing::debug!(uuid = %operation.uuid, %error, "a wake-up's hint could not be replayed; its row will be");
         }
     }

@@ -73,8 +73,8 @@ pub struct ReaderStats {
     /// Hints that were not an operation (logged at debug level, then dropped: the log has
     /// the operation).
     pub bad_hints: AtomicU64,
-    /// Rows whose operation differed from the hint replayed for it (logged at error level;
-    /// every cached value was invalidated).
+    /// Rows whose operation differed from the hint replayed for it (logged at error level; the
+    /// row's invalidations ran too).
     pub hint_mismatches: AtomicU64,
     /// Whether the reader's task runs, stopped, or ended unexpectedly.
     pub health: Arc<TaskHealth>,
@@ -835,6 +835,9 @@ impl<B: Backend> Reader<B> {
             return Ok(false);
         };
         self.replay_hints(&hub);
+        // A hint noted before this read that the read does not reach was no committed
+        // operation's (see below).
+        let hinted = hub.hinted_position();
         let mut connection = self.db.connection().await?;
         // Rows found late are replayed even when a later query fails: the gaps and the start
         // horizon no longer wait for them.
@@ -875,6 +878,20 @@ impl<B: Backend> Reader<B> {
         );
         if let Some(cursor) = state.cursor {
             self.stats.cursor.store(cursor, Ordering::Relaxed);
+            // The read reached the log's end: every operation committed before it started is at
+            // or below the cursor, and a hint is sent after its commit.
+            if let Some(hinted) = hinted
+                && !full
+                && hinted > cursor
+                && state.gaps.is_empty()
+            {
+                tracing::warn!(
+                    hinted,
+                    cursor,
+                    "a wake-up's hint named a log position the log does not reach"
+                );
+                hub.retract_hinted_position(hinted, cursor);
+            }
         }
         self.retry_due(&hub, state).await;
         Ok(full)
@@ -970,9 +987,15 @@ impl<B: Backend> Reader<B> {
                 return;
             }
         };
-        if hub.notifier().is_known(operation.uuid) {
+        let hinted = self.ledger.take(operation.uuid);
+        let check = |operation: &ofx_core::Operation| {
+            if let Some(hinted) = hinted {
+                crate::hints::HintLedger::check_row(hub, &self.stats, operation, hinted);
+            }
+        };
+        if hinted.is_some_and(|hinted| hinted.done) || hub.notifier().is_known(operation.uuid) {
             self.stats.known.fetch_add(1, Ordering::Relaxed);
-            self.ledger.check_row(hub, &self.stats, &operation);
+            check(&operation);
             return;
         }
         match hub.notifier().complete_remote(hub, operation.clone()).await {
@@ -984,7 +1007,7 @@ impl<B: Backend> Reader<B> {
                     // Completed by another path meanwhile (a hint's replay, running then).
                     self.stats.known.fetch_add(1, Ordering::Relaxed);
                 }
-                self.ledger.check_row(hub, &self.stats, &operation);
+                check(&operation);
             }
             Err(ReplayError::Undecodable(error)) => {
                 self.stats.bad_rows.fetch_add(1, Ordering::Relaxed);

@@ -49,6 +49,12 @@ impl Shared {
             self.stats.add(Counter::OwnIgnored);
             return;
         }
+        // No watcher sends a longer one: its hints are not taken (the wake-up is).
+        let lines = lines.take(if payload.len() > MAX_MESSAGE_BYTES {
+            0
+        } else {
+            usize::MAX
+        });
         for line in lines {
             // Untrusted: queued as text, decoded (or refused) by the reader.
             if let Ok(hint) = std::str::from_utf8(line)

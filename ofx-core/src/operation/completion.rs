@@ -49,6 +49,7 @@ pub struct OperationCompletionNotifier {
     listeners: Vec<Arc<dyn CompletionListener>>,
     failures: AtomicU64,
     panics: AtomicU64,
+    listener_panics: AtomicU64,
 }
 
 /// The operations completed recently, by uuid: what makes an operation's invalidation pass run
@@ -228,6 +229,7 @@ impl OperationCompletionNotifier {
             listeners,
             failures: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            listener_panics: AtomicU64::new(0),
         }
     }
 
@@ -337,6 +339,20 @@ impl OperationCompletionNotifier {
         }
     }
 
+    /// Runs the invalidation pass of an operation another host committed once more, whether
+    /// or not it was completed, telling no listener: for a log reader that found an operation's
+    /// row differing from the hint that completed it (see [`crate::watcher`]).
+    ///
+    /// # Errors
+    /// As [`complete_remote`](Self::complete_remote).
+    pub fn invalidate_again(&self, hub: &Hub, operation: &Operation) -> Result<(), ReplayError> {
+        self.pass(hub, operation, false)
+            .map_err(|error| match error {
+                PassError::Undecodable(error) => ReplayError::Undecodable(error),
+                PassError::Unavailable(error) => ReplayError::Unavailable(error),
+            })
+    }
+
     /// Runs the invalidation pass of `operation` and counts its panics.
     fn pass(&self, hub: &Hub, operation: &Operation, local: bool) -> Result<(), PassError> {
         let report = pass(hub, operation, local);
@@ -364,8 +380,22 @@ impl OperationCompletionNotifier {
             local,
         });
         for listener in &self.listeners {
-            listener.on_operation_completed(operation, local);
+            // A listener's panic stays here: it must not unwind into the path that completed
+            // the operation (a log reader's task, a watcher's), nor keep the others untold.
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                listener.on_operation_completed(operation, local);
+            }));
+            if told.is_err() {
+                self.listener_panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(operation = %operation.uuid, command = %operation.command_name, "a completion listener panicked");
+            }
         }
+    }
+
+    /// How many calls of completion listeners panicked (each is logged; the operation is
+    /// completed, and the other listeners told).
+    pub fn listener_panic_count(&self) -> u64 {
+        self.listener_panics.load(Ordering::Relaxed)
     }
 }
 
