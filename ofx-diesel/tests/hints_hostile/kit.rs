@@ -271,13 +271,16 @@ impl LogWatcher for Sending {
 // ---------------------------------------------------------------------------------------------
 // Completions
 
+/// A listener's extra behaviour.
+pub type Hook = Box<dyn Fn(&Operation) + Send + Sync>;
+
 /// What a hub completed, by uuid: how many times.
 #[derive(Default)]
 pub struct Seen {
     pub by_uuid: Mutex<HashMap<Uuid, u32>>,
     pub changed: Notify,
     /// Called in the listener, after counting (for re-entrancy attacks).
-    pub hook: OnceLock<Box<dyn Fn(&Operation) + Send + Sync>>,
+    pub hook: OnceLock<Hook>,
 }
 
 impl Seen {
