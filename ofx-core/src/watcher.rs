@@ -12,6 +12,17 @@
 //! commit and the other hosts' invalidations. The log stays the record: the reader still reads
 //! every row, and skips the ones a hint completed (by uuid), so a hint lost, dropped (too large,
 //! too many at once) or refused changes nothing but the delay.
+//!
+//! What a hint relies on:
+//! - it is sent after its commit, and the receiving hosts read the database it was committed
+//!   to: a value recomputed right after the hint sees the commit (a host reading a replica that
+//!   lags would recompute from the old data, and skip the row later: hints and lagging
+//!   replicas do not mix);
+//! - the channel is trusted as the log is. A hint that differs from its row (forged, or sent by
+//!   a host that lies) is found when the row is read: the reader logs it, counts it
+//!   (`hint_mismatches` in ofx-diesel's reader stats) and runs the row's invalidations too;
+//!   the listeners were told of the hint's operation. A hint's log position labels live values
+//!   only until the log's end is read without it.
 
 use std::collections::VecDeque;
 use std::fmt;
