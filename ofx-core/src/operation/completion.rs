@@ -114,7 +114,12 @@ impl RecentOperations {
                 }
             }
         }
-        // Settles the claim even if the pass panics: its waiters run it then.
+        self.run_claimed(uuid, pass)
+    }
+
+    /// Runs the pass of `uuid`, claimed by the caller, and settles the claim: even if the pass
+    /// panics (its waiters run it then).
+    fn run_claimed<E>(&self, uuid: Uuid, pass: impl FnOnce() -> Result<(), E>) -> Completion<E> {
         let mut running = Running {
             recent: self,
             uuid,
@@ -137,22 +142,10 @@ impl RecentOperations {
         pass: impl FnOnce() -> Result<(), E>,
     ) -> Option<Completion<E>> {
         match self.claim(uuid) {
-            Claim::New => {}
-            Claim::Done => return Some(Completion::Known),
-            Claim::Running => return None,
+            Claim::New => Some(self.run_claimed(uuid, pass)),
+            Claim::Done => Some(Completion::Known),
+            Claim::Running => None,
         }
-        let mut running = Running {
-            recent: self,
-            uuid,
-            done: false,
-        };
-        let result = pass();
-        running.done = result.is_ok();
-        drop(running);
-        Some(match result {
-            Ok(()) => Completion::Done,
-            Err(error) => Completion::Failed(error),
-        })
     }
 
     /// Whether `uuid` was completed recently (its pass succeeded).

@@ -218,12 +218,7 @@ async fn a_hint_invalidates_the_other_host_before_its_row_is_read_and_the_row_is
     assert_eq!(stats.hinted.load(Relaxed), 1);
     assert_eq!(b.accounts.hub.hinted_position(), Some(sequence));
     // Woken after the hint, the reader reads the row, and skips it: the invalidation ran once.
-    b.reader
-        .as_ref()
-        .unwrap()
-        .wait_replayed(sequence, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    replayed(&b, sequence).await;
     assert_eq!(stats.known.load(Relaxed), 1, "the row was skipped");
     assert_eq!(
         stats.hint_mismatches.load(Relaxed),
@@ -264,12 +259,7 @@ async fn a_hint_that_is_not_a_known_operation_is_dropped_and_the_row_still_repla
     assert!(cached.is_consistent(), "nothing was invalidated");
     // The reader still replays what commits.
     let sequence = a.deposit_sequence(7, 1).await;
-    b.reader
-        .as_ref()
-        .unwrap()
-        .wait_replayed(sequence, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    replayed(&b, sequence).await;
     assert!(!cached.is_consistent());
     assert_eq!(stats.bad_rows.load(Relaxed), 0);
 }
@@ -287,16 +277,21 @@ async fn a_hint_that_differs_from_its_row_makes_the_reader_run_the_rows_invalida
     let (_, eight) = capture(b.balance(8)).await.unwrap();
     let sequence = a.deposit_sequence(7, 1).await;
     assert!(!eight.is_consistent(), "the lie was replayed");
-    b.reader
-        .as_ref()
-        .unwrap()
-        .wait_replayed(sequence, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    replayed(&b, sequence).await;
     assert_eq!(stats.hint_mismatches.load(Relaxed), 1);
     assert!(
         !seven.is_consistent(),
         "the row the hint hid was not left stale"
     );
     assert_eq!(b.balance(7).await, Ok(1));
+}
+
+/// Waits until `host`'s reader has replayed the log through `sequence`.
+async fn replayed(host: &crate::common::Host<Sqlite>, sequence: i64) {
+    host.reader
+        .as_ref()
+        .unwrap()
+        .wait_replayed(sequence, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
 }
