@@ -34,6 +34,8 @@ pub(crate) struct HintLedger {
 #[derive(Debug, Default)]
 struct Ledger {
     entries: HashMap<Uuid, Hinted>,
+    /// The uuids in the order they came, to forget the oldest past [`MAX_LEDGER`]; one taken
+    /// since stays here until then (taking one costs no scan).
     order: VecDeque<Uuid>,
 }
 
@@ -74,8 +76,8 @@ impl HintLedger {
             if let Some(hinted) = ledger.entries.get_mut(&uuid) {
                 hinted.done = true;
             }
-        } else if ledger.entries.remove(&uuid).is_some() {
-            ledger.order.retain(|known| *known != uuid);
+        } else {
+            ledger.entries.remove(&uuid);
         }
     }
 
@@ -84,10 +86,7 @@ impl HintLedger {
     /// [`MAX_KNOWN_OPERATIONS`](ofx_core::operation::MAX_KNOWN_OPERATIONS) operations, and a
     /// reader kept behind while hints flow may read more rows than that later).
     pub(crate) fn take(&self, uuid: Uuid) -> Option<Hinted> {
-        let mut ledger = self.lock();
-        let hinted = ledger.entries.remove(&uuid)?;
-        ledger.order.retain(|known| *known != uuid);
-        Some(hinted)
+        self.lock().entries.remove(&uuid)
     }
 
     /// Checks `operation`, read from its row, against its hint: `false` (logged, counted, and
