@@ -1,7 +1,7 @@
 //! [`OperationCompletionNotifier`]: the one place that learns an operation completed, and runs
 //! its invalidation pass.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
@@ -67,7 +67,9 @@ pub(crate) struct RecentOperations {
 struct Recent {
     /// The uuids completed recently (`true`), or whose pass is running (`false`).
     known: HashMap<Uuid, bool>,
-    order: VecDeque<(Uuid, Instant)>,
+    /// When each was claimed, oldest uuid first (UUID v7 are time-ordered): what is forgotten
+    /// first.
+    order: BTreeMap<Uuid, Instant>,
 }
 
 /// How [`RecentOperations::complete_once`] went.
@@ -165,24 +167,38 @@ impl RecentOperations {
     /// Claims the pass of `uuid`, unless it is running or done.
     fn claim(&self, uuid: Uuid) -> Claim {
         let mut recent = self.lock();
-        let now = Instant::now();
-        while let Some(&(oldest, at)) = recent.order.front() {
-            if recent.order.len() < MAX_KNOWN_OPERATIONS
-                && now.duration_since(at) < MAX_KNOWN_OPERATION_AGE
-            {
-                break;
-            }
-            recent.order.pop_front();
-            recent.known.remove(&oldest);
-        }
         match recent.known.get(&uuid) {
             Some(true) => return Claim::Done,
             Some(false) => return Claim::Running,
             None => {}
         }
         recent.known.insert(uuid, false);
-        recent.order.push_back((uuid, now));
+        recent.order.insert(uuid, Instant::now());
         Claim::New
+    }
+
+    /// Forgets the completed operations past [`MAX_KNOWN_OPERATIONS`] or older than
+    /// [`MAX_KNOWN_OPERATION_AGE`], the oldest uuid first (never one whose pass runs). Called
+    /// once a pass ended, so that an operation completed again long after (its row read by a
+    /// reader far behind, after it was forgotten) is the one forgotten next, not the next
+    /// operation that reader will read: forgetting in the order of claims made each such
+    /// completion forget the next row's, and the reader then completed every one of them again.
+    fn forget_oldest(recent: &mut Recent) {
+        let now = Instant::now();
+        let mut running = Vec::new();
+        while let Some((uuid, at)) = recent.order.pop_first() {
+            let count = recent.order.len() + running.len() + 1;
+            if count <= MAX_KNOWN_OPERATIONS && now.duration_since(at) < MAX_KNOWN_OPERATION_AGE {
+                recent.order.insert(uuid, at);
+                break;
+            }
+            if recent.known.get(&uuid) == Some(&false) {
+                running.push((uuid, at));
+            } else {
+                recent.known.remove(&uuid);
+            }
+        }
+        recent.order.extend(running);
     }
 
     /// Ends the pass of `uuid`: remembers it completed, or forgets it; wakes the paths that
@@ -193,9 +209,10 @@ impl RecentOperations {
             if let Some(phase) = recent.known.get_mut(&uuid) {
                 *phase = true;
             }
+            Self::forget_oldest(&mut recent);
         } else {
             recent.known.remove(&uuid);
-            recent.order.retain(|(known, _)| *known != uuid);
+            recent.order.remove(&uuid);
         }
         drop(recent);
         self.settled.notify(usize::MAX);
@@ -447,6 +464,31 @@ mod tests {
             recent.complete_unless_running::<()>(uuid, || Ok(())),
             Some(Completion::Known)
         );
+    }
+
+    #[test]
+    fn a_reader_far_behind_completes_again_only_what_was_forgotten() {
+        const BEYOND: usize = 100;
+        let recent = RecentOperations::default();
+        let mut uuids: Vec<Uuid> = (0..MAX_KNOWN_OPERATIONS + BEYOND)
+            .map(|_| Uuid::now_v7())
+            .collect();
+        uuids.sort_unstable();
+        for &uuid in &uuids {
+            assert_eq!(
+                recent.complete_unless_running::<()>(uuid, || Ok(())),
+                Some(Completion::Done)
+            );
+        }
+        // A reader that was behind reads them all, oldest first: the oldest were forgotten and
+        // complete again, and nothing else does.
+        let again = uuids
+            .iter()
+            .filter(|&&uuid| {
+                recent.complete_unless_running::<()>(uuid, || Ok(())) == Some(Completion::Done)
+            })
+            .count();
+        assert_eq!(again, BEYOND);
     }
 
     #[test]
