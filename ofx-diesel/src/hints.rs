@@ -52,21 +52,25 @@ impl HintLedger {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A hint's replay starts.
-    fn begin(&self, uuid: Uuid, fingerprint: u64) {
+    /// A hint's replay starts; `false` if one of the same operation started before (and did
+    /// not fail): this one has nothing to do.
+    fn begin(&self, uuid: Uuid, fingerprint: u64) -> bool {
         let mut ledger = self.lock();
+        if ledger.entries.contains_key(&uuid) {
+            return false;
+        }
         let hinted = Hinted {
             fingerprint,
             done: false,
         };
-        if ledger.entries.insert(uuid, hinted).is_none() {
-            ledger.order.push_back(uuid);
-        }
+        ledger.entries.insert(uuid, hinted);
+        ledger.order.push_back(uuid);
         while ledger.order.len() > MAX_LEDGER {
             if let Some(oldest) = ledger.order.pop_front() {
                 ledger.entries.remove(&oldest);
             }
         }
+        true
     }
 
     /// A hint's replay ended: the operation is completed (`true`), or left to its row.
@@ -149,8 +153,11 @@ fn replay_hint(hub: &Hub, stats: &ReaderStats, ledger: &HintLedger, host: &str, 
             return;
         }
     };
-    // Before the pass: the row, read meanwhile, is checked against it.
-    ledger.begin(operation.uuid, fingerprint(&operation));
+    // Before the pass: the row, read meanwhile, is checked against it. A hint received twice
+    // (a message read twice) is replayed once.
+    if !ledger.begin(operation.uuid, fingerprint(&operation)) {
+        return;
+    }
     // Before the pass, whose invalidations wake live values: they read it to label their
     // next frame (a position the reader reaches in any case: the operation is committed).
     if let Some(sequence) = operation.sequence {
