@@ -357,6 +357,8 @@ pub struct Host {
     pub accounts: Arc<Accounts>,
     pub seen: Arc<Seen>,
     pub reader: Option<LogReader>,
+    /// How many replays of rows failed (`HubEvent::ReplayFailed`; a hint's failure is none).
+    pub replay_failed: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Host {
@@ -375,8 +377,14 @@ impl Host {
         let db = DbHub::<Sqlite>::open(path, settings).await.unwrap();
         db.set_watcher(Started(watcher)).unwrap();
         let seen = Arc::new(Seen::default());
+        let (failed, replay_failed) = tokio::sync::watch::channel(0_u64);
         let hub = Hub::builder()
             .completion_listener(Listener(Arc::clone(&seen)))
+            .event_listener(move |event: &ofx_core::HubEvent| {
+                if matches!(event, ofx_core::HubEvent::ReplayFailed { .. }) {
+                    failed.send_modify(|count| *count += 1);
+                }
+            })
             .with(db.clone())
             .start()
             .await
@@ -395,6 +403,7 @@ impl Host {
             accounts,
             seen,
             reader,
+            replay_failed,
         }
     }
 

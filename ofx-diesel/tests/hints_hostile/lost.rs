@@ -31,14 +31,13 @@ async fn a_hint_whose_replay_fails_because_the_service_is_not_attached_is_left_t
     assert!(!p.b.hub.notifier().is_known(uuid));
     assert_eq!(p.b.seen.count(&uuid), 0);
     // The row's replay fails too, and is retried; attach the service once it has been tried.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stat(&p.b.stats().replay_retries) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the row's replay was never retried"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await; // no event to await for a counter
-    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        p.b.replay_failed.clone().wait_for(|failed| *failed > 0),
+    )
+    .await
+    .expect("the row's replay was never retried")
+    .unwrap();
     p.b.attach();
     p.b.reader()
         .wait_replayed(sequence, Duration::from_secs(30))
