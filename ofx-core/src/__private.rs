@@ -64,7 +64,7 @@ pub trait HandlerError: Into<Box<dyn std::error::Error + Send + Sync>> {}
 
 impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> HandlerError for E {}
 pub use crate::computed::{
-    ComputeKey, ComputeMethodDescriptor, ComputeMethodOptions, Recompute, compute,
+    ComputeKey, ComputeMethodDescriptor, ComputeMethodOptions, Recompute, cached, compute,
     compute_consolidated, invalidate,
 };
 

@@ -9,6 +9,7 @@ use super::context::Context;
 use super::invalidation::{abandon, complete, invalidate_all, invalidate_now};
 use super::method::ComputeMethodDescriptor;
 use super::node::{COMPUTING, CONSISTENT, ErasedNode, Node, NodeCore, Removal};
+use super::table::{MethodTable, Slot};
 use crate::__private::Outcome;
 use crate::event::HubEvent;
 use crate::{ComputeService, Hub};
@@ -99,6 +100,24 @@ where
     }
 }
 
+/// The value of `method` for `key` if a hit can serve it without the call path: it is cached,
+/// consistent and was read before (its value is published in its slot). The wrapper of a
+/// compute method tries this before it builds the future of [`compute`], which handles
+/// everything else (`None`).
+#[inline]
+pub fn cached<S, K, T>(service: &S, method: &'static ComputeMethodDescriptor, key: &K) -> Option<T>
+where
+    S: ComputeService,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    let table = service.hub().registry().table::<S, K, T>(method);
+    let guard = scc::Guard::new();
+    let slot = table.map().peek(key, &guard)?;
+    let value = slot.value()?;
+    hit(&table, method, slot, slot.node()).then(|| value.clone())
+}
+
 /// [`compute`] for a consolidating method (`#[compute_method(consolidate)]`): the first call
 /// on a hub that knows the service also tells the method's table how to recompute and compare
 /// its values (`recompute`, the method's own wrapper on the service's `Arc`).
@@ -141,22 +160,24 @@ where
 {
     let table = hub.registry().table::<S, K, T>(method);
     loop {
-        let guard = table.map().guard();
-        if let Some(node) = table.map().get(key, &guard) {
+        let guard = scc::Guard::new();
+        if let Some(slot) = table.map().peek(key, &guard) {
+            let node = slot.node();
+            // A published value is current (see `Slot`): the hit reads neither the node's state
+            // nor its value, unless it is a computation's dependency.
+            // If it was invalidated since it was published, it is found invalidated, and
+            // removed, below.
+            if let Some(value) = slot.value()
+                && hit(&table, method, slot, node)
+            {
+                return Lookup::Hit(value.clone());
+            }
             let core = node.core();
             match core.state() {
                 CONSISTENT => {
                     if let Some(value) = node.output() {
-                        let usable = Context::with_current(|context| {
-                            context.register_hit(node.as_ref(), || {
-                                Arc::clone(node) as Arc<dyn ErasedNode>
-                            })
-                        });
-                        if usable != Some(false) {
-                            core.touch();
-                            table.emit(|| HubEvent::CacheHit {
-                                method: method.name(),
-                            });
+                        if hit(&table, method, slot, node) {
+                            slot.publish(value);
                             return Lookup::Hit(value.clone());
                         }
                         // Invalidated since it was read: do not use it, look again (it is
@@ -174,18 +195,46 @@ where
             node.detach(Removal::Cleanup);
             continue;
         }
+        drop(guard);
         let node = Arc::new(Node::new(
             NodeCore::new(method, hub.next_version()),
             key.clone(),
             table.weak(),
         ));
-        if table.try_insert(&node, &guard) {
-            drop(guard);
+        if table.try_insert(&node) {
             let weak = Arc::downgrade(&node);
             hub.registry().inserted(weak);
             return Lookup::Lead(node);
         }
     }
+}
+
+/// A hit on the consistent `node` of `slot`: registers it as a dependency of the running
+/// computation, if any. Returns whether the caller may use its value (`false`: it was
+/// invalidated meanwhile).
+#[inline]
+fn hit<S, K, T>(
+    table: &MethodTable<S, K, T>,
+    method: &'static ComputeMethodDescriptor,
+    slot: &Slot<S, K, T>,
+    node: &Arc<Node<S, K, T>>,
+) -> bool
+where
+    S: 'static,
+    K: ComputeKey,
+    T: Clone + Send + Sync + 'static,
+{
+    let usable = Context::with_current(|context| {
+        context.register_hit(node.as_ref(), || Arc::clone(node) as Arc<dyn ErasedNode>)
+    });
+    if usable == Some(false) {
+        return false;
+    }
+    slot.touch();
+    table.emit(|| HubEvent::CacheHit {
+        method: method.name(),
+    });
+    true
 }
 
 /// Abandons the computation if its leader is dropped (cancelled, or unwinding from a panic)

@@ -51,7 +51,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-pub use compute::{compute, compute_consolidated, invalidate};
+pub use compute::{cached, compute, compute_consolidated, invalidate};
 pub use context::{ComputeScope, capture};
 pub use method::{
     ComputeMethodDescriptor, ComputeMethodOptions, DEFAULT_ERROR_LIFETIME,

@@ -24,9 +24,6 @@ pub(crate) const INVALIDATED: u8 = 3;
 /// The parts of a cached result that do not depend on its key or value types.
 pub(crate) struct NodeCore {
     state: AtomicU8,
-    /// Set by reads after the first, cleared by the evictor's sweep: a value read again since
-    /// the last sweep gets a second chance; a value read once is evicted first.
-    accessed: AtomicBool,
     /// An invalidation of this (consistent) value is scheduled: its method has an
     /// invalidation delay, and one was asked for.
     delayed: AtomicBool,
@@ -137,7 +134,6 @@ impl NodeCore {
     pub(crate) fn new(method: &'static ComputeMethodDescriptor, version: u64) -> Self {
         Self {
             state: AtomicU8::new(COMPUTING),
-            accessed: AtomicBool::new(false),
             delayed: AtomicBool::new(false),
             kept_until: AtomicU32::new(0),
             version,
@@ -158,25 +154,6 @@ impl NodeCore {
 
     pub(crate) fn method(&self) -> &'static ComputeMethodDescriptor {
         self.method
-    }
-
-    /// Marks the value as read. Writes only when the flag is clear, so hot entries read by
-    /// several threads do not bounce a cache line between cores.
-    #[inline]
-    pub(crate) fn touch(&self) {
-        if !self.accessed.load(Ordering::Relaxed) {
-            self.accessed.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether the value was read since the evictor's hand last passed.
-    pub(crate) fn accessed(&self) -> bool {
-        self.accessed.load(Ordering::Relaxed)
-    }
-
-    /// Clears the accessed flag, returning whether it was set.
-    pub(crate) fn take_accessed(&self) -> bool {
-        self.accessed.swap(false, Ordering::Relaxed)
     }
 
     /// Claims the scheduling of this value's delayed invalidation: `true` for the first caller
@@ -401,6 +378,10 @@ pub(crate) trait ErasedNode: Send + Sync + 'static {
     /// equals this one, or invalidates them. `Err(dependents)`: it cannot (no consolidator, no
     /// service, no runtime), invalidate them now.
     fn consolidate(&self, dependents: Nodes) -> Result<(), Nodes>;
+    /// Whether the value was read since the evictor's hand last passed (a hit marks its
+    /// table's slot: a value read again since then gets a second chance; a value read once is
+    /// evicted first). With `take`, clears the mark.
+    fn accessed(&self, take: bool) -> bool;
 }
 
 /// A cached result of the compute method `S::method(K) -> T`. (Its fields in the compiler's
@@ -516,6 +497,12 @@ where
             });
         });
         Ok(())
+    }
+
+    fn accessed(&self, take: bool) -> bool {
+        self.table
+            .upgrade()
+            .is_some_and(|table| table.slot_accessed(self, take))
     }
 
     fn detach(&self, removal: Removal) {

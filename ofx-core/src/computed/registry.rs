@@ -70,6 +70,7 @@ impl Registry {
         self.capacity
     }
 
+    #[inline]
     fn slot(&self, index: usize) -> Option<&Slot> {
         let chunk = self.chunks.get(index / CHUNK)?;
         let chunk = chunk.get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
@@ -246,7 +247,7 @@ impl Registry {
             match core.state() {
                 INVALIDATED => {}
                 CONSISTENT
-                    if !core.take_accessed()
+                    if !node.accessed(true)
                         && !core.has_live_dependents()
                         && !core.is_awaited()
                         && !core.is_kept() =>
@@ -274,7 +275,7 @@ impl Registry {
             };
             let core = node.core();
             if core.state() != CONSISTENT
-                || core.accessed()
+                || node.accessed(false)
                 || core.has_live_dependents()
                 || core.is_awaited()
                 || core.is_kept()

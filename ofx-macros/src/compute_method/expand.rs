@@ -70,6 +70,8 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
     let options = options(model);
     // Hygienic: the user's arguments may have any name.
     let method_var = syn::Ident::new("__ofx_method", Span::mixed_site());
+    let key_var = syn::Ident::new("__ofx_call_key", Span::mixed_site());
+    let value_var = syn::Ident::new("__ofx_cached", Span::mixed_site());
     let name_text = name.to_string();
     let wrapper_args = model.args.iter().map(|arg| {
         let (name, ty) = (&arg.name, arg.ty);
@@ -114,10 +116,17 @@ pub(super) fn expand(model: &ComputeMethod<'_>) -> TokenStream {
             #consolidated_assert
             let #method_var = Self::#descriptor_fn();
             #method_var.count_call();
+            let #key_var: #key_ty = (#(#arg_names,)*);
+            // A hit on a value read before, without building the call's future.
+            if let ::core::option::Option::Some(#value_var) =
+                ::ofx_core::__private::cached::<#self_ty, #key_ty, #output>(self, #method_var, &#key_var)
+            {
+                return #value_var;
+            }
             ::ofx_core::__private::#entry(
                 self,
                 #method_var,
-                (#(#arg_names,)*),
+                { #key_var },
                 #is_error,
                 |(#(#arg_names,)*)| {
                     #method_var.count_computation();
