@@ -9,7 +9,9 @@ use super::method::ComputeMethodDescriptor;
 use super::table::MethodTable;
 use crate::event::HubEvent;
 // std's, or loom's in the loom models' build.
-use crate::sync::{AtomicBool, AtomicU8, AtomicU32, Mutex, MutexGuard, OnceLock, Ordering, fence};
+use crate::sync::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Mutex, MutexGuard, OnceLock, Ordering, fence,
+};
 
 /// The body is running; no value yet.
 pub(crate) const COMPUTING: u8 = 0;
@@ -32,6 +34,11 @@ pub(crate) struct NodeCore {
     kept_until: AtomicU32,
     version: u64,
     method: &'static ComputeMethodDescriptor,
+    /// The address of the dependency recorded last (0: none, or a dependency was removed
+    /// since): a computation that reads it again records nothing and takes no lock. While it is
+    /// set, that dependency is in `edges` (every removal clears it first, under the lock), so it
+    /// is alive and its address is its own.
+    last_dependency: AtomicUsize,
     /// Notified on every state change.
     changed: Event,
     edges: Mutex<Edges>,
@@ -138,6 +145,7 @@ impl NodeCore {
             kept_until: AtomicU32::new(0),
             version,
             method,
+            last_dependency: AtomicUsize::new(0),
             changed: Event::new(),
             edges: Mutex::new(Edges::default()),
         }
@@ -224,7 +232,13 @@ impl NodeCore {
         key: usize,
         share: impl FnOnce() -> Arc<dyn ErasedNode>,
     ) -> bool {
-        self.edges().insert_dependency(key, share)
+        if self.last_dependency.load(Ordering::Acquire) == key {
+            return false;
+        }
+        let mut edges = self.edges();
+        let new = edges.insert_dependency(key, share);
+        self.last_dependency.store(key, Ordering::Release);
+        new
     }
 
     /// Replaces the dependency at address `old` (a consolidated value that did not change)
@@ -232,6 +246,7 @@ impl NodeCore {
     /// the dependencies anymore (`self` was invalidated: its edges are gone).
     pub(crate) fn replace_dependency(&self, old: usize, new: &Arc<dyn ErasedNode>) -> bool {
         let mut edges = self.edges();
+        self.last_dependency.store(0, Ordering::Release);
         let Some(index) = edges
             .dependencies
             .iter()
@@ -258,6 +273,7 @@ impl NodeCore {
     pub(crate) fn remove_dependency(&self, dependency: &dyn ErasedNode) {
         let key = address_of(dependency);
         let mut edges = self.edges();
+        self.last_dependency.store(0, Ordering::Release);
         edges
             .dependencies
             .retain(|recorded| address(recorded) != key);
@@ -310,7 +326,10 @@ impl NodeCore {
     /// Takes the edges (called once, on invalidation): the live dependents, and the
     /// dependencies.
     pub(crate) fn take_all_edges(&self) -> (Nodes, Nodes) {
-        let edges = std::mem::take(&mut *self.edges());
+        let mut guard = self.edges();
+        self.last_dependency.store(0, Ordering::Release);
+        let edges = std::mem::take(&mut *guard);
+        drop(guard);
         let dependents = edges
             .dependents
             .into_iter()

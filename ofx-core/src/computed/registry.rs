@@ -13,6 +13,9 @@ use super::node::{CONSISTENT, ErasedNode, INVALIDATED, Nodes};
 use super::table::{ErasedTable, MethodTable};
 use crate::event::{HubEvent, HubEventListener};
 
+/// Slots allocated with the registry, for the first methods used in the process: found with
+/// one load.
+const DIRECT: usize = 256;
 const CHUNK: usize = 64;
 const CHUNKS: usize = 1024;
 
@@ -21,7 +24,9 @@ type Slot = OnceLock<Arc<dyn ErasedTable>>;
 /// One hub's cache: a table per compute method, found by the method's slot index without a
 /// lock on the hit path.
 pub(crate) struct Registry {
-    /// `CHUNKS` chunks of `CHUNK` slots, each chunk allocated on first use.
+    /// The slots of the first `DIRECT` method indexes.
+    direct: Box<[Slot]>,
+    /// `CHUNKS` chunks of `CHUNK` slots for the next indexes, each chunk allocated on first use.
     chunks: Box<[OnceLock<Box<[Slot]>>]>,
     /// Tables whose method slot holds another type (a method of a generic `impl`, or more
     /// methods than slots): found by (slot, type).
@@ -43,6 +48,7 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(capacity: usize, listener: Option<Arc<dyn HubEventListener>>) -> Self {
         Self {
+            direct: (0..DIRECT).map(|_| OnceLock::new()).collect(),
             chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
             overflow: papaya::HashMap::new(),
             tables: Mutex::new(Vec::new()),
@@ -72,6 +78,14 @@ impl Registry {
 
     #[inline]
     fn slot(&self, index: usize) -> Option<&Slot> {
+        match self.direct.get(index) {
+            Some(slot) => Some(slot),
+            None => self.chunked_slot(index - DIRECT),
+        }
+    }
+
+    #[cold]
+    fn chunked_slot(&self, index: usize) -> Option<&Slot> {
         let chunk = self.chunks.get(index / CHUNK)?;
         let chunk = chunk.get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
         chunk.get(index % CHUNK)
@@ -86,6 +100,27 @@ impl Registry {
         T: Clone + Send + Sync + 'static,
     {
         let index = method.slot();
+        if let Some(table) = self.slot(index).and_then(OnceLock::get)
+            && let Some(table) = (table.as_ref() as &dyn Any).downcast_ref()
+        {
+            return TableRef::Slot(table);
+        }
+        self.new_or_overflow_table(method, index)
+    }
+
+    /// [`table`](Self::table) when it is not in its slot: creates it there, or finds or
+    /// creates it in the overflow map.
+    #[cold]
+    fn new_or_overflow_table<S, K, T>(
+        &self,
+        method: &ComputeMethodDescriptor,
+        index: usize,
+    ) -> TableRef<'_, S, K, T>
+    where
+        S: 'static,
+        K: ComputeKey,
+        T: Clone + Send + Sync + 'static,
+    {
         if let Some(slot) = self.slot(index) {
             let table = slot.get_or_init(|| {
                 method.set_service::<S>();
