@@ -67,6 +67,13 @@ pub fn compute_method(args: TokenStream, item: TokenStream) -> TokenStream {
 /// for exactly those arguments, checked against the method's real signature. Control flow
 /// (`let`, `if`, `match`, `for`, blocks) and macro calls such as logging are kept; any other
 /// expression statement is an error, and so is `.await`: invalidation is synchronous.
+///
+/// When it returns, the values it names and every value computed from them are out of the
+/// cache: a call that starts afterwards, on any thread, computes them again. That holds while
+/// another thread invalidates the same values: it waits for that thread to have taken out what
+/// was computed from them (at most 1 s, for an event listener that would block it). Values of
+/// methods with an `invalidation_delay`, and the dependents of `consolidate` methods, follow
+/// their options.
 #[proc_macro]
 pub fn invalidate(input: TokenStream) -> TokenStream {
     invalidate::expand(input.into()).into()

@@ -352,7 +352,10 @@ where
     let Some(table) = service.hub().registry().existing_table::<S, K, T>(method) else {
         return;
     };
-    if let Some(node) = table.get(key) {
-        invalidate_all(vec![node as Arc<dyn ErasedNode>]);
+    match table.get(key) {
+        Some(node) => invalidate_all(vec![node as Arc<dyn ErasedNode>]),
+        // Not cached, or just taken out by another thread's invalidation, which may still be
+        // invalidating what was computed from it.
+        None => super::in_flight::settle(),
     }
 }

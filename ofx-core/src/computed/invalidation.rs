@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::in_flight::Run;
 use super::node::{
     COMPUTING, COMPUTING_INVALIDATED, CONSISTENT, ErasedNode, INVALIDATED, Node, Nodes, Removal,
 };
@@ -25,26 +26,31 @@ enum Mode {
 /// invalidation is scheduled (once) for the end of the delay. A consistent node of a
 /// consolidating method is invalidated now, but its dependents only if its new value differs
 /// (see `ErasedNode::consolidate`).
+///
+/// It returns once every value computed from `nodes` left the cache, also those another thread
+/// is invalidating at the same time (see `in_flight`).
 pub(crate) fn invalidate_all(nodes: Vec<Arc<dyn ErasedNode>>) {
-    run(Vec::new(), nodes, Mode::Asked);
+    run(Vec::new(), nodes, Mode::Asked, true);
 }
 
 /// Like [`invalidate_all`], but `nodes` themselves are invalidated now, whatever their
 /// methods' invalidation delays (a timer says so); their dependents follow the usual rule.
 pub(crate) fn invalidate_now(nodes: Vec<Arc<dyn ErasedNode>>) {
-    run(nodes, Vec::new(), Mode::Timer);
+    run(nodes, Vec::new(), Mode::Timer, true);
 }
 
 /// Invalidates `nodes` and everything computed from them now, with no delay or consolidation.
 pub(crate) fn invalidate_everything(nodes: Vec<Arc<dyn ErasedNode>>) {
-    run(Vec::new(), nodes, Mode::Everything);
+    run(Vec::new(), nodes, Mode::Everything, true);
 }
 
 /// Invalidates `first` in `mode`, then `pending` and every dependent met, in `mode` unless it
-/// is [`Mode::Timer`] (then [`Mode::Asked`]).
-fn run(first: Nodes, mut pending: Nodes, mode: Mode) {
+/// is [`Mode::Timer`] (then [`Mode::Asked`]). With `waits`, returns only once the values met
+/// invalidated by another thread's invalidation are walked (see `in_flight`).
+fn run(first: Nodes, mut pending: Nodes, mode: Mode, waits: bool) {
+    let mut walk = Run::begin(waits);
     for node in &first {
-        invalidate_one(node, &mut pending, mode);
+        invalidate_one(node, &mut pending, mode, &mut walk);
     }
     let mode = if mode == Mode::Timer {
         Mode::Asked
@@ -52,13 +58,14 @@ fn run(first: Nodes, mut pending: Nodes, mode: Mode) {
         mode
     };
     while let Some(node) = pending.pop() {
-        invalidate_one(&node, &mut pending, mode);
+        invalidate_one(&node, &mut pending, mode, &mut walk);
     }
+    walk.end();
 }
 
 /// Invalidates one node (or schedules it, or consolidates it, as its method and `mode` say);
 /// pushes the dependents to invalidate to `pending`.
-fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Nodes, mode: Mode) {
+fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Nodes, mode: Mode, walk: &mut Run) {
     let core = node.core();
     loop {
         match core.state() {
@@ -70,6 +77,10 @@ fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Nodes, mode: Mode) {
                 {
                     return;
                 }
+                // Out of its table before its state moves: a hit on its published value does
+                // not read its state, and an invalidation that finds it invalidated already
+                // returns, so the value must be out of reach by then.
+                node.detach(Removal::Cleanup);
                 if core.transition(CONSISTENT, INVALIDATED).is_err() {
                     continue;
                 }
@@ -98,7 +109,10 @@ fn invalidate_one(node: &Arc<dyn ErasedNode>, pending: &mut Nodes, mode: Mode) {
                 core.notify_all();
                 return;
             }
-            _ => return,
+            _ => {
+                walk.met_invalidated();
+                return;
+            }
         }
     }
 }
@@ -189,20 +203,24 @@ impl Drop for InvalidateNowOnDrop {
 /// Evicts `node` if it is consistent: invalidates it, told as evicted, and everything computed
 /// from it. Returns what it was computed from, or `None` if it was not consistent anymore.
 pub(crate) fn evict(node: &dyn ErasedNode) -> Option<Nodes> {
+    // Out of its table first, as in `invalidate_one`.
+    node.detach(Removal::Cleanup);
     if node.core().transition(CONSISTENT, INVALIDATED).is_err() {
         return None;
     }
     let (dependents, dependencies) = left_cache(node, Removal::Evicted);
-    invalidate_all(dependents);
+    // Under the evictor's lock, which another invalidation's listener may need: no waiting.
+    // (An evicted value has no live dependent: these are invalidated already, or computing.)
+    run(Vec::new(), dependents, Mode::Asked, false);
     Some(dependencies)
 }
 
-/// The rest of invalidating a consistent node, once its state moved: removes it from its table,
-/// takes its edges and wakes its waiters. Returns its dependents, to invalidate, and its
-/// dependencies.
+/// The rest of invalidating a consistent node, once it left its table and its state moved:
+/// tells why, takes its edges and wakes its waiters. Returns its dependents, to invalidate, and
+/// its dependencies.
 fn left_cache(node: &dyn ErasedNode, removal: Removal) -> (Nodes, Nodes) {
     let core = node.core();
-    node.detach(removal);
+    node.tell(removal);
     let edges = core.take_all_edges();
     core.notify_all();
     tracing::trace!(

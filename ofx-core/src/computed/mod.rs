@@ -39,6 +39,7 @@
 
 mod compute;
 pub(crate) mod context;
+mod in_flight;
 mod invalidation;
 #[cfg(all(test, loom))]
 mod loom_models;

@@ -392,6 +392,9 @@ pub(crate) trait ErasedNode: Send + Sync + 'static {
     /// Removes this node from its method table if it is still the entry for its key, and tells
     /// the hub's event listener why, unless `removal` is [`Removal::Cleanup`].
     fn detach(&self, removal: Removal);
+    /// Tells the hub's event listener that this node left its table, and why (nothing for
+    /// [`Removal::Cleanup`]); [`detach`](Self::detach) without the removal.
+    fn tell(&self, removal: Removal);
     /// Consolidates this node, just invalidated: keeps `dependents` while its method computes
     /// the new value in a task of its own, then makes them dependents of the new value if it
     /// equals this one, or invalidates them. `Err(dependents)`: it cannot (no consolidator, no
@@ -527,21 +530,26 @@ where
     fn detach(&self, removal: Removal) {
         if let Some(table) = self.table.upgrade() {
             table.remove_node(self);
-            let method = self.core.method;
-            match removal {
-                Removal::Cleanup => {}
-                Removal::Invalidated => {
-                    method.count_invalidation();
-                    table.emit(|| HubEvent::Invalidated {
-                        method: method.name(),
-                    });
-                }
-                Removal::Evicted => {
-                    method.count_eviction();
-                    table.emit(|| HubEvent::Evicted {
-                        method: method.name(),
-                    });
-                }
+        }
+        self.tell(removal);
+    }
+
+    fn tell(&self, removal: Removal) {
+        let method = self.core.method;
+        let emit = |event: fn(&'static str) -> HubEvent| {
+            if let Some(table) = self.table.upgrade() {
+                table.emit(|| event(method.name()));
+            }
+        };
+        match removal {
+            Removal::Cleanup => {}
+            Removal::Invalidated => {
+                method.count_invalidation();
+                emit(|method| HubEvent::Invalidated { method });
+            }
+            Removal::Evicted => {
+                method.count_eviction();
+                emit(|method| HubEvent::Evicted { method });
             }
         }
     }

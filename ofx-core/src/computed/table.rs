@@ -18,11 +18,13 @@ use crate::event::{HubEvent, HubEventListener};
 /// What it costs: a removed entry is dropped when its bucket (32 entries) next needs the room
 /// for an insert and the readers that might still see it have moved on (an epoch later), or
 /// when the map is resized or dropped, not at once. So the node of an invalidated or evicted
-/// value, and the value, stay allocated until then: a bounded number per bucket, never more
-/// than the map's capacity (about twice the entries it held at its largest). A method with one
-/// key recomputed in a loop keeps a few dozen old values at most (48 seen, in
-/// `invalidated_values_are_freed_within_a_bound`). The map it replaced, papaya's, freed
-/// removed entries in batches of 32 per thread.
+/// value, and the value, stay allocated until then. A method with one key recomputed in a loop
+/// keeps a few dozen old values (86 seen); the epoch is shared by every map of the process, so
+/// a thread preempted while it reads one (or a slow `Clone` of a value, which a hit runs
+/// while it reads) puts the freeing off meanwhile (1,070 seen with the test suite running in
+/// parallel), but never for good (`invalidated_values_are_freed_within_a_bound` and the hostile
+/// suite's `hit_path`). The map it replaced, papaya's, freed removed entries in batches of 32
+/// per thread and map.
 type Map<S, K, T> = scc::HashIndex<K, Slot<S, K, T>, foldhash::fast::RandomState>;
 
 /// A table's entry for one key: the node, and what a hit reads without reaching the node.
