@@ -228,7 +228,10 @@ impl HubEvent {
 /// `on_event` is called synchronously, on the thread where the event happened, sometimes while
 /// the hub holds internal locks (the evictor's, for [`HubEvent::Evicted`]): keep it short, and
 /// do not call compute methods, invalidate or run commands from it. Record, count, or send the
-/// event to a channel instead. A closure `Fn(&HubEvent)` is a listener.
+/// event to a channel instead (one that never blocks the sender). A listener told of an
+/// invalidation runs in the middle of it: an `invalidate!` of the same values on another thread
+/// waits for it to end (see `invalidate!`), so a listener that blocks until that other
+/// invalidation returns stalls both for 1 s. A closure `Fn(&HubEvent)` is a listener.
 pub trait HubEventListener: Send + Sync + 'static {
     /// Called for each event.
     fn on_event(&self, event: &HubEvent);
