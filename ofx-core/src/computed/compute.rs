@@ -177,7 +177,7 @@ where
                 CONSISTENT => {
                     if let Some(value) = node.output() {
                         if hit(&table, method, slot, node) {
-                            table.publish(node, value);
+                            slot.publish(value);
                             return Lookup::Hit(value.clone());
                         }
                         // Invalidated since it was read: do not use it, look again (it is

@@ -31,22 +31,26 @@ type Map<S, K, T> = scc::HashIndex<K, Slot<S, K, T>, foldhash::fast::RandomState
 ///
 /// The map stores slots inline in its buckets: a hit finds the key and the value on the lines
 /// it reads to find the entry, where a map of boxed entries pointing to nodes read three more
-/// (the entry, the node's state, the node's value). The first hit on a consistent node
-/// replaces its slot with one that holds the value ([`MethodTable::publish`]); a node leaves
-/// the map before its state moves (invalidation and eviction detach it first), so a published
-/// value is current for every lookup that starts after an invalidation of it returned.
+/// (the entry, the node's state, the node's value). The value is published here by the first
+/// hit on a consistent node ([`publish`](Self::publish)); a node leaves the map before any of
+/// its invalidations returns (invalidation and eviction detach it), so a published value is
+/// current for every lookup that starts after it.
 ///
-/// A slot is small (32 bytes with its key, for a `u64` key and an `Arc` value: two to a cache
-/// line): the value is an `Option`, set by replacing the slot, not a `OnceLock` (8 bytes more,
-/// which made a hit on 10,000 keys 1.85× the `RwLock<HashMap>` baseline instead of 1.39×: the
-/// entries and the values no longer fit the core's cache together).
+/// The map copies a slot when it moves it to a larger bucket array: a value published on, or a
+/// read marked in, the old copy meanwhile is lost, which costs a lookup through the node, or an
+/// eviction a second chance, never a stale value.
 ///
-/// The map copies a slot when it moves it to a larger bucket array: a read marked in the old
-/// copy meanwhile is lost, which costs an eviction a second chance, never a stale value.
+/// The value is a `OnceLock`, set in place. A slot holding an `Option`, published by replacing
+/// the slot under its bucket's lock (`HashIndex`'s `OccupiedEntry::update`), was 8 bytes
+/// smaller and made a hit over 10,000 keys faster (1.19–1.33× the `RwLock<HashMap>` baseline
+/// instead of 1.85×, on a quiet machine: the entries and the values fit the core's cache
+/// together), but two writers invalidating one value then left stale reads after their
+/// `invalidate!` returned (the hostile `two_writers_never_leave_a_stale_read_after_their_
+/// invalidate_returns`, 4 runs of 8): a replaced slot could outlive the removal.
 pub(crate) struct Slot<S, K, T> {
     node: Arc<Node<S, K, T>>,
     /// The node's value, once a hit found the node consistent.
-    value: Option<T>,
+    value: OnceLock<T>,
     /// Set by hits, cleared by the evictor's hand: a value read again since it last passed
     /// gets a second chance.
     accessed: AtomicBool,
@@ -66,7 +70,7 @@ impl<S, K, T> Slot<S, K, T> {
     fn new(node: Arc<Node<S, K, T>>) -> Self {
         Self {
             node,
-            value: None,
+            value: OnceLock::new(),
             accessed: AtomicBool::new(false),
         }
     }
@@ -79,7 +83,17 @@ impl<S, K, T> Slot<S, K, T> {
     /// The node's value, if a hit published it.
     #[inline]
     pub(crate) fn value(&self) -> Option<&T> {
-        self.value.as_ref()
+        self.value.get()
+    }
+
+    /// Publishes the value of the node, which the caller found consistent.
+    pub(crate) fn publish(&self, value: &T)
+    where
+        T: Clone,
+    {
+        if self.value.get().is_none() {
+            let _ = self.value.set(value.clone());
+        }
     }
 
     /// Marks the value as read. Writes only when the flag is clear, so hot entries read by
@@ -199,26 +213,6 @@ where
             self.len.fetch_add(1, Ordering::Relaxed);
         }
         inserted
-    }
-
-    /// Publishes `value`, the value of `node`, in its slot: replaces the slot (under its
-    /// bucket's lock) if it is still `node`'s, without a value, and `node` is still consistent.
-    /// Checked under that lock, which a removal takes too: a node is taken out of its table
-    /// before its state moves, so a value is never published once an invalidation of it took
-    /// the node out.
-    pub(crate) fn publish(&self, node: &Node<S, K, T>, value: &T) {
-        if let Some(mut entry) = self.map.get_sync(node.key())
-            && std::ptr::eq(Arc::as_ptr(&entry.get().node), node)
-            && entry.get().value.is_none()
-            && node.core().state() == super::node::CONSISTENT
-        {
-            let published = Slot {
-                node: Arc::clone(&entry.get().node),
-                value: Some(value.clone()),
-                accessed: AtomicBool::new(true),
-            };
-            entry.update(published);
-        }
     }
 
     /// Removes `node` if it is still the entry for its key.

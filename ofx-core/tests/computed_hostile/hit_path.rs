@@ -496,7 +496,7 @@ async fn a_delayed_value_is_served_until_its_delay_ends_then_never() {
         2,
         "the undelayed value is invalidated at once"
     );
-    tokio::time::sleep(Duration::from_millis(999)).await;
+    tokio::time::advance(Duration::from_millis(999)).await;
     assert_eq!(h.delayed(5).await, 1, "served until the delay ends");
     assert_eq!(h.above_delayed(5).await, 1001);
     timeout(PATIENCE, delayed.when_invalidated())
@@ -606,7 +606,7 @@ async fn a_published_error_is_never_served_after_invalidate_or_its_lifetime() {
     );
     // A value is not an error: it stays.
     let (_, ok) = capture(h.checked(8)).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
     assert!(ok.is_consistent());
 }
 
