@@ -150,6 +150,15 @@ where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = O>,
 {
+    nanos(per_read_timed(keys, &read).await) / READS as f64
+}
+
+/// The time of `READS` reads through `read`, cycling through `keys`.
+async fn per_read_timed<F, Fut, O>(keys: &[u64], read: &F) -> Duration
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = O>,
+{
     let mut at = 0;
     let start = Instant::now();
     for _ in 0..READS {
@@ -160,7 +169,7 @@ where
         }
         black_box(read(black_box(key)).await);
     }
-    nanos(start.elapsed()) / READS as f64
+    start.elapsed()
 }
 
 fn nanos(duration: Duration) -> f64 {
@@ -184,30 +193,23 @@ fn inside(rt: &Runtime, reads: &Reads, spread: bool, n: u64) -> f64 {
     })
 }
 
-/// Nanoseconds per read of `target` on each of `threads` threads at once.
-fn threaded<T: Sync>(
-    target: &T,
-    threads: usize,
-    read: impl Fn(&T, u64) -> Option<Value> + Sync,
-) -> f64 {
+/// Nanoseconds per read through `read` on each of `threads` threads at once, each thread
+/// with its own current-thread runtime and key order (the loop of `per_read`).
+fn threaded<F, Fut, O>(threads: usize, read: F) -> f64
+where
+    F: Fn(u64) -> Fut + Sync,
+    Fut: Future<Output = O>,
+{
     let barrier = Barrier::new(threads);
     let slowest = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|thread| {
                 let (barrier, read) = (&barrier, &read);
                 scope.spawn(move || {
+                    let rt = runtime();
                     let keys = shuffled(KEYS, 11 + thread as u64);
                     barrier.wait();
-                    let mut at = 0;
-                    let start = Instant::now();
-                    for _ in 0..READS {
-                        black_box(read(target, black_box(keys[at])));
-                        at += 1;
-                        if at == keys.len() {
-                            at = 0;
-                        }
-                    }
-                    start.elapsed()
+                    rt.block_on(per_read_timed(&keys, read))
                 })
             })
             .collect();
@@ -349,13 +351,20 @@ fn main() {
         spread.push((inside(&rt, &reads, true, INSIDE) - empty_spread) / INSIDE as f64);
 
         // Two threads.
-        let ofx_one = threaded_ofx(&flat, 1);
-        let ofx_two = threaded_ofx(&flat, 2);
-        let unlocked_one = threaded(&unlocked, 1, |map, key| map.get(&key).cloned());
-        let unlocked_two = threaded(&unlocked, 2, |map, key| map.get(&key).cloned());
-        let std_two = threaded(&std_map, 2, |map, key| {
-            map.read().expect("not poisoned").get(&key).cloned()
-        });
+        let ofx_read = |key| flat.get(key);
+        let unlocked_read = |key| {
+            let map = &unlocked;
+            async move { map.get(&key).cloned() }
+        };
+        let std_read = |key| {
+            let map = &std_map;
+            async move { map.read().expect("not poisoned").get(&key).cloned() }
+        };
+        let ofx_one = threaded(1, ofx_read);
+        let ofx_two = threaded(2, ofx_read);
+        let unlocked_one = threaded(1, unlocked_read);
+        let unlocked_two = threaded(2, unlocked_read);
+        let std_two = threaded(2, std_read);
         scaling_ofx.push(2.0 * ofx_one / ofx_two);
         scaling_unlocked.push(2.0 * unlocked_one / unlocked_two);
         two_threads_ratio.push(ofx_two / std_two);
@@ -407,39 +416,4 @@ fn main() {
         &two_threads_ratio,
         " ×",
     );
-}
-
-/// Nanoseconds per `Flat::get` hit on each of `threads` threads, each on a runtime of its own.
-fn threaded_ofx(flat: &Flat, threads: usize) -> f64 {
-    let barrier = Barrier::new(threads);
-    let slowest = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|thread| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let rt = runtime();
-                    let keys = shuffled(KEYS, 11 + thread as u64);
-                    rt.block_on(async {
-                        barrier.wait();
-                        let mut at = 0;
-                        let start = Instant::now();
-                        for _ in 0..READS {
-                            black_box(flat.get(black_box(keys[at])).await);
-                            at += 1;
-                            if at == keys.len() {
-                                at = 0;
-                            }
-                        }
-                        start.elapsed()
-                    })
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("a reader thread"))
-            .max()
-            .unwrap_or_default()
-    });
-    nanos(slowest) / READS as f64
 }

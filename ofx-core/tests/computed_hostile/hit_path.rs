@@ -471,8 +471,11 @@ async fn an_auto_invalidated_value_is_never_served_after_it_expires_or_is_invali
         invalidate! { h.expiring(4); }
         assert_eq!(h.expiring(4).await, round * 1000);
         assert_eq!(h.expiring(4).await, round * 1000);
-        // Its timer is done with once it fired or its value was replaced.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The next round starts once this value's lifetime ended (its timer fired).
+        let (_, last) = capture(h.expiring(4)).await.unwrap();
+        timeout(PATIENCE, last.when_invalidated())
+            .await
+            .expect("the last value expires");
     }
 }
 
