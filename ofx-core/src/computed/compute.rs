@@ -9,7 +9,7 @@ use super::context::Context;
 use super::invalidation::{abandon, complete, invalidate_all, invalidate_now};
 use super::method::ComputeMethodDescriptor;
 use super::node::{COMPUTING, CONSISTENT, ErasedNode, Node, NodeCore, Removal};
-use super::table::{MethodTable, Slot};
+use super::table::MethodTable;
 use crate::__private::Outcome;
 use crate::event::HubEvent;
 use crate::{ComputeService, Hub};
@@ -115,7 +115,7 @@ where
     let guard = scc::Guard::new();
     let slot = table.map().peek(key, &guard)?;
     let value = slot.value()?;
-    hit(&table, method, slot, slot.node()).then(|| value.clone())
+    hit(&table, method, slot.node()).then(|| value.clone())
 }
 
 /// [`compute`] for a consolidating method (`#[compute_method(consolidate)]`): the first call
@@ -168,7 +168,7 @@ where
             // If it was invalidated since it was published, it is found invalidated, and
             // removed, below.
             if let Some(value) = slot.value()
-                && hit(&table, method, slot, node)
+                && hit(&table, method, node)
             {
                 return Lookup::Hit(value.clone());
             }
@@ -176,7 +176,7 @@ where
             match core.state() {
                 CONSISTENT => {
                     if let Some(value) = node.output() {
-                        if hit(&table, method, slot, node) {
+                        if hit(&table, method, node) {
                             slot.publish(value);
                             return Lookup::Hit(value.clone());
                         }
@@ -209,14 +209,13 @@ where
     }
 }
 
-/// A hit on the consistent `node` of `slot`: registers it as a dependency of the running
+/// A hit on the consistent `node`: registers it as a dependency of the running
 /// computation, if any. Returns whether the caller may use its value (`false`: it was
 /// invalidated meanwhile).
 #[inline]
 fn hit<S, K, T>(
     table: &MethodTable<S, K, T>,
     method: &'static ComputeMethodDescriptor,
-    slot: &Slot<S, K, T>,
     node: &Arc<Node<S, K, T>>,
 ) -> bool
 where
@@ -230,7 +229,6 @@ where
     if usable == Some(false) {
         return false;
     }
-    slot.touch();
     table.emit(|| HubEvent::CacheHit {
         method: method.name(),
     });

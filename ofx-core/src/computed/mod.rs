@@ -37,6 +37,7 @@
 //! of computations, up to an eighth more (the evictor waits before it tries again, which
 //! keeps its cost constant per computation).
 
+mod clock;
 mod compute;
 pub(crate) mod context;
 mod in_flight;
@@ -47,6 +48,7 @@ mod method;
 mod node;
 mod registry;
 mod table;
+mod waiters;
 
 use std::fmt;
 use std::hash::Hash;

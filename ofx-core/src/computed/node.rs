@@ -2,16 +2,13 @@
 
 use std::sync::{Arc, Weak};
 
-use event_listener::Event;
 use thin_vec::ThinVec;
 
 use super::method::ComputeMethodDescriptor;
 use super::table::MethodTable;
 use crate::event::HubEvent;
 // std's, or loom's in the loom models' build.
-use crate::sync::{
-    AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Mutex, MutexGuard, OnceLock, Ordering, fence,
-};
+use crate::sync::{AtomicU8, AtomicU32, AtomicUsize, Mutex, MutexGuard, OnceLock, Ordering, fence};
 
 /// The body is running; no value yet.
 pub(crate) const COMPUTING: u8 = 0;
@@ -23,12 +20,18 @@ pub(crate) const CONSISTENT: u8 = 2;
 /// The value is out of date (or the computation was abandoned, then there is no value).
 pub(crate) const INVALIDATED: u8 = 3;
 
+/// A flag of a node: an invalidation of this (consistent) value is scheduled (its method has an
+/// invalidation delay, and one was asked for).
+const DELAYED: u8 = 0b01;
+
 /// The parts of a cached result that do not depend on its key or value types.
+///
+/// Whoever awaits its next state change registers in [`waiters`](super::waiters), by its
+/// address: most nodes are never awaited.
 pub(crate) struct NodeCore {
     state: AtomicU8,
-    /// An invalidation of this (consistent) value is scheduled: its method has an
-    /// invalidation delay, and one was asked for.
-    delayed: AtomicBool,
+    /// [`DELAYED`], and [`waiters::AWAITED`](super::waiters::AWAITED).
+    flags: AtomicU8,
     /// Until when the evictor keeps this value (its method's minimum cache duration), on the
     /// [`keep_clock`]; 0: no such promise.
     kept_until: AtomicU32,
@@ -39,8 +42,6 @@ pub(crate) struct NodeCore {
     /// set, that dependency is in `edges` (every removal clears it first, under the lock), so it
     /// is alive and its address is its own.
     last_dependency: AtomicUsize,
-    /// Notified on every state change.
-    changed: Event,
     edges: Mutex<Edges>,
 }
 
@@ -141,12 +142,11 @@ impl NodeCore {
     pub(crate) fn new(method: &'static ComputeMethodDescriptor, version: u64) -> Self {
         Self {
             state: AtomicU8::new(COMPUTING),
-            delayed: AtomicBool::new(false),
+            flags: AtomicU8::new(0),
             kept_until: AtomicU32::new(0),
             version,
             method,
             last_dependency: AtomicUsize::new(0),
-            changed: Event::new(),
             edges: Mutex::new(Edges::default()),
         }
     }
@@ -167,7 +167,7 @@ impl NodeCore {
     /// Claims the scheduling of this value's delayed invalidation: `true` for the first caller
     /// only.
     pub(crate) fn claim_delayed_invalidation(&self) -> bool {
-        !self.delayed.swap(true, Ordering::AcqRel)
+        self.flags.fetch_or(DELAYED, Ordering::AcqRel) & DELAYED == 0
     }
 
     /// Promises to keep the value `duration` from now (its method's minimum cache duration).
@@ -187,26 +187,30 @@ impl NodeCore {
     /// Whether something awaits this node's next state change (a `Computed::when_invalidated`,
     /// such as a live stream showing the value): the evictor keeps such a value.
     pub(crate) fn is_awaited(&self) -> bool {
-        self.changed.total_listeners() > 0
+        super::waiters::is_awaited(self.address(), &self.flags)
     }
 
     /// Registers a listener for the next state change. The caller must check the state again
     /// after this, before awaiting.
     pub(crate) fn listen(&self) -> event_listener::EventListener {
-        let listener = self.changed.listen();
+        let listener = super::waiters::listen(self.address(), &self.flags);
         // Pairs with the fence in `notify_all`: either the notifier sees this listener, or the
         // caller's next state check sees the new state.
         fence(Ordering::SeqCst);
         listener
     }
 
-    /// Wakes every listener. Notifying an event nobody listened to would allocate its state,
-    /// which most nodes never need: skip it then.
+    /// Wakes every listener. Most nodes have none: then this is a fence and a load.
     pub(crate) fn notify_all(&self) {
         fence(Ordering::SeqCst);
-        if self.changed.total_listeners() > 0 {
-            self.changed.notify(usize::MAX);
+        if self.flags.load(Ordering::Relaxed) & super::waiters::AWAITED != 0 {
+            super::waiters::notify(self.address(), &self.flags);
         }
+    }
+
+    /// What the node's waiters are registered by.
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
     }
 
     /// Moves `from` to `to` if the state is `from`.
@@ -372,6 +376,12 @@ impl NodeCore {
     }
 }
 
+impl Drop for NodeCore {
+    fn drop(&mut self) {
+        super::waiters::forget(self.address(), &self.flags);
+    }
+}
+
 /// Nodes seen without their types.
 pub(crate) type Nodes = Vec<Arc<dyn ErasedNode>>;
 
@@ -400,9 +410,9 @@ pub(crate) trait ErasedNode: Send + Sync + 'static {
     /// equals this one, or invalidates them. `Err(dependents)`: it cannot (no consolidator, no
     /// service, no runtime), invalidate them now.
     fn consolidate(&self, dependents: Nodes) -> Result<(), Nodes>;
-    /// Whether the value was read since the evictor's hand last passed (a hit marks its
-    /// table's slot: a value read again since then gets a second chance; a value read once is
-    /// evicted first). With `take`, clears the mark.
+    /// Whether the value was read since the evictor's hand last passed (a hit publishes it in
+    /// its table's slot: a value read again since then gets a second chance; a value read once
+    /// is evicted first). With `take`, clears the mark.
     fn accessed(&self, take: bool) -> bool;
 }
 

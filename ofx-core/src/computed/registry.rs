@@ -1,12 +1,12 @@
 //! [`Registry`]: one hub's method tables, its entry count and its evictor.
 
 use std::any::{Any, TypeId};
-use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use super::ComputeKey;
+use super::clock::Queue;
 use super::invalidation::{evict, invalidate_everything};
 use super::method::ComputeMethodDescriptor;
 use super::node::{CONSISTENT, ErasedNode, INVALIDATED, Nodes};
@@ -37,7 +37,7 @@ pub(crate) struct Registry {
     capacity: usize,
     /// Every cached node in insertion order, for the evictor's clock (weak: the tables own
     /// the nodes).
-    clock: Mutex<VecDeque<Weak<dyn ErasedNode>>>,
+    clock: Mutex<Queue<Weak<dyn ErasedNode>>>,
     evicting: Mutex<()>,
     /// Calls of the evictor to skip after a sweep that could not get under the capacity.
     postponed: AtomicUsize,
@@ -54,7 +54,7 @@ impl Registry {
             tables: Mutex::new(Vec::new()),
             len: Arc::new(AtomicUsize::new(0)),
             capacity,
-            clock: Mutex::new(VecDeque::new()),
+            clock: Mutex::new(Queue::default()),
             evicting: Mutex::new(()),
             postponed: AtomicUsize::new(0),
             listener,

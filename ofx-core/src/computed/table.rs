@@ -36,24 +36,28 @@ type Map<S, K, T> = scc::HashIndex<K, Slot<S, K, T>, foldhash::fast::RandomState
 /// its invalidations returns (invalidation and eviction detach it), so a published value is
 /// current for every lookup that starts after it.
 ///
-/// The map copies a slot when it moves it to a larger bucket array: a value published on, or a
-/// read marked in, the old copy meanwhile is lost, which costs a lookup through the node, or an
-/// eviction a second chance, never a stale value.
+/// A published value is also the evictor's mark of a value read since its hand last passed:
+/// the hand clears it by replacing the slot with an unpublished one for the same node, under
+/// its bucket's lock ([`MethodTable::slot_accessed`]), and the next hit publishes it again
+/// (through the node, once). A flag of its own made the entry 8 bytes larger (40 bytes with a
+/// `u64` key and an `Arc` value, 32 without): more memory per entry, and a hit over 10,000 keys
+/// that no longer fit the core's cache with their values.
 ///
-/// The value is a `OnceLock`, set in place. A slot holding an `Option`, published by replacing
-/// the slot under its bucket's lock (`HashIndex`'s `OccupiedEntry::update`), was 8 bytes
-/// smaller and made a hit over 10,000 keys faster (1.19–1.33× the `RwLock<HashMap>` baseline
-/// instead of 1.85×, on a quiet machine: the entries and the values fit the core's cache
-/// together), but two writers invalidating one value then left stale reads after their
-/// `invalidate!` returned (the hostile `two_writers_never_leave_a_stale_read_after_their_
-/// invalidate_returns`, 4 runs of 8): a replaced slot could outlive the removal.
+/// The map copies a slot when it moves it to a larger bucket array: a value published on the
+/// old copy meanwhile is lost, which costs a lookup through the node, or an eviction a second
+/// chance, never a stale value.
+///
+/// The value is a `OnceLock`, set in place by the hit that publishes it. A slot holding an
+/// `Option`, published by replacing the slot from the hit (`HashIndex`'s
+/// `OccupiedEntry::update`), left stale reads after two writers' `invalidate!` returned (the
+/// hostile `two_writers_never_leave_a_stale_read_after_their_invalidate_returns`, 4 runs of 8).
+/// The evictor's replacement publishes nothing: the slot it installs holds no value, so the
+/// worst a race with it can cost is a hit through the node.
 pub(crate) struct Slot<S, K, T> {
     node: Arc<Node<S, K, T>>,
-    /// The node's value, once a hit found the node consistent.
+    /// The node's value, once a hit found the node consistent (since the evictor's hand last
+    /// passed).
     value: OnceLock<T>,
-    /// Set by hits, cleared by the evictor's hand: a value read again since it last passed
-    /// gets a second chance.
-    accessed: AtomicBool,
 }
 
 impl<S, K, T: Clone> Clone for Slot<S, K, T> {
@@ -61,7 +65,6 @@ impl<S, K, T: Clone> Clone for Slot<S, K, T> {
         Self {
             node: Arc::clone(&self.node),
             value: self.value.clone(),
-            accessed: AtomicBool::new(self.accessed.load(Ordering::Relaxed)),
         }
     }
 }
@@ -71,7 +74,6 @@ impl<S, K, T> Slot<S, K, T> {
         Self {
             node,
             value: OnceLock::new(),
-            accessed: AtomicBool::new(false),
         }
     }
 
@@ -86,22 +88,14 @@ impl<S, K, T> Slot<S, K, T> {
         self.value.get()
     }
 
-    /// Publishes the value of the node, which the caller found consistent.
+    /// Publishes the value of the node, which the caller found consistent: later hits read it
+    /// here, and the evictor sees the value as read.
     pub(crate) fn publish(&self, value: &T)
     where
         T: Clone,
     {
         if self.value.get().is_none() {
             let _ = self.value.set(value.clone());
-        }
-    }
-
-    /// Marks the value as read. Writes only when the flag is clear, so hot entries read by
-    /// several threads do not bounce a cache line between cores.
-    #[inline]
-    pub(crate) fn touch(&self) {
-        if !self.accessed.load(Ordering::Relaxed) {
-            self.accessed.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -225,20 +219,28 @@ where
         }
     }
 
-    /// Whether `node`'s value was read through its slot since the evictor's hand last passed;
-    /// with `take`, clears the mark.
+    /// Whether `node`'s value was read through its slot since the evictor's hand last passed
+    /// (its value is published there); with `take`, clears the mark: replaces the slot with
+    /// one for the same node that holds no value, under its bucket's lock.
     pub(crate) fn slot_accessed(&self, node: &Node<S, K, T>, take: bool) -> bool {
-        let guard = scc::Guard::new();
-        self.map
-            .peek(node.key(), &guard)
-            .filter(|slot| std::ptr::eq(Arc::as_ptr(&slot.node), node))
-            .is_some_and(|slot| {
-                if take {
-                    slot.accessed.swap(false, Ordering::Relaxed)
-                } else {
-                    slot.accessed.load(Ordering::Relaxed)
-                }
-            })
+        let is_node = |slot: &Slot<S, K, T>| std::ptr::eq(Arc::as_ptr(&slot.node), node);
+        let read = {
+            let guard = scc::Guard::new();
+            self.map
+                .peek(node.key(), &guard)
+                .is_some_and(|slot| is_node(slot) && slot.value().is_some())
+        };
+        if !read || !take {
+            return read;
+        }
+        if let Some(mut entry) = self.map.get_sync(node.key())
+            && is_node(entry.get())
+            && entry.get().value().is_some()
+        {
+            let unread = Slot::new(Arc::clone(&entry.get().node));
+            entry.update(unread);
+        }
+        true
     }
 
     /// Tells `event` to the hub's event listener, if there is one (and builds it only then).

@@ -31,6 +31,40 @@ async fn recently_read_values_survive_eviction() {
     assert!(hot.is_consistent(), "a value read on every step was kept");
 }
 
+/// The evictor's "read since the hand passed" mark is cleared as the hand passes: a value read
+/// many times, then no more, is evicted by later sweeps like any value read once.
+#[tokio::test]
+async fn a_value_no_longer_read_loses_its_second_chance() {
+    let store = Store::new(Hub::builder().capacity(8));
+    let (_, once_hot) = capture(store.value(63)).await.unwrap();
+    for _ in 0..100 {
+        store.value(63).await;
+    }
+    // Read on every step while the cache turns over: kept (the mark is set again after each
+    // pass of the hand clears it).
+    for key in 0..40 {
+        store.value(key).await;
+        store.value(63).await;
+    }
+    assert!(
+        once_hot.is_consistent(),
+        "a value read on every step was kept"
+    );
+    // Then never read again: the hand clears its mark, then takes it.
+    for key in 40..63 {
+        store.value(key).await;
+    }
+    assert!(
+        !once_hot.is_consistent(),
+        "a value no longer read was evicted after the hand's passes"
+    );
+    assert_eq!(
+        store.value(63).await,
+        63,
+        "and it is computed again when asked"
+    );
+}
+
 #[tokio::test]
 async fn two_hubs_are_two_hosts_with_separate_caches() {
     let a = Store::new(Hub::builder());
