@@ -12,5 +12,6 @@ mod lab;
 mod concurrent;
 mod consolidate;
 mod delay;
+mod eviction_races;
 mod hit_path;
 mod min_cache;
