@@ -177,7 +177,7 @@ where
                 CONSISTENT => {
                     if let Some(value) = node.output() {
                         if hit(&table, method, node) {
-                            slot.publish(value);
+                            table.publish(node, value);
                             return Lookup::Hit(value.clone());
                         }
                         // Invalidated since it was read: do not use it, look again (it is

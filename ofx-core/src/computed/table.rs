@@ -32,32 +32,34 @@ type Map<S, K, T> = scc::HashIndex<K, Slot<S, K, T>, foldhash::fast::RandomState
 /// The map stores slots inline in its buckets: a hit finds the key and the value on the lines
 /// it reads to find the entry, where a map of boxed entries pointing to nodes read three more
 /// (the entry, the node's state, the node's value). The value is published here by the first
-/// hit on a consistent node ([`publish`](Self::publish)); a node leaves the map before any of
+/// hit on a consistent node ([`MethodTable::publish`]); a node leaves the map before any of
 /// its invalidations returns (invalidation and eviction detach it), so a published value is
 /// current for every lookup that starts after it.
 ///
 /// A published value is also the evictor's mark of a value read since its hand last passed:
 /// the hand clears it by replacing the slot with an unpublished one for the same node, under
 /// its bucket's lock ([`MethodTable::slot_accessed`]), and the next hit publishes it again
-/// (through the node, once). A flag of its own made the entry 8 bytes larger (40 bytes with a
-/// `u64` key and an `Arc` value, 32 without): more memory per entry, and a hit over 10,000 keys
-/// that no longer fit the core's cache with their values.
+/// (through the node, once). A flag of its own made the entry 8 bytes larger: more memory per
+/// entry, and a hit over 10,000 keys whose entries no longer fit the core's cache with their
+/// values.
 ///
-/// The map copies a slot when it moves it to a larger bucket array: a value published on the
-/// old copy meanwhile is lost, which costs a lookup through the node, or an eviction a second
-/// chance, never a stale value.
-///
-/// The value is a `OnceLock`, set in place by the hit that publishes it. A slot holding an
-/// `Option`, published by replacing the slot from the hit (`HashIndex`'s
-/// `OccupiedEntry::update`), left stale reads after two writers' `invalidate!` returned (the
-/// hostile `two_writers_never_leave_a_stale_read_after_their_invalidate_returns`, 4 runs of 8).
-/// The evictor's replacement publishes nothing: the slot it installs holds no value, so the
-/// worst a race with it can cost is a hit through the node.
+/// A slot is replaced, never changed: the hit that publishes the value replaces the slot with
+/// one that holds it, under its bucket's lock, if the slot still holds the node (then the node
+/// was not removed yet, so it is still consistent: a node leaves its table before its state
+/// moves). A lock-free read racing a replacement may see neither slot (the new one inserted,
+/// then the old one marked removed): a lookup then takes the locked path (an insert, which finds
+/// the key), and an invalidation by key reads under the lock ([`MethodTable::get`]). The value
+/// is an `Option`, not a `OnceLock` set in place: with a `u64` key and an `Arc` value the entry
+/// is 24 bytes instead of 32, and a value published on a slot the map copied while resizing is
+/// not lost. (A first version of this published by replacement while invalidations read the
+/// table without its lock: two writers invalidating one value then left stale reads after
+/// their `invalidate!` returned, the hostile `two_writers_never_leave_a_stale_read_after_their_
+/// invalidate_returns`, 4 runs of 8; it fails again with a lock-free `get`.)
 pub(crate) struct Slot<S, K, T> {
     node: Arc<Node<S, K, T>>,
     /// The node's value, once a hit found the node consistent (since the evictor's hand last
     /// passed).
-    value: OnceLock<T>,
+    value: Option<T>,
 }
 
 impl<S, K, T: Clone> Clone for Slot<S, K, T> {
@@ -71,10 +73,7 @@ impl<S, K, T: Clone> Clone for Slot<S, K, T> {
 
 impl<S, K, T> Slot<S, K, T> {
     fn new(node: Arc<Node<S, K, T>>) -> Self {
-        Self {
-            node,
-            value: OnceLock::new(),
-        }
+        Self { node, value: None }
     }
 
     #[inline]
@@ -85,18 +84,11 @@ impl<S, K, T> Slot<S, K, T> {
     /// The node's value, if a hit published it.
     #[inline]
     pub(crate) fn value(&self) -> Option<&T> {
-        self.value.get()
+        self.value.as_ref()
     }
 
-    /// Publishes the value of the node, which the caller found consistent: later hits read it
-    /// here, and the evictor sees the value as read.
-    pub(crate) fn publish(&self, value: &T)
-    where
-        T: Clone,
-    {
-        if self.value.get().is_none() {
-            let _ = self.value.set(value.clone());
-        }
+    fn holds(&self, node: &Node<S, K, T>) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.node), node)
     }
 }
 
@@ -211,11 +203,25 @@ where
 
     /// Removes `node` if it is still the entry for its key.
     pub(crate) fn remove_node(&self, node: &Node<S, K, T>) {
-        let removed = self.map.remove_if_sync(node.key(), |slot| {
-            std::ptr::eq(Arc::as_ptr(&slot.node), node)
-        });
+        let removed = self.map.remove_if_sync(node.key(), |slot| slot.holds(node));
         if removed {
             self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes `value`, the value of `node`, which the caller found consistent: later hits
+    /// read it in the slot, and the evictor sees it as read. Replaces the slot under its
+    /// bucket's lock if it still holds `node` and no value.
+    pub(crate) fn publish(&self, node: &Node<S, K, T>, value: &T) {
+        if let Some(mut entry) = self.map.get_sync(node.key())
+            && entry.get().holds(node)
+            && entry.get().value.is_none()
+        {
+            let published = Slot {
+                node: Arc::clone(&entry.get().node),
+                value: Some(value.clone()),
+            };
+            entry.update(published);
         }
     }
 
@@ -223,19 +229,18 @@ where
     /// (its value is published there); with `take`, clears the mark: replaces the slot with
     /// one for the same node that holds no value, under its bucket's lock.
     pub(crate) fn slot_accessed(&self, node: &Node<S, K, T>, take: bool) -> bool {
-        let is_node = |slot: &Slot<S, K, T>| std::ptr::eq(Arc::as_ptr(&slot.node), node);
         let read = {
             let guard = scc::Guard::new();
             self.map
                 .peek(node.key(), &guard)
-                .is_some_and(|slot| is_node(slot) && slot.value().is_some())
+                .is_some_and(|slot| slot.holds(node) && slot.value.is_some())
         };
         if !read || !take {
             return read;
         }
         if let Some(mut entry) = self.map.get_sync(node.key())
-            && is_node(entry.get())
-            && entry.get().value().is_some()
+            && entry.get().holds(node)
+            && entry.get().value.is_some()
         {
             let unread = Slot::new(Arc::clone(&entry.get().node));
             entry.update(unread);
