@@ -12,8 +12,9 @@
 //!   issues a `SeqCst` fence and checks the node's state again before it awaits;
 //! - a notifier changes the state, issues a `SeqCst` fence, and reads the flag: if it is clear,
 //!   the waiter's check after its fence sees the new state; if it is set, it takes the shard's
-//!   lock, takes the event out, wakes its listeners and clears the flag, all under the lock, so
-//!   a waiter registering meanwhile either was woken or sets the flag again after it.
+//!   lock, clears the flag and takes the event out, then wakes the event's listeners once the
+//!   lock is released: a waiter that registered before is woken, and one that registers after
+//!   sets the flag again, on a new event, and its check of the state sees the new state.
 
 use event_listener::{Event, EventListener};
 
@@ -46,8 +47,8 @@ fn shards() -> &'static [Mutex<Events>] {
     &SHARDS_OF_THE_MODEL
 }
 
-/// The shard of the node at `address`, locked. Its lock is never held while calling out (a
-/// listener's waker is woken by `notify`, which only schedules it).
+/// The shard of the node at `address`, locked. Its lock is never held while calling out: wakers
+/// are woken after it is released.
 fn shard(address: usize) -> MutexGuard<'static, Events> {
     // Nodes are at least 8-byte aligned; the multiplication spreads the rest of the bits.
     let index = (address >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> 58;
@@ -66,12 +67,20 @@ pub(crate) fn listen(address: usize, flags: &AtomicU8) -> EventListener {
 
 /// Wakes whoever awaits the node at `address`. The caller issued a `SeqCst` fence after the
 /// state change and found [`AWAITED`] set.
+///
+/// The event is taken out under the lock and notified after it is released, so that a waker
+/// that runs its task at once (and registers again) does not meet the lock held. A waiter
+/// registering in between gets a new event, and its check of the state, after the lock this
+/// call released, sees the new state.
 pub(crate) fn notify(address: usize, flags: &AtomicU8) {
-    let mut events = shard(address);
-    if let Some(event) = events.remove(&address) {
+    let event = {
+        let mut events = shard(address);
+        flags.fetch_and(!AWAITED, Ordering::Relaxed);
+        events.remove(&address)
+    };
+    if let Some(event) = event {
         event.notify(usize::MAX);
     }
-    flags.fetch_and(!AWAITED, Ordering::Relaxed);
 }
 
 /// Whether a listener awaits the node at `address` (registered and not dropped since).
