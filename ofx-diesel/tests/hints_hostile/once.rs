@@ -339,13 +339,11 @@ async fn rows_read_after_hints_do_not_complete_again(total: usize) {
     for i in 0..total {
         committed.push(p.a.deposit((i % 16) as i64, 1).await);
     }
-    assert_eq!(
-        stat(&p.b.stats().hinted),
-        total as u64,
-        "every hint replayed"
-    );
     // B's reader is asleep for an hour, but the read that ends its start may see the first
-    // rows A commits meanwhile (seen once in 6 runs): most rows must still be unread.
+    // rows A commits meanwhile (seen once in 6 runs): most rows must still be unread, and
+    // every operation whose row it did not read was replayed from its hint (one whose row it
+    // read first was completed by the row, and its hint then completes nothing: seen once in
+    // CI, 99 hinted of 100).
     let read =
         p.b.stats()
             .cursor
@@ -353,6 +351,16 @@ async fn rows_read_after_hints_do_not_complete_again(total: usize) {
     assert!(
         read < (total / 2) as i64,
         "B's reader read {read} of {total} rows before it was woken"
+    );
+    let unread = committed
+        .iter()
+        .filter(|(_, sequence)| *sequence > read)
+        .count() as u64;
+    let hinted = stat(&p.b.stats().hinted);
+    assert!(
+        (unread..=total as u64).contains(&hinted),
+        "every hint of an operation whose row was not read replayed: {hinted} hinted, {unread} \
+         rows unread of {total}"
     );
     let last = committed.last().unwrap().1;
     p.b.reader().wake();
