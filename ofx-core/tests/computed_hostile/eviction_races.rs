@@ -192,6 +192,47 @@ async fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
     .await
 }
 
+/// Spawns a `when_invalidated()` waiter on `computed`, of the kind `roll` picks: kept (into
+/// `kept`), dropped after a few polls, or cut off by a timeout of a few microseconds (both into
+/// `cancelled`). It waits at `start` first, if given, and counts in `premature` a return while
+/// the value is still consistent.
+fn spawn_invalidation_waiter(
+    computed: Computed,
+    roll: u64,
+    start: Option<Arc<Barrier>>,
+    premature: &Arc<AtomicU64>,
+    kept: &mut JoinSet<()>,
+    cancelled: &mut JoinSet<()>,
+) {
+    let premature = Arc::clone(premature);
+    let wait = async move {
+        if let Some(start) = start {
+            start.wait().await;
+        }
+        let returned = match roll % 3 {
+            0 => {
+                computed.when_invalidated().await;
+                true
+            }
+            1 => poll_then_drop(computed.when_invalidated(), 1 + (roll >> 8) % 4)
+                .await
+                .is_some(),
+            _ => {
+                let limit = Duration::from_micros((roll >> 8) % 50);
+                timeout(limit, computed.when_invalidated()).await.is_ok()
+            }
+        };
+        if returned && computed.is_consistent() {
+            premature.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    if roll % 3 == 0 {
+        kept.spawn(wait);
+    } else {
+        cancelled.spawn(wait);
+    }
+}
+
 /// Polls `future` at most `polls` times, yielding in between, then drops it (cancelled) unless
 /// it finished: its output if it did.
 async fn poll_then_drop<F: Future>(future: F, polls: u64) -> Option<F::Output> {
@@ -848,43 +889,15 @@ async fn when_invalidated_always_returns_after_an_invalidation_racing_it() {
         for (i, (_, _, leaf, dependent)) in targets.iter().enumerate() {
             for w in 0..WAITERS {
                 let computed = if w % 2 == 0 { leaf } else { dependent }.clone();
-                let start = Arc::clone(&start);
-                let premature = Arc::clone(&premature);
                 let roll = mix(round << 32 | (i as u64) << 8 | w);
-                match roll % 3 {
-                    0 => {
-                        kept.spawn(async move {
-                            start.wait().await;
-                            computed.when_invalidated().await;
-                            if computed.is_consistent() {
-                                premature.fetch_add(1, Ordering::SeqCst);
-                            }
-                        });
-                    }
-                    1 => {
-                        cancelled.spawn(async move {
-                            start.wait().await;
-                            if poll_then_drop(computed.when_invalidated(), 1 + (roll >> 8) % 4)
-                                .await
-                                .is_some()
-                                && computed.is_consistent()
-                            {
-                                premature.fetch_add(1, Ordering::SeqCst);
-                            }
-                        });
-                    }
-                    _ => {
-                        cancelled.spawn(async move {
-                            start.wait().await;
-                            let limit = Duration::from_micros((roll >> 8) % 50);
-                            if timeout(limit, computed.when_invalidated()).await.is_ok()
-                                && computed.is_consistent()
-                            {
-                                premature.fetch_add(1, Ordering::SeqCst);
-                            }
-                        });
-                    }
-                }
+                spawn_invalidation_waiter(
+                    computed,
+                    roll,
+                    Some(Arc::clone(&start)),
+                    &premature,
+                    &mut kept,
+                    &mut cancelled,
+                );
             }
         }
         let invalidator = tokio::spawn({
@@ -1073,38 +1086,7 @@ async fn waiters_racing_eviction_sweeps_are_never_left_hanging() {
         for k in 0..VALUES {
             let (_, computed) = capture(s.value(k)).await.unwrap();
             let roll = mix(round << 32 | k as u64);
-            let premature = Arc::clone(&premature);
-            match roll % 3 {
-                0 => {
-                    kept.spawn(async move {
-                        computed.when_invalidated().await;
-                        if computed.is_consistent() {
-                            premature.fetch_add(1, Ordering::SeqCst);
-                        }
-                    });
-                }
-                1 => {
-                    cancelled.spawn(async move {
-                        if poll_then_drop(computed.when_invalidated(), 1 + (roll >> 8) % 4)
-                            .await
-                            .is_some()
-                            && computed.is_consistent()
-                        {
-                            premature.fetch_add(1, Ordering::SeqCst);
-                        }
-                    });
-                }
-                _ => {
-                    cancelled.spawn(async move {
-                        let limit = Duration::from_micros((roll >> 8) % 50);
-                        if timeout(limit, computed.when_invalidated()).await.is_ok()
-                            && computed.is_consistent()
-                        {
-                            premature.fetch_add(1, Ordering::SeqCst);
-                        }
-                    });
-                }
-            }
+            spawn_invalidation_waiter(computed, roll, None, &premature, &mut kept, &mut cancelled);
             s.cold(next_cold.fetch_add(1, Ordering::SeqCst)).await;
         }
         if let Err(hanging) = join_within_patience(&mut cancelled).await {
