@@ -192,6 +192,30 @@ async fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
     .await
 }
 
+/// Misses on fresh `cold` keys until `done` (past the capacity, each ends with a sweep), reads
+/// `value(hot)` and `above(hot)` after each miss when `hot` is given, and yields every `every`
+/// misses.
+async fn churn(
+    s: Arc<Races>,
+    done: Arc<AtomicBool>,
+    next_cold: Arc<AtomicU64>,
+    hot: Option<usize>,
+    every: u64,
+) {
+    let mut n = 0u64;
+    while !done.load(Ordering::SeqCst) {
+        s.cold(next_cold.fetch_add(1, Ordering::SeqCst)).await;
+        if let Some(hot) = hot {
+            s.value(hot).await;
+            s.above(hot).await;
+        }
+        n += 1;
+        if n.is_multiple_of(every) {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Spawns a `when_invalidated()` waiter on `computed`, of the kind `roll` picks: kept (into
 /// `kept`), dropped after a few polls, or cut off by a timeout of a few microseconds (both into
 /// `cancelled`). It waits at `start` first, if given, and counts in `premature` a return while
@@ -226,7 +250,7 @@ fn spawn_invalidation_waiter(
             premature.fetch_add(1, Ordering::SeqCst);
         }
     };
-    if roll % 3 == 0 {
+    if roll.is_multiple_of(3) {
         kept.spawn(wait);
     } else {
         cancelled.spawn(wait);
@@ -519,18 +543,7 @@ async fn a_value_read_on_every_step_stays_one_node_and_takes_its_dependent_with_
         let s = Arc::clone(&s);
         let done = Arc::clone(&done);
         let next_cold = Arc::clone(&next_cold);
-        churners.spawn(async move {
-            let mut n = 0u64;
-            while !done.load(Ordering::SeqCst) {
-                s.cold(next_cold.fetch_add(1, Ordering::SeqCst)).await;
-                s.value(HOT).await;
-                s.above(HOT).await;
-                n += 1;
-                if n.is_multiple_of(4) {
-                    tokio::task::yield_now().await;
-                }
-            }
-        });
+        churners.spawn(churn(s, done, next_cold, Some(HOT), 4));
     }
     let (mut duplicated, mut outlived, mut lost_dependent, mut lost_node, mut stale) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -1070,16 +1083,7 @@ async fn waiters_racing_eviction_sweeps_are_never_left_hanging() {
             let s = Arc::clone(&s);
             let done = Arc::clone(&done);
             let next_cold = Arc::clone(&next_cold);
-            churners.spawn(async move {
-                let mut n = 0u64;
-                while !done.load(Ordering::SeqCst) {
-                    s.cold(next_cold.fetch_add(1, Ordering::SeqCst)).await;
-                    n += 1;
-                    if n.is_multiple_of(2) {
-                        tokio::task::yield_now().await;
-                    }
-                }
-            });
+            churners.spawn(churn(s, done, next_cold, None, 2));
         }
         let mut kept = JoinSet::new();
         let mut cancelled = JoinSet::new();
