@@ -255,10 +255,10 @@ where
     }
 
     /// The node cached for `key`, if any: what an invalidation by key finds, so read under the
-    /// bucket's lock. A lock-free read racing the evictor's replacement of the slot (the new
-    /// slot inserted, then the old one marked removed) can see neither, and an invalidation
-    /// that took that for "not cached" left the value cached (the hostile
-    /// `eviction_races` tests, most runs).
+    /// bucket's lock. A lock-free read racing a replacement of the slot (a hit publishing the
+    /// value, or the evictor clearing it: the new slot inserted, then the old one marked
+    /// removed) can see neither, and an invalidation that took that for "not cached" left the
+    /// value cached (the hostile `eviction_races` tests, most runs).
     pub(crate) fn get(&self, key: &K) -> Option<Arc<Node<S, K, T>>> {
         self.map.read_sync(key, |_, slot| Arc::clone(&slot.node))
     }
@@ -277,8 +277,8 @@ where
     T: Clone + Send + Sync + 'static,
 {
     fn all(&self) -> Vec<Arc<dyn ErasedNode>> {
-        // Bucket by bucket under their locks, as `get`: a lock-free scan could miss a slot the
-        // evictor is replacing.
+        // Bucket by bucket under their locks, as `get`: a lock-free scan could miss a slot being
+        // replaced (published by a hit, or cleared by the evictor).
         let mut nodes = Vec::new();
         self.map.iter_sync(|_, slot| {
             nodes.push(Arc::clone(&slot.node) as Arc<dyn ErasedNode>);
